@@ -1,1 +1,428 @@
-//! TODO(skeleton): filled in by its owner.
+//! Fan-out expansion: turning a task's `for_each` into items, each with a
+//! stable readable label (`src/lib.rs`, `os=linux,rust=1.80`, `3`).
+//!
+//! `files` walks the tree with the `ignore` crate (honouring .gitignore),
+//! starting only below the literal prefix of each glob, and matches with
+//! `globset`. `lines_of`/`json_of` are expanded here too, but only once the
+//! producing task has finished (the scheduler calls [`dynamic_items`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use minijinja::value::{Enumerator, Object, Value as TemplateValue};
+use serde_json::Value;
+
+use crate::workflow::raw::RawMatrix;
+
+/// A file matched by `files:`; prints as its path in templates.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PathItem {
+    pub path: String,
+    pub name: String,
+    pub stem: String,
+    pub ext: String,
+    pub dir: String,
+}
+
+impl PathItem {
+    #[must_use]
+    pub fn new(path: &str) -> PathItem {
+        let p = Path::new(path);
+        let os = |s: Option<&std::ffi::OsStr>| s.map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        PathItem {
+            path: path.to_owned(),
+            name: os(p.file_name()),
+            stem: os(p.file_stem()),
+            ext: os(p.extension()),
+            dir: p.parent().map(|d| d.to_string_lossy().into_owned()).unwrap_or_default(),
+        }
+    }
+}
+
+impl Object for PathItem {
+    fn get_value(self: &Arc<Self>, key: &TemplateValue) -> Option<TemplateValue> {
+        let value = match key.as_str()? {
+            "path" => &self.path,
+            "name" => &self.name,
+            "stem" => &self.stem,
+            "ext" => &self.ext,
+            "dir" => &self.dir,
+            _ => return None,
+        };
+        Some(TemplateValue::from(value.clone()))
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::Str(&["path", "name", "stem", "ext", "dir"])
+    }
+
+    fn render(self: &Arc<Self>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.path)
+    }
+}
+
+/// The value of one item.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ItemValue {
+    Path(PathItem),
+    Json(Value),
+    Batch(Vec<ItemValue>),
+}
+
+impl ItemValue {
+    /// The value as templates see it.
+    #[must_use]
+    pub fn to_template(&self) -> TemplateValue {
+        match self {
+            ItemValue::Path(p) => TemplateValue::from_object(p.clone()),
+            ItemValue::Json(v) => TemplateValue::from_serialize(v),
+            ItemValue::Batch(items) => items.iter().map(ItemValue::to_template).collect::<Vec<_>>().into(),
+        }
+    }
+
+    /// The value as JSON (plan output, records).
+    #[must_use]
+    pub fn to_json(&self) -> Value {
+        match self {
+            ItemValue::Path(p) => serde_json::to_value(p).unwrap_or(Value::Null),
+            ItemValue::Json(v) => v.clone(),
+            ItemValue::Batch(items) => Value::Array(items.iter().map(ItemValue::to_json).collect()),
+        }
+    }
+
+    /// Repository paths this item names (files items), for inputs.
+    #[must_use]
+    pub fn paths(&self) -> Vec<String> {
+        match self {
+            ItemValue::Path(p) => vec![p.path.clone()],
+            ItemValue::Json(_) => Vec::new(),
+            ItemValue::Batch(items) => items.iter().flat_map(ItemValue::paths).collect(),
+        }
+    }
+}
+
+/// One fan-out item.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Item {
+    pub label: String,
+    pub value: ItemValue,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FanoutError {
+    #[error("malformed glob `{glob}`: {reason}")]
+    Glob { glob: String, reason: String },
+    #[error("cannot walk `{path}`: {reason}")]
+    Walk { path: String, reason: String },
+    #[error("cannot read `{path}` for the fan-out: {reason}")]
+    Read { path: String, reason: String },
+    #[error("`{path}` is not a JSON array: {reason}")]
+    NotJsonArray { path: String, reason: String },
+}
+
+fn build_set(globs: &[String]) -> Result<globset::GlobSet, FanoutError> {
+    let mut builder = globset::GlobSetBuilder::new();
+    for glob in globs {
+        let compiled = globset::GlobBuilder::new(glob.trim_start_matches("./"))
+            .literal_separator(true)
+            .build()
+            .map_err(|e| FanoutError::Glob { glob: glob.clone(), reason: e.kind().to_string() })?;
+        builder.add(compiled);
+    }
+    builder.build().map_err(|e| FanoutError::Glob { glob: globs.join(", "), reason: e.to_string() })
+}
+
+/// The directory part of a glob before its first wildcard (`src/a/**/*.rs` → `src/a`).
+fn literal_prefix(glob: &str) -> &str {
+    let glob = glob.trim_start_matches("./");
+    let wild = glob.find(['*', '?', '[', '{']).unwrap_or(glob.len());
+    match glob[..wild].rfind('/') {
+        Some(i) => &glob[..i],
+        None if wild == glob.len() => {
+            // A literal path: walk its parent.
+            glob.rfind('/').map_or("", |i| &glob[..i])
+        }
+        None => "",
+    }
+}
+
+/// Files under `root` matching any of `globs` and none of `exclude`, sorted.
+/// Honours .gitignore; never descends into `.git` or `.ccflow`.
+///
+/// # Errors
+/// Malformed globs, or a walk failure at the root.
+pub fn files(root: &Path, globs: &[String], exclude: &[String]) -> Result<Vec<Item>, FanoutError> {
+    let include = build_set(globs)?;
+    let exclude = build_set(exclude)?;
+    let mut starts: Vec<&str> = globs.iter().map(|g| literal_prefix(g)).collect();
+    starts.sort_unstable();
+    starts.dedup();
+    // Drop starts nested in another start.
+    let starts: Vec<&str> = starts
+        .iter()
+        .copied()
+        .filter(|s| !starts.iter().any(|o| o != s && (o.is_empty() || s.starts_with(&format!("{o}/")))))
+        .collect();
+    let mut found = Vec::new();
+    for start in starts {
+        let dir = if start.is_empty() { root.to_path_buf() } else { root.join(start) };
+        if !dir.is_dir() {
+            continue;
+        }
+        let walker = ignore::WalkBuilder::new(&dir)
+            .hidden(false)
+            .parents(true)
+            .git_ignore(true)
+            .git_global(false)
+            .git_exclude(true)
+            .require_git(false)
+            .filter_entry(|e| {
+                let name = e.file_name();
+                !(e.depth() > 0 && (name == ".git" || name == ".ccflow"))
+            })
+            .build();
+        for entry in walker {
+            let entry = entry.map_err(|e| FanoutError::Walk { path: dir.display().to_string(), reason: e.to_string() })?;
+            if !entry.file_type().is_some_and(|t| t.is_file() || t.is_symlink()) {
+                continue;
+            }
+            let Ok(relative) = entry.path().strip_prefix(root) else { continue };
+            let Some(relative) = relative.to_str() else { continue };
+            let relative = relative.replace('\\', "/");
+            if include.is_match(&relative) && !exclude.is_match(&relative) {
+                found.push(relative);
+            }
+        }
+    }
+    found.sort_unstable();
+    found.dedup();
+    Ok(found
+        .into_iter()
+        .map(|path| Item { label: path.clone(), value: ItemValue::Path(PathItem::new(&path)) })
+        .collect())
+}
+
+fn scalar_label(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// Items of `items:` (and of `json_of`): scalars label as themselves, maps by
+/// their `name` or `id`, anything else by index.
+#[must_use]
+pub fn items(values: &[Value]) -> Vec<Item> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, value)| {
+            let label = scalar_label(value)
+                .or_else(|| ["name", "id"].iter().find_map(|k| value.get(k).and_then(scalar_label)))
+                .unwrap_or_else(|| i.to_string());
+            Item { label, value: ItemValue::Json(value.clone()) }
+        })
+        .collect()
+}
+
+/// The cartesian product of the axes, with GitHub Actions' `include`/`exclude`.
+#[must_use]
+pub fn matrix(matrix: &RawMatrix) -> Vec<Item> {
+    let mut combos: Vec<BTreeMap<String, Value>> = vec![BTreeMap::new()];
+    for axis in &matrix.axis_order {
+        let values = &matrix.axes[axis];
+        combos = combos
+            .into_iter()
+            .flat_map(|combo| {
+                values.iter().map(move |v| {
+                    let mut c = combo.clone();
+                    c.insert(axis.clone(), v.clone());
+                    c
+                })
+            })
+            .collect();
+    }
+    if matrix.axis_order.is_empty() {
+        combos.clear();
+    }
+    combos.retain(|combo| {
+        !matrix.exclude.iter().any(|ex| ex.iter().all(|(k, v)| combo.get(k) == Some(v)))
+    });
+    let mut extra_keys: Vec<String> = Vec::new();
+    for include in &matrix.include {
+        let matches: Vec<usize> = combos
+            .iter()
+            .enumerate()
+            .filter(|(_, combo)| {
+                include.iter().all(|(k, v)| !matrix.axes.contains_key(k) || combo.get(k) == Some(v))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        let touches_axes = include.keys().any(|k| matrix.axes.contains_key(k));
+        if matches.is_empty() || (!touches_axes && combos.is_empty()) {
+            combos.push(include.clone());
+        } else {
+            for i in matches {
+                for (k, v) in include {
+                    if !matrix.axes.contains_key(k) {
+                        combos[i].insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        for k in include.keys() {
+            if !matrix.axes.contains_key(k) && !extra_keys.contains(k) {
+                extra_keys.push(k.clone());
+            }
+        }
+    }
+    let order: Vec<&String> = matrix.axis_order.iter().chain(extra_keys.iter()).collect();
+    combos
+        .into_iter()
+        .map(|combo| {
+            let label = order
+                .iter()
+                .filter_map(|k| combo.get(*k).map(|v| format!("{k}={}", scalar_label(v).unwrap_or_else(|| v.to_string()))))
+                .collect::<Vec<_>>()
+                .join(",");
+            let value = Value::Object(combo.into_iter().collect());
+            Item { label, value: ItemValue::Json(value) }
+        })
+        .collect()
+}
+
+/// Groups items into chunks of `size`, labelled by chunk index.
+#[must_use]
+pub fn batch(items: Vec<Item>, size: usize) -> Vec<Item> {
+    let size = size.max(1);
+    let mut out = Vec::new();
+    let mut chunk = Vec::new();
+    for item in items {
+        chunk.push(item.value);
+        if chunk.len() == size {
+            out.push(Item { label: out.len().to_string(), value: ItemValue::Batch(std::mem::take(&mut chunk)) });
+        }
+    }
+    if !chunk.is_empty() {
+        out.push(Item { label: out.len().to_string(), value: ItemValue::Batch(chunk) });
+    }
+    out
+}
+
+/// Items of `lines_of` (non-empty lines; a line naming a file is a path item)
+/// or `json_of` (the elements of a JSON array), read once the producer ran.
+///
+/// # Errors
+/// The file is missing or not the expected shape.
+pub fn dynamic_items(root: &Path, file: &str, json: bool) -> Result<Vec<Item>, FanoutError> {
+    let path = root.join(file);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| FanoutError::Read { path: file.to_owned(), reason: e.to_string() })?;
+    if json {
+        let value: Value = serde_json::from_str(&text)
+            .map_err(|e| FanoutError::NotJsonArray { path: file.to_owned(), reason: e.to_string() })?;
+        let Value::Array(values) = value else {
+            return Err(FanoutError::NotJsonArray { path: file.to_owned(), reason: "the top-level value is not an array".into() });
+        };
+        return Ok(items(&values));
+    }
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|line| {
+            let value = if root.join(line).is_file() {
+                ItemValue::Path(PathItem::new(line))
+            } else {
+                ItemValue::Json(Value::String(line.to_owned()))
+            };
+            Item { label: line.to_owned(), value }
+        })
+        .collect())
+}
+
+/// Makes labels safe and unique: newlines become spaces, long labels are
+/// shortened, and repeats get `#2`, `#3`.
+pub fn unique_labels(items: &mut [Item]) {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for item in items.iter_mut() {
+        let mut label: String = item.label.replace(['\n', '\r'], " ");
+        if label.chars().count() > 120 {
+            label = label.chars().take(117).collect::<String>() + "...";
+        }
+        let count = seen.entry(label.clone()).or_insert(0);
+        *count += 1;
+        if *count > 1 {
+            label = format!("{label}#{count}");
+        }
+        item.label = label;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_honour_gitignore_and_exclude() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for f in ["src/a.rs", "src/b/c.rs", "src/skip.rs", "target/x.rs", "README.md", ".ccflow/y.rs"] {
+            std::fs::create_dir_all(root.join(f).parent().unwrap()).unwrap();
+            std::fs::write(root.join(f), "x").unwrap();
+        }
+        std::fs::write(root.join(".gitignore"), "target/\n").unwrap();
+        let found = files(root, &["**/*.rs".into()], &["src/skip.rs".into()]).unwrap();
+        let labels: Vec<_> = found.iter().map(|i| i.label.as_str()).collect();
+        assert_eq!(labels, ["src/a.rs", "src/b/c.rs"]);
+        let found = files(root, &["src/*.rs".into()], &[]).unwrap();
+        let labels: Vec<_> = found.iter().map(|i| i.label.as_str()).collect();
+        assert_eq!(labels, ["src/a.rs", "src/skip.rs"]);
+    }
+
+    #[test]
+    fn literal_prefixes() {
+        assert_eq!(literal_prefix("src/a/**/*.rs"), "src/a");
+        assert_eq!(literal_prefix("*.rs"), "");
+        assert_eq!(literal_prefix("docs/index.md"), "docs");
+    }
+
+    #[test]
+    fn matrix_with_include_and_exclude() {
+        let raw: RawMatrix = serde_json::from_value(serde_json::json!({
+            "os": ["linux", "mac"],
+            "rust": ["1.80", "1.81"],
+            "exclude": [{"os": "mac", "rust": "1.80"}],
+            "include": [{"os": "linux", "extra": "yes"}, {"os": "windows", "rust": "1.81"}]
+        }))
+        .unwrap();
+        let labels: Vec<_> = matrix(&raw).into_iter().map(|i| i.label).collect();
+        assert_eq!(
+            labels,
+            ["os=linux,rust=1.80,extra=yes", "os=linux,rust=1.81,extra=yes", "os=mac,rust=1.81", "os=windows,rust=1.81"]
+        );
+    }
+
+    #[test]
+    fn items_batches_and_unique_labels() {
+        let values = vec![serde_json::json!("a"), serde_json::json!({"name": "b"}), serde_json::json!({"x": 1}), serde_json::json!("a")];
+        let mut list = items(&values);
+        unique_labels(&mut list);
+        let labels: Vec<_> = list.iter().map(|i| i.label.as_str()).collect();
+        assert_eq!(labels, ["a", "b", "2", "a#2"]);
+        let batched = batch(list, 3);
+        assert_eq!(batched.len(), 2);
+        assert_eq!(batched[1].label, "1");
+    }
+
+    #[test]
+    fn path_items_render_as_their_path() {
+        let item = ItemValue::Path(PathItem::new("src/lib.rs")).to_template();
+        assert_eq!(item.to_string(), "src/lib.rs");
+        assert_eq!(item.get_attr("stem").unwrap().to_string(), "lib");
+    }
+}

@@ -1,1 +1,63 @@
-//! TODO(skeleton): filled in by its owner.
+//! One file per subcommand: `run(args, &Ctx) -> CommandResult`.
+
+pub mod common;
+pub mod completions;
+pub mod init;
+pub mod list;
+pub mod plan;
+pub mod validate;
+
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+
+use crate::cli::{Cli, Command};
+use crate::error::{CommandError, CommandResult, ExitStatus};
+use crate::workflow::discover;
+
+/// What every command needs to know about where it runs.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub cwd: PathBuf,
+    pub root: PathBuf,
+    pub state_dir: PathBuf,
+    pub color: bool,
+    pub github: bool,
+}
+
+impl Ctx {
+    fn new(cli: &Cli) -> Result<Ctx, CommandError> {
+        let mut cwd = std::env::current_dir().map_err(|e| CommandError::usage(format!("cannot read the current directory: {e}")))?;
+        if let Some(dir) = &cli.directory {
+            cwd = cwd.join(dir);
+            if !cwd.is_dir() {
+                return Err(CommandError::usage(format!("`-C {}`: no such directory", dir.display())));
+            }
+        }
+        let cwd = cwd.canonicalize().unwrap_or(cwd);
+        let root = discover::find_root(&cwd);
+        let state_dir = discover::state_dir(&root);
+        let color = !cli.no_color && std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal();
+        let github = std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true");
+        Ok(Ctx { cwd, root, state_dir, color, github })
+    }
+}
+
+/// Runs one parsed command line.
+///
+/// # Errors
+/// A usage or environment problem, with its exit status.
+pub fn dispatch(cli: Cli) -> CommandResult {
+    let ctx = Ctx::new(&cli)?;
+    match cli.command {
+        Command::Init(args) => init::run(&args, &ctx),
+        Command::List => list::run(&ctx),
+        Command::Validate(args) => validate::run(&args, &ctx),
+        Command::Plan(args) => plan::run(&args, &ctx),
+        Command::Schema => {
+            print!("{}", crate::workflow::schema::schema_text());
+            Ok(ExitStatus::Success)
+        }
+        Command::Completions(args) => completions::run(&args),
+        other => Err(CommandError::usage(format!("`{other:?}` is not available in this build"))),
+    }
+}

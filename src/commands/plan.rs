@@ -1,0 +1,36 @@
+//! `ccflow plan WORKFLOW`: the instance graph in text, JSON, dot or mermaid.
+
+use super::common;
+use super::Ctx;
+use crate::cli::{PlanArgs, PlanFormat};
+use crate::error::{CommandError, CommandResult, ExitStatus};
+use crate::graph::{format, Plan};
+
+/// Prints the plan.
+///
+/// # Errors
+/// Invalid workflow or arguments (exit 2).
+pub fn run(args: &PlanArgs, ctx: &Ctx) -> CommandResult {
+    let vars = common::parse_vars(&args.vars)?;
+    let workflow = common::load(ctx, &args.workflow, &vars)?;
+    let mut plan = match Plan::build(workflow, "plan") {
+        Ok(plan) => plan,
+        Err(errors) => {
+            common::print_diagnostics(ctx, &errors);
+            return Err(CommandError::usage("the workflow cannot be planned"));
+        }
+    };
+    common::print_diagnostics(ctx, &plan.warnings);
+    if let Err(d) = plan.select(&args.tasks) {
+        common::print_diagnostics(ctx, &[d]);
+        return Ok(ExitStatus::Invalid);
+    }
+    let notes = format::Annotations::new();
+    match args.format {
+        PlanFormat::Text => print!("{}", format::text(&plan, &notes)),
+        PlanFormat::Json => println!("{}", serde_json::to_string_pretty(&format::json(&plan, &notes)).unwrap_or_default()),
+        PlanFormat::Dot => print!("{}", format::dot(&plan, &notes)),
+        PlanFormat::Mermaid => print!("{}", format::mermaid(&plan, &notes)),
+    }
+    Ok(ExitStatus::Success)
+}

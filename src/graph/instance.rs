@@ -1,0 +1,211 @@
+//! Task instances: their stable ids (`refactor[src/lib.rs]`) and the
+//! rendering of a task's templates for one item (command or prompt, inputs,
+//! outputs, env, workdir, condition). Planning renders with a plan-time
+//! context; the scheduler renders again just before running, with the real
+//! status and outputs of the dependencies.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::Arc;
+
+use minijinja::value::Value as TemplateValue;
+use serde_json::Value;
+
+use crate::diagnostic::{Diagnostic, Span};
+use crate::fanout::ItemValue;
+use crate::template::{TemplateError, Templates};
+use crate::workflow::resolve::template_span;
+use crate::workflow::yaml::pointer_segment;
+use crate::workflow::{Task, TaskKind, Workflow};
+
+/// A task instance's id: `task` or `task[label]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct InstanceId(pub String);
+
+impl InstanceId {
+    #[must_use]
+    pub fn new(task: &str, label: Option<&str>) -> InstanceId {
+        match label {
+            Some(label) => InstanceId(format!("{task}[{label}]")),
+            None => InstanceId(task.to_owned()),
+        }
+    }
+
+    /// The task part of the id.
+    #[must_use]
+    pub fn task(&self) -> &str {
+        self.0.split('[').next().unwrap_or(&self.0)
+    }
+}
+
+impl fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What the templates of one instance rendered to.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RenderedInstance {
+    /// The shell command (for `run:` tasks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// The prompt (for agent tasks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// `false` when `if:` rendered false (the instance is skipped).
+    pub enabled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify: Option<String>,
+    /// Files read by `read_file`, which join the inputs.
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    pub read_files: BTreeSet<String>,
+}
+
+/// What templates see of one dependency.
+#[derive(Debug, Clone, Default)]
+pub struct NeedContext {
+    pub outputs: Vec<String>,
+    pub items: Vec<Value>,
+    pub status: String,
+}
+
+/// Builds the part of the template context shared by all instances of a task.
+#[must_use]
+pub fn base_context(workflow: &Workflow, task: &Task, needs: &BTreeMap<String, NeedContext>, run_id: &str) -> TemplateValue {
+    let needs: BTreeMap<&str, TemplateValue> = needs
+        .iter()
+        .map(|(name, need)| {
+            (
+                name.as_str(),
+                minijinja::context! {
+                    outputs => need.outputs,
+                    items => TemplateValue::from_serialize(&need.items),
+                    status => need.status,
+                },
+            )
+        })
+        .collect();
+    minijinja::context! {
+        vars => TemplateValue::from_serialize(&workflow.vars),
+        env => workflow.env.iter().chain(task.env.iter()).map(|(k, v)| (k.clone(), v.clone())).collect::<BTreeMap<_, _>>(),
+        workflow => minijinja::context! {
+            name => workflow.name,
+            description => workflow.description,
+            root => workflow.root.display().to_string(),
+        },
+        task => minijinja::context! { name => task.name, description => task.description },
+        needs => needs,
+        run => minijinja::context! { id => run_id },
+    }
+}
+
+/// Renders every template of `task` for one item.
+///
+/// # Errors
+/// A diagnostic pointing at the template (task, key and line).
+pub fn render(
+    workflow: &Workflow,
+    templates: &Templates,
+    task: &Task,
+    item: Option<&ItemValue>,
+    base: &TemplateValue,
+) -> Result<RenderedInstance, Diagnostic> {
+    let context = match item {
+        Some(item) => minijinja::context! { item => item.to_template(), ..base.clone() },
+        None => base.clone(),
+    };
+    let pointer = format!("/tasks/{}", pointer_segment(&task.name));
+    let fail = |key: &str, error: TemplateError| -> Diagnostic {
+        let value_span: Span = workflow.spans.value(&format!("{pointer}/{key}"));
+        let span = template_span(&workflow.file, value_span, error.line);
+        let mut message = format!("{} in `{}` of task `{}`", error.message, key.replace('/', "."), task.name);
+        if let Some(item) = item {
+            let label = match item {
+                ItemValue::Path(p) => p.path.clone(),
+                other => other.to_json().to_string(),
+            };
+            message.push_str(&format!(" (item `{label}`)"));
+        }
+        let mut d = Diagnostic::error("template", message).at(&workflow.file, span);
+        if error.message.starts_with("undefined") {
+            d = d.with_hint("templates see `item`, `vars`, `env`, `workflow`, `task`, `needs` and `run`");
+        }
+        d
+    };
+    let mut read_files = BTreeSet::new();
+    let mut text = |key: &str, source: &str, shell: bool| -> Result<String, Diagnostic> {
+        let out = templates.render(source, shell, &context).map_err(|e| fail(key, e))?;
+        read_files.extend(out.read_files);
+        Ok(out.text)
+    };
+    let enabled = match &task.condition {
+        None => true,
+        Some(source) => {
+            let out = text("if", source, false)?;
+            match out.trim() {
+                "true" | "True" | "1" | "yes" => true,
+                "false" | "False" | "0" | "no" | "" => false,
+                other => {
+                    return Err(fail(
+                        "if",
+                        TemplateError {
+                            message: format!("`if` rendered `{other}`, expected true or false"),
+                            line: None,
+                            kind: crate::template::TemplateErrorKind::Render,
+                        },
+                    ))
+                }
+            }
+        }
+    };
+    let (command, prompt) = match &task.kind {
+        TaskKind::Shell { script, .. } => (Some(text("run", script, true)?), None),
+        TaskKind::Agent(agent) => (None, Some(text("agent/prompt", &agent.prompt, false)?)),
+    };
+    let mut inputs = Vec::new();
+    for (i, pattern) in task.inputs.iter().enumerate() {
+        let rendered = text(&format!("inputs/{i}"), pattern, false)?;
+        if !rendered.trim().is_empty() {
+            inputs.push(rendered);
+        }
+    }
+    let mut outputs = Vec::new();
+    for (i, pattern) in task.outputs.iter().enumerate() {
+        let rendered = text(&format!("outputs/{i}"), pattern, false)?;
+        if crate::workflow::resolve::escapes_root(&rendered) {
+            return Err(Diagnostic::error(
+                "output-outside",
+                format!("output `{rendered}` of task `{}` points outside the repository", task.name),
+            )
+            .at(&workflow.file, workflow.spans.value(&format!("{pointer}/outputs/{i}"))));
+        }
+        if !rendered.trim().is_empty() {
+            outputs.push(rendered);
+        }
+    }
+    let mut env = BTreeMap::new();
+    for (key, value) in &task.env {
+        env.insert(key.clone(), text(&format!("env/{}", pointer_segment(key)), value, false)?);
+    }
+    let workdir = match &task.workdir {
+        Some(w) => Some(text("workdir", w, false)?),
+        None => None,
+    };
+    let verify = match &task.verify {
+        Some(v) => Some(text("verify", v, true)?),
+        None => None,
+    };
+    inputs.extend(read_files.iter().cloned());
+    Ok(RenderedInstance { command, prompt, inputs, outputs, env, workdir, enabled, verify, read_files })
+}
+
+/// A shared, immutable instance handle.
+pub type SharedRendered = Arc<RenderedInstance>;

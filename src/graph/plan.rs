@@ -1,0 +1,461 @@
+//! The instance graph (petgraph): one node per task instance, edges for
+//! dependencies — `Reduce` (every instance of A before every instance of B)
+//! or `PerItem` (`from:`, A[i] before B[i]). Dynamic fan-outs (`lines_of`,
+//! `json_of`) are placeholder nodes until their producer has run; the
+//! scheduler then calls [`Plan::expand`] and the graph grows.
+//!
+//! A [`Plan`] is only built from a checked `Workflow` (task-level cycles are
+//! rejected there), so it is acyclic by construction; the scheduler accepts
+//! nothing else.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use petgraph::stable_graph::{NodeIndex, StableDiGraph};
+use petgraph::visit::EdgeRef;
+use petgraph::Direction;
+
+use super::instance::{base_context, render, InstanceId, NeedContext, RenderedInstance};
+use crate::diagnostic::Diagnostic;
+use crate::fanout::{self, Item, ItemValue};
+use crate::template::Templates;
+use crate::workflow::{FanSource, Workflow};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EdgeKind {
+    Reduce,
+    PerItem,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeKind {
+    Instance,
+    /// A dynamic fan-out not yet expanded.
+    Pending,
+    /// A dynamic fan-out already expanded into instances (kept for its edges).
+    Expanded,
+}
+
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub id: InstanceId,
+    pub task: usize,
+    pub label: Option<String>,
+    pub item: Option<ItemValue>,
+    pub kind: NodeKind,
+    /// Plan-time rendering (None for pending fan-outs).
+    pub rendered: Option<Arc<RenderedInstance>>,
+    /// Longest path (in instances) from here to a sink: critical path first.
+    pub depth: u32,
+}
+
+/// A planned workflow.
+pub struct Plan {
+    pub workflow: Arc<Workflow>,
+    pub templates: Arc<Templates>,
+    pub graph: StableDiGraph<Instance, EdgeKind>,
+    pub by_id: HashMap<InstanceId, NodeIndex>,
+    /// Nodes of each task (by task index), in item order.
+    pub task_nodes: Vec<Vec<NodeIndex>>,
+    pub warnings: Vec<Diagnostic>,
+    pub run_id: String,
+}
+
+/// Plan-time status of every task, for `needs.X.status`.
+const PLAN_STATUS: &str = "pending";
+
+impl Plan {
+    /// Expands and renders every instance.
+    ///
+    /// # Errors
+    /// Every template or fan-out problem found, each with its location.
+    pub fn build(workflow: Arc<Workflow>, run_id: &str) -> Result<Plan, Vec<Diagnostic>> {
+        let templates = Arc::new(Templates::new(&workflow.root));
+        let mut plan = Plan {
+            workflow: Arc::clone(&workflow),
+            templates,
+            graph: StableDiGraph::new(),
+            by_id: HashMap::new(),
+            task_nodes: vec![Vec::new(); workflow.tasks.len()],
+            warnings: Vec::new(),
+            run_id: run_id.to_owned(),
+        };
+        let mut errors = Vec::new();
+        for task_index in task_order(&workflow) {
+            if let Err(mut e) = plan.add_task(task_index) {
+                errors.append(&mut e);
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        plan.compute_depths();
+        Ok(plan)
+    }
+
+    fn needs_context(&self, task_index: usize) -> BTreeMap<String, NeedContext> {
+        let task = &self.workflow.tasks[task_index];
+        task.needs
+            .iter()
+            .filter_map(|need| {
+                let index = self.workflow.task_index(need)?;
+                let nodes = &self.task_nodes[index];
+                let mut context = NeedContext { status: PLAN_STATUS.into(), ..NeedContext::default() };
+                for node in nodes {
+                    let instance = &self.graph[*node];
+                    if let Some(r) = &instance.rendered {
+                        context.outputs.extend(r.outputs.iter().cloned());
+                    }
+                    if let Some(item) = &instance.item {
+                        context.items.push(item.to_json());
+                    }
+                }
+                Some((need.clone(), context))
+            })
+            .collect()
+    }
+
+    fn add_task(&mut self, task_index: usize) -> Result<(), Vec<Diagnostic>> {
+        let workflow = Arc::clone(&self.workflow);
+        let task = &workflow.tasks[task_index];
+        let pointer = format!("/tasks/{}/for_each", crate::workflow::yaml::pointer_segment(&task.name));
+        let fanout_error = |e: fanout::FanoutError| {
+            vec![Diagnostic::error("fanout", format!("{e} (task `{}`)", task.name))
+                .at(&workflow.file, workflow.spans.key_or_value(&pointer))]
+        };
+        // Items, and for `from:` the partner node of each item.
+        let mut partners: Vec<Option<NodeIndex>> = Vec::new();
+        let items: Option<Vec<Item>> = match task.for_each.as_ref().map(|f| &f.source) {
+            None => None,
+            Some(FanSource::Files { globs, exclude }) => {
+                let base = base_context(&workflow, task, &BTreeMap::new(), &self.run_id);
+                let render_all = |list: &[String]| -> Result<Vec<String>, Vec<Diagnostic>> {
+                    list.iter()
+                        .map(|g| {
+                            self.templates
+                                .render(g, false, &base)
+                                .map(|r| r.text)
+                                .map_err(|e| vec![Diagnostic::error("template", format!("{} in `for_each.files` of task `{}`", e.message, task.name)).at(&workflow.file, workflow.spans.value(&pointer))])
+                        })
+                        .collect()
+                };
+                let globs = render_all(globs)?;
+                let exclude = render_all(exclude)?;
+                Some(fanout::files(&workflow.root, &globs, &exclude).map_err(fanout_error)?)
+            }
+            Some(FanSource::Items(values)) => Some(fanout::items(values)),
+            Some(FanSource::Matrix(matrix)) => Some(fanout::matrix(matrix)),
+            Some(FanSource::From(upstream)) => {
+                let upstream_index = workflow.task_index(upstream).unwrap_or(task_index);
+                let nodes = self.task_nodes[upstream_index].clone();
+                if nodes.iter().any(|n| self.graph[*n].kind == NodeKind::Pending) {
+                    // The upstream is dynamic: so is this task.
+                    self.add_pending(task_index);
+                    return Ok(());
+                }
+                let mut items = Vec::new();
+                for node in nodes {
+                    let instance = &self.graph[node];
+                    items.push(Item {
+                        label: instance.label.clone().unwrap_or_else(|| instance.id.0.clone()),
+                        value: instance.item.clone().unwrap_or(ItemValue::Json(serde_json::Value::Null)),
+                    });
+                    partners.push(Some(node));
+                }
+                Some(items)
+            }
+            Some(FanSource::LinesOf(_) | FanSource::JsonOf(_)) => {
+                self.add_pending(task_index);
+                return Ok(());
+            }
+        };
+        let items = items.map(|mut items| {
+            if let Some(size) = task.for_each.as_ref().and_then(|f| f.batch) {
+                items = fanout::batch(items, size);
+            }
+            fanout::unique_labels(&mut items);
+            items
+        });
+        if let Some(items) = &items {
+            if items.is_empty() {
+                self.warnings.push(
+                    Diagnostic::warning("empty-fanout", format!("the fan-out of task `{}` matches nothing: zero instances", task.name))
+                        .at(&workflow.file, workflow.spans.key_or_value(&pointer))
+                        .with_hint("check the glob or list; tasks that need it still run"),
+                );
+            }
+        }
+        self.add_instances(task_index, items, &partners)
+    }
+
+    fn add_pending(&mut self, task_index: usize) {
+        let task = &self.workflow.tasks[task_index];
+        let node = self.graph.add_node(Instance {
+            id: InstanceId::new(&task.name, Some("*")),
+            task: task_index,
+            label: Some("*".into()),
+            item: None,
+            kind: NodeKind::Pending,
+            rendered: None,
+            depth: 0,
+        });
+        self.by_id.insert(self.graph[node].id.clone(), node);
+        self.task_nodes[task_index].push(node);
+        self.connect_needs(task_index, node, None);
+    }
+
+    /// Adds (and renders) the instances of a task; `partners[i]` is the
+    /// `from:` partner of item i.
+    fn add_instances(&mut self, task_index: usize, items: Option<Vec<Item>>, partners: &[Option<NodeIndex>]) -> Result<(), Vec<Diagnostic>> {
+        let workflow = Arc::clone(&self.workflow);
+        let task = &workflow.tasks[task_index];
+        let needs = self.needs_context(task_index);
+        let base = base_context(&workflow, task, &needs, &self.run_id);
+        let mut errors = Vec::new();
+        let list: Vec<(Option<Item>, Option<NodeIndex>)> = match items {
+            None => vec![(None, None)],
+            Some(items) => items.into_iter().enumerate().map(|(i, item)| (Some(item), partners.get(i).copied().flatten())).collect(),
+        };
+        for (item, partner) in list {
+            let rendered = match render(&workflow, &self.templates, task, item.as_ref().map(|i| &i.value), &base) {
+                Ok(r) => Some(Arc::new(r)),
+                Err(d) => {
+                    // One error per task is enough: the same template fails for every item.
+                    errors.push(d);
+                    break;
+                }
+            };
+            let label = item.as_ref().map(|i| i.label.clone());
+            let id = InstanceId::new(&task.name, label.as_deref());
+            let node = self.graph.add_node(Instance {
+                id: id.clone(),
+                task: task_index,
+                label,
+                item: item.map(|i| i.value),
+                kind: NodeKind::Instance,
+                rendered,
+                depth: 0,
+            });
+            self.by_id.insert(id, node);
+            self.task_nodes[task_index].push(node);
+            self.connect_needs(task_index, node, partner);
+        }
+        if errors.is_empty() { Ok(()) } else { Err(errors) }
+    }
+
+    fn connect_needs(&mut self, task_index: usize, node: NodeIndex, partner: Option<NodeIndex>) {
+        let task = &self.workflow.tasks[task_index];
+        let from = task.for_each.as_ref().and_then(|f| match &f.source {
+            FanSource::From(t) => Some(t.clone()),
+            _ => None,
+        });
+        for need in &task.needs {
+            let Some(need_index) = self.workflow.task_index(need) else { continue };
+            if from.as_deref() == Some(need.as_str()) {
+                if let Some(partner) = partner {
+                    self.graph.add_edge(partner, node, EdgeKind::PerItem);
+                    continue;
+                }
+                // A pending `from:` node waits on the pending upstream.
+                for upstream in self.task_nodes[need_index].clone() {
+                    self.graph.add_edge(upstream, node, EdgeKind::PerItem);
+                }
+                continue;
+            }
+            for upstream in self.task_nodes[need_index].clone() {
+                self.graph.add_edge(upstream, node, EdgeKind::Reduce);
+            }
+        }
+    }
+
+    /// Expands a pending dynamic fan-out once its producers have run: adds its
+    /// instances (and those of pending `from:` followers) and rewires edges.
+    /// Returns the new nodes.
+    ///
+    /// # Errors
+    /// The file cannot be read or rendered.
+    pub fn expand(&mut self, pending: NodeIndex, needs: &BTreeMap<String, NeedContext>) -> Result<Vec<NodeIndex>, Diagnostic> {
+        let workflow = Arc::clone(&self.workflow);
+        let task_index = self.graph[pending].task;
+        let task = &workflow.tasks[task_index];
+        let base = base_context(&workflow, task, needs, &self.run_id);
+        let (file, json) = match task.for_each.as_ref().map(|f| &f.source) {
+            Some(FanSource::LinesOf(f)) => (f.clone(), false),
+            Some(FanSource::JsonOf(f)) => (f.clone(), true),
+            _ => return Ok(Vec::new()),
+        };
+        let file = self
+            .templates
+            .render(&file, false, &base)
+            .map_err(|e| Diagnostic::error("template", format!("{} in `for_each` of task `{}`", e.message, task.name)))?
+            .text;
+        let mut items = fanout::dynamic_items(&workflow.root, &file, json)
+            .map_err(|e| Diagnostic::error("fanout", format!("{e} (task `{}`)", task.name)))?;
+        if let Some(size) = task.for_each.as_ref().and_then(|f| f.batch) {
+            items = fanout::batch(items, size);
+        }
+        fanout::unique_labels(&mut items);
+        let new_nodes = self.materialize(pending, items, &base, &[])?;
+        Ok(new_nodes)
+    }
+
+    fn materialize(
+        &mut self,
+        pending: NodeIndex,
+        items: Vec<Item>,
+        base: &minijinja::Value,
+        partners: &[NodeIndex],
+    ) -> Result<Vec<NodeIndex>, Diagnostic> {
+        let workflow = Arc::clone(&self.workflow);
+        let task_index = self.graph[pending].task;
+        let task = &workflow.tasks[task_index];
+        let predecessors: Vec<(NodeIndex, EdgeKind)> = self
+            .graph
+            .edges_directed(pending, Direction::Incoming)
+            .map(|e| (e.source(), *e.weight()))
+            .collect();
+        let successors: Vec<(NodeIndex, EdgeKind)> = self
+            .graph
+            .edges_directed(pending, Direction::Outgoing)
+            .map(|e| (e.target(), *e.weight()))
+            .collect();
+        let mut new_nodes = Vec::new();
+        for (i, item) in items.into_iter().enumerate() {
+            let rendered = render(&workflow, &self.templates, task, Some(&item.value), base)?;
+            let id = InstanceId::new(&task.name, Some(&item.label));
+            let node = self.graph.add_node(Instance {
+                id: id.clone(),
+                task: task_index,
+                label: Some(item.label),
+                item: Some(item.value),
+                kind: NodeKind::Instance,
+                rendered: Some(Arc::new(rendered)),
+                depth: self.graph[pending].depth,
+            });
+            self.by_id.insert(id, node);
+            self.task_nodes[task_index].push(node);
+            for (source, kind) in &predecessors {
+                if *kind == EdgeKind::PerItem {
+                    if let Some(partner) = partners.get(i) {
+                        self.graph.add_edge(*partner, node, EdgeKind::PerItem);
+                    }
+                } else {
+                    self.graph.add_edge(*source, node, *kind);
+                }
+            }
+            for (target, kind) in &successors {
+                if *kind == EdgeKind::Reduce {
+                    self.graph.add_edge(node, *target, EdgeKind::Reduce);
+                }
+            }
+            new_nodes.push(node);
+        }
+        self.graph[pending].kind = NodeKind::Expanded;
+        self.task_nodes[task_index].retain(|n| *n != pending);
+        // Pending `from:` followers expand alongside, one per new instance.
+        for (target, kind) in successors {
+            if kind == EdgeKind::PerItem && self.graph[target].kind == NodeKind::Pending {
+                let follower_items: Vec<Item> = new_nodes
+                    .iter()
+                    .map(|n| Item {
+                        label: self.graph[*n].label.clone().unwrap_or_default(),
+                        value: self.graph[*n].item.clone().unwrap_or(ItemValue::Json(serde_json::Value::Null)),
+                    })
+                    .collect();
+                let follower_task = &workflow.tasks[self.graph[target].task];
+                let follower_base = base_context(&workflow, follower_task, &BTreeMap::new(), &self.run_id);
+                let partners = new_nodes.clone();
+                let more = self.materialize(target, follower_items, &follower_base, &partners)?;
+                new_nodes.extend(more);
+            }
+        }
+        Ok(new_nodes)
+    }
+
+    fn compute_depths(&mut self) {
+        let order = match petgraph::algo::toposort(&self.graph, None) {
+            Ok(order) => order,
+            Err(_) => return,
+        };
+        for node in order.into_iter().rev() {
+            let depth = self
+                .graph
+                .neighbors_directed(node, Direction::Outgoing)
+                .map(|n| self.graph[n].depth + 1)
+                .max()
+                .unwrap_or(0);
+            self.graph[node].depth = depth;
+        }
+    }
+
+    /// Instances in a stable display order (task declaration, then item order).
+    #[must_use]
+    pub fn ordered_nodes(&self) -> Vec<NodeIndex> {
+        self.task_nodes.iter().flatten().copied().collect()
+    }
+
+    /// Keeps only the named tasks and everything they depend on (`--task`).
+    ///
+    /// # Errors
+    /// An unknown task name, with a suggestion.
+    pub fn select(&mut self, names: &[String]) -> Result<(), Diagnostic> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        let mut keep = std::collections::HashSet::new();
+        let mut stack = Vec::new();
+        for name in names {
+            let Some(index) = self.workflow.task_index(name) else {
+                let mut d = Diagnostic::error("unknown-task", format!("`--task {name}`: no task `{name}` in workflow `{}`", self.workflow.name));
+                if let Some(h) = crate::diagnostic::did_you_mean(name, self.workflow.tasks.iter().map(|t| t.name.as_str())) {
+                    d = d.with_hint(h);
+                } else {
+                    d = d.with_hint(format!("tasks: {}", self.workflow.tasks.iter().map(|t| format!("`{}`", t.name)).collect::<Vec<_>>().join(", ")));
+                }
+                return Err(d);
+            };
+            stack.extend(self.task_nodes[index].iter().copied());
+        }
+        while let Some(node) = stack.pop() {
+            if keep.insert(node) {
+                stack.extend(self.graph.neighbors_directed(node, Direction::Incoming));
+            }
+        }
+        let all: Vec<NodeIndex> = self.graph.node_indices().collect();
+        for node in all {
+            if !keep.contains(&node) {
+                let id = self.graph[node].id.clone();
+                let task = self.graph[node].task;
+                self.graph.remove_node(node);
+                self.by_id.remove(&id);
+                self.task_nodes[task].retain(|n| *n != node);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Task indices with dependencies first (declaration order among equals).
+fn task_order(workflow: &Workflow) -> Vec<usize> {
+    let mut done = vec![false; workflow.tasks.len()];
+    let mut order = Vec::new();
+    while order.len() < workflow.tasks.len() {
+        let before = order.len();
+        for (i, task) in workflow.tasks.iter().enumerate() {
+            if done[i] {
+                continue;
+            }
+            let ready = task.needs.iter().all(|n| workflow.task_index(n).is_none_or(|j| done[j]));
+            if ready {
+                done[i] = true;
+                order.push(i);
+            }
+        }
+        if order.len() == before {
+            // A cycle would have been rejected by resolve; stop rather than loop.
+            break;
+        }
+    }
+    order
+}
