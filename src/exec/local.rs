@@ -427,7 +427,7 @@ fn spawn_shell(
     let stderr = writer.try_clone().map_err(|e| failed(SpawnError::Other(e)))?;
     command.stdout(writer).stderr(stderr);
     let stdin = configure_stdin(&mut command, spec, None).map_err(failed)?;
-    start(command, spec, output, stdin).map_err(failed)
+    start(command, spec, output, stdin, None).map_err(failed)
 }
 
 fn spawn_direct(spec: &ProcessSpec, direct: &DirectCommand) -> Result<Spawned, SpawnError> {
@@ -475,7 +475,26 @@ fn spawn_direct(spec: &ProcessSpec, direct: &DirectCommand) -> Result<Spawned, S
         }
     }
     let stdin = configure_stdin(&mut command, spec, stdin_file)?;
-    start(command, spec, output, stdin)
+    start(command, spec, output, stdin, shell_pwd(spec))
+}
+
+/// The `PWD` that `sh` would export: the given one if it names the working
+/// directory, else the physical path. Direct exec sets it too, so programs
+/// reading `$PWD` see no difference. `None` keeps the given value.
+fn shell_pwd(spec: &ProcessSpec) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let given = spec.env.iter().rev().find(|(key, _)| key == "PWD");
+    if let Some((_, given)) = given {
+        let same = Path::new(given).is_absolute()
+            && match (std::fs::metadata(given), std::fs::metadata(&spec.cwd)) {
+                (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+                _ => false,
+            };
+        if same {
+            return None;
+        }
+    }
+    std::fs::canonicalize(&spec.cwd).ok()
 }
 
 fn configure_stdin(
@@ -499,7 +518,7 @@ fn configure_stdin(
     }
 }
 
-/// Common settings and the spawn itself. The `Command` (which holds the
+/// Common settings and the spawn itself; `pwd` overrides the given `PWD`. The `Command` (which holds the
 /// parent's copy of the pipe's write end) is dropped before returning, so
 /// the output pipe reaches EOF when the task's processes are gone.
 fn start(
@@ -507,10 +526,15 @@ fn start(
     spec: &ProcessSpec,
     output: pipe::Receiver,
     stdin_bytes: Option<Vec<u8>>,
+    pwd: Option<PathBuf>,
 ) -> Result<Spawned, SpawnError> {
     command
         .env_clear()
-        .envs(spec.env.iter().map(|(key, value)| (key, value)))
+        .envs(spec.env.iter().map(|(key, value)| (key, value)));
+    if let Some(pwd) = pwd {
+        command.env("PWD", pwd);
+    }
+    command
         .env(reaper::TOKEN_VAR, &spec.instance_token)
         .current_dir(&spec.cwd)
         .process_group(0)
