@@ -1,0 +1,1 @@
+//! Docker runner (bollard): filled in by its owner.

@@ -1,0 +1,208 @@
+//! Makes sure no process started by a task outlives it.
+//!
+//! Every task runs in its own process group, which catches ordinary
+//! background jobs (`sleep 1000 &`). Daemons leave the group (`setsid`, double
+//! fork), so ccflow also becomes a child subreaper ([`init`]): any orphaned
+//! descendant is re-parented to ccflow instead of init. After a task's main
+//! process ends, [`cleanup`] looks at ccflow's own children — cheap, a few
+//! small `/proc/self/task/*/children` reads — and kills those that belong to
+//! the task: members of its process group, or processes whose environment
+//! carries the task's `CCFLOW_INSTANCE_TOKEN`. Only those specific pids are
+//! reaped with `waitpid(pid)`: `waitpid(-1)` would steal exit statuses tokio
+//! (and other modules) wait for.
+//!
+//! Not covered: a descendant that escapes the group *and* wipes its
+//! environment (`setsid env -i ...`) cannot be attributed to a task; and an
+//! escaped daemon that exits by itself before the scan stays a zombie (no
+//! longer running) until ccflow exits, since its owner cannot be proven.
+
+use std::collections::HashSet;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The environment variable that marks every process of a task instance.
+pub const TOKEN_VAR: &str = "CCFLOW_INSTANCE_TOKEN";
+
+/// How long [`cleanup`] keeps killing before giving up on processes that do
+/// not die (uninterruptible sleep on a dead NFS mount, for instance).
+const CLEANUP_DEADLINE: Duration = Duration::from_secs(5);
+
+static SUBREAPER: OnceLock<bool> = OnceLock::new();
+
+/// Pids of the main processes the local runner has spawned and not yet
+/// reaped: tokio owns their exit status, so [`cleanup`] never touches them.
+fn live_children() -> &'static Mutex<HashSet<u32>> {
+    static LIVE: OnceLock<Mutex<HashSet<u32>>> = OnceLock::new();
+    LIVE.get_or_init(|| Mutex::new(HashSet::new()))
+}
+
+/// Makes ccflow a child subreaper (`PR_SET_CHILD_SUBREAPER`), once; later
+/// calls return the first result. Returns whether it is in effect.
+pub fn init() -> bool {
+    *SUBREAPER.get_or_init(|| {
+        // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes one integer argument
+        // and touches no memory of ours.
+        let result = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        if result != 0 {
+            tracing::warn!(
+                error = %std::io::Error::last_os_error(),
+                "cannot become a child subreaper; escaped daemons may outlive their task"
+            );
+        }
+        result == 0
+    })
+}
+
+/// Records a freshly spawned main process (see [`live_children`]).
+pub fn register(pid: u32) {
+    if let Ok(mut live) = live_children().lock() {
+        live.insert(pid);
+    }
+}
+
+/// Forgets a main process once tokio has reaped it.
+pub fn unregister(pid: u32) {
+    if let Ok(mut live) = live_children().lock() {
+        live.remove(&pid);
+    }
+}
+
+/// Sends `signal` to every process of the group `pgid`. Returns false when
+/// the group no longer exists.
+pub fn signal_group(pgid: u32, signal: i32) -> bool {
+    let Ok(pgid) = libc::pid_t::try_from(pgid) else {
+        return false;
+    };
+    if pgid <= 1 {
+        // killpg(0) and killpg(1) would hit ccflow's own group or everything.
+        return false;
+    }
+    // SAFETY: killpg has no memory effects.
+    unsafe { libc::killpg(pgid, signal) == 0 }
+}
+
+/// Kills and reaps what a finished task left behind: the rest of its process
+/// group `pgid` and the processes carrying its `token` that escaped the
+/// group. Returns how many such processes it found. Call it only after the
+/// main process has been reaped.
+///
+/// The group id cannot be reused while any member (even a zombie) exists, so
+/// signalling it after the main process was reaped is safe; if the group is
+/// empty, reuse would need the pid counter to wrap in between.
+pub async fn cleanup(pgid: u32, token: &str) -> usize {
+    let needle = format!("{TOKEN_VAR}={token}");
+    let deadline = Instant::now() + CLEANUP_DEADLINE;
+    let mut seen: HashSet<u32> = HashSet::new();
+    let mut unreaped: HashSet<u32> = HashSet::new();
+    loop {
+        // Leftover group members die; their children re-parent to us.
+        let group_alive = signal_group(pgid, libc::SIGKILL);
+        let mut found_new = false;
+        for pid in own_children() {
+            if unreaped.contains(&pid) || is_live_child(pid) {
+                continue;
+            }
+            let Some(stat) = ProcStat::read(pid) else {
+                continue;
+            };
+            let ours = stat.pgrp == pgid
+                || (!stat.zombie && environ_contains(pid, needle.as_bytes()));
+            if !ours {
+                continue;
+            }
+            if !stat.zombie {
+                kill(pid, libc::SIGKILL);
+            }
+            found_new |= seen.insert(pid);
+            unreaped.insert(pid);
+        }
+        unreaped.retain(|&pid| !try_reap(pid));
+        if !group_alive && unreaped.is_empty() && !found_new {
+            return seen.len();
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                pgid,
+                remaining = unreaped.len(),
+                "processes of a finished task did not die after SIGKILL"
+            );
+            return seen.len();
+        }
+        // Killed processes need a moment to die and re-parent their children.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+fn is_live_child(pid: u32) -> bool {
+    live_children()
+        .lock()
+        .is_ok_and(|live| live.contains(&pid))
+}
+
+fn kill(pid: u32, signal: i32) {
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: kill has no memory effects.
+        unsafe {
+            libc::kill(pid, signal);
+        }
+    }
+}
+
+/// Reaps `pid` if it has exited. True when it is gone (reaped now, or not
+/// our child any more).
+fn try_reap(pid: u32) -> bool {
+    let Ok(raw) = libc::pid_t::try_from(pid) else {
+        return true;
+    };
+    let mut status = 0;
+    // SAFETY: waitpid writes only to `status`, a valid local.
+    let result = unsafe { libc::waitpid(raw, &raw mut status, libc::WNOHANG) };
+    result != 0
+}
+
+/// Pids of ccflow's direct children. Orphans are re-parented to some live
+/// thread of the subreaper, so every thread's list is read.
+#[must_use]
+pub fn own_children() -> Vec<u32> {
+    let mut pids = Vec::new();
+    let Ok(threads) = std::fs::read_dir("/proc/self/task") else {
+        return pids;
+    };
+    for thread in threads.flatten() {
+        let mut path = thread.path();
+        path.push("children");
+        if let Ok(list) = std::fs::read_to_string(&path) {
+            pids.extend(list.split_ascii_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        }
+    }
+    pids
+}
+
+/// The fields of `/proc/PID/stat` cleanup needs. They survive in zombies.
+struct ProcStat {
+    zombie: bool,
+    pgrp: u32,
+}
+
+impl ProcStat {
+    fn read(pid: u32) -> Option<Self> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // `comm` is parenthesised and may contain anything, so parse after
+        // its last `)`: state, ppid, pgrp, ...
+        let rest = &text[text.rfind(')')? + 1..];
+        let mut fields = rest.split_ascii_whitespace();
+        let state = fields.next()?;
+        let _ppid = fields.next()?;
+        let pgrp = fields.next()?.parse().ok()?;
+        Some(Self {
+            zombie: state == "Z" || state == "X",
+            pgrp,
+        })
+    }
+}
+
+/// Whether `/proc/PID/environ` holds exactly the entry `needle`.
+fn environ_contains(pid: u32, needle: &[u8]) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|environ| environ.split(|&b| b == 0).any(|entry| entry == needle))
+}

@@ -1,0 +1,1 @@
+//! Scheduler: filled in by its owner.

@@ -1,0 +1,109 @@
+//! What the parser accepts and how; the behavioural equivalence with `sh -c`
+//! is proven by running both, in `exec::local::tests::direct_exec_matches_sh`.
+
+use super::*;
+
+fn argv(script: &str) -> Vec<String> {
+    parse(script).unwrap_or_else(|| panic!("{script:?} should be direct")).argv
+}
+
+#[test]
+fn words_quotes_and_escapes() {
+    assert_eq!(argv("ls -l"), ["ls", "-l"]);
+    assert_eq!(argv("  cat   'a b'\t\"c d\"  "), ["cat", "a b", "c d"]);
+    assert_eq!(argv("p '' \"\" ''\"\""), ["p", "", "", ""]);
+    assert_eq!(argv("p a'b'\"c\"d"), ["p", "abcd"]);
+    assert_eq!(argv(r"p a\ b \' \\"), ["p", "a b", "'", "\\"]);
+    assert_eq!(argv(r#"p "\$ \` \" \\ \a""#), ["p", "$ ` \" \\ \\a"]);
+    assert_eq!(argv("p 'lit $x `y` \\n'"), ["p", "lit $x `y` \\n"]);
+    assert_eq!(argv("p \"a\\\nb\" c\\\nd"), ["p", "ab", "cd"]);
+    assert_eq!(argv("p 'multi\nline'"), ["p", "multi\nline"]);
+    assert_eq!(argv("p héllo 日本"), ["p", "héllo", "日本"]);
+    assert_eq!(argv("make CC=gcc -j4"), ["make", "CC=gcc", "-j4"]);
+    assert_eq!(argv("true"), ["true"]);
+}
+
+#[test]
+fn redirections() {
+    let parsed = parse("cat < in.txt > 'out file' 2>&1").expect("direct");
+    assert_eq!(parsed.argv, ["cat"]);
+    assert_eq!(parsed.stdin, Some(PathBuf::from("in.txt")));
+    assert_eq!(parsed.stdout, Some((PathBuf::from("out file"), false)));
+    assert!(parsed.stderr_to_stdout);
+
+    let parsed = parse("cmd 2>&1 >>log").expect("direct");
+    assert_eq!(parsed.stdout, Some((PathBuf::from("log"), true)));
+    assert!(!parsed.stderr_to_stdout, "2>&1 before > points stderr at the log");
+
+    let parsed = parse("cmd 2>&1").expect("direct");
+    assert_eq!(parsed.stdout, None);
+    assert!(!parsed.stderr_to_stdout);
+}
+
+#[test]
+fn scripts_that_need_a_shell() {
+    for script in [
+        "",
+        "   ",
+        "echo hi",
+        "printf x",
+        "test -f x",
+        "[ -f x ]",
+        "cd /tmp",
+        "exec ls",
+        "true x",
+        "false --help",
+        "pwd",
+        "kill 1",
+        "ls *.txt",
+        "ls a?",
+        "ls [ab]",
+        "ls ~",
+        "ls ~/x",
+        "echo {a,b}",
+        "cat $HOME",
+        "cat \"$HOME\"",
+        "cat ${HOME}",
+        "cat `pwd`",
+        "cat \"`pwd`\"",
+        "cat $(pwd)",
+        "a; b",
+        "a && b",
+        "a || b",
+        "a | b",
+        "a &",
+        "(a)",
+        "{ a; }",
+        "! a",
+        "FOO=1 env",
+        "'FOO=1' env",
+        "cat <<EOF",
+        "cat <&3",
+        "cat <> f",
+        "ls 2> err",
+        "ls 1> out",
+        "ls >& out",
+        "ls &> out",
+        "ls >| out",
+        "ls > a > b",
+        "ls > a 2>&1 > b",
+        "ls < a < b",
+        "ls >",
+        "ls > ''",
+        "ls 2>&1x",
+        "ls 2>&2",
+        "ls # comment",
+        "if true; then :; fi",
+        "for x in a; do b; done",
+        "ls 'unterminated",
+        "ls \"unterminated",
+        "ls \\",
+        "ls\nls",
+        "ls\r",
+        "ls>out",
+        "''",
+        "\"\" x",
+    ] {
+        assert_eq!(parse(script), None, "{script:?} must go through sh");
+    }
+}
