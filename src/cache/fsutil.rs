@@ -14,14 +14,20 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// unique among live processes sharing a store.
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// Creates a fresh temp file in `dir` (which must exist) and returns it with
-/// its path. `create_new` guards against a stale temp left by a killed
-/// process whose pid was reused.
-pub(crate) fn create_temp(dir: &Path, mode: u32) -> io::Result<(fs_err::File, PathBuf)> {
+/// Prefix of temp files inside the store.
+pub(crate) const STORE_TEMP: &str = ".tmp-";
+/// Prefix of temp files in the user's tree while restoring, recognisable if
+/// a killed process leaves one behind.
+pub(crate) const RESTORE_TEMP: &str = ".ccflow-restore-";
+
+/// Creates a fresh temp file `{prefix}{pid}-{counter}` in `dir` (which must
+/// exist) and returns it with its path. `create_new` guards against a stale
+/// temp left by a killed process whose pid was reused.
+pub(crate) fn create_temp(dir: &Path, prefix: &str, mode: u32) -> io::Result<(fs_err::File, PathBuf)> {
     let pid = std::process::id();
     loop {
         let count = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = dir.join(format!(".tmp-{pid}-{count}"));
+        let path = dir.join(format!("{prefix}{pid}-{count}"));
         let mut options = fs_err::OpenOptions::new();
         options.write(true).create_new(true).mode(mode);
         match options.open(&path) {
@@ -32,15 +38,10 @@ pub(crate) fn create_temp(dir: &Path, mode: u32) -> io::Result<(fs_err::File, Pa
     }
 }
 
-/// Whether a file name is one of our temp names (for sweeping leftovers).
-pub(crate) fn is_temp_name(name: &str) -> bool {
-    name.starts_with(".tmp-")
-}
-
 /// Writes `bytes` to `path` atomically: temp file in `temp_dir` (same file
 /// system), then rename. No fsync: callers batch durability.
 pub(crate) fn write_atomic(temp_dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let (mut file, temp) = create_temp(temp_dir, 0o644)?;
+    let (mut file, temp) = create_temp(temp_dir, STORE_TEMP, 0o644)?;
     let result = file
         .write_all(bytes)
         .and_then(|()| fs_err::rename(&temp, path));
