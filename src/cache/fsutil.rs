@@ -1,0 +1,213 @@
+//! Small file-system helpers shared by the stat index and the store: unique
+//! temp names, atomic writes, reflink-or-copy with hashing, timestamps and
+//! file-system syncs. Only this file talks to `libc`.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use fs_err::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Per-process counter for temp names; together with the pid it makes names
+/// unique among live processes sharing a store.
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Prefix of temp files inside the store.
+pub(crate) const STORE_TEMP: &str = ".tmp-";
+/// Prefix of temp files in the user's tree while restoring, recognisable if
+/// a killed process leaves one behind.
+pub(crate) const RESTORE_TEMP: &str = ".ccflow-restore-";
+
+/// Creates a fresh temp file `{prefix}{pid}-{counter}` in `dir` (which must
+/// exist) and returns it with its path. `create_new` guards against a stale
+/// temp left by a killed process whose pid was reused.
+pub(crate) fn create_temp(dir: &Path, prefix: &str, mode: u32) -> io::Result<(fs_err::File, PathBuf)> {
+    let pid = std::process::id();
+    loop {
+        let count = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!("{prefix}{pid}-{count}"));
+        let mut options = fs_err::OpenOptions::new();
+        options.write(true).create_new(true).mode(mode);
+        match options.open(&path) {
+            Ok(file) => return Ok((file, path)),
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Writes `bytes` to `path` atomically: temp file in `temp_dir` (same file
+/// system), then rename. No fsync: callers batch durability.
+pub(crate) fn write_atomic(temp_dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let (mut file, temp) = create_temp(temp_dir, STORE_TEMP, 0o644)?;
+    let result = file
+        .write_all(bytes)
+        .and_then(|()| fs_err::rename(&temp, path));
+    if result.is_err() {
+        let _ = fs_err::remove_file(&temp);
+    }
+    result
+}
+
+/// Asks the file system to share `source`'s extents with `target` (btrfs,
+/// XFS, bcachefs). Returns false when that is not supported, and the caller
+/// copies instead. Never a hard link: a later in-place edit of an output
+/// would corrupt the store.
+#[cfg(target_os = "linux")]
+pub(crate) fn try_reflink(source: &File, target: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    // _IOW(0x94, 9, int) from <linux/fs.h>.
+    const FICLONE: libc::Ioctl = 0x4004_9409;
+    // SAFETY: both descriptors are open for the duration of the call; FICLONE
+    // takes the source descriptor as its integer argument and writes no memory.
+    let result = unsafe { libc::ioctl(target.as_raw_fd(), FICLONE, source.as_raw_fd()) };
+    result == 0
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn try_reflink(_source: &File, _target: &File) -> bool {
+    false
+}
+
+/// Hashes everything `reader` yields; returns (hex hash, byte count).
+pub(crate) fn hash_reader(mut reader: impl Read) -> io::Result<(String, u64)> {
+    let mut hasher = blake3::Hasher::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        let read = match reader.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(read) => read,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
+        };
+        hasher.update(&buffer[..read]);
+        total += read as u64;
+    }
+    Ok((hasher.finalize().to_hex().to_string(), total))
+}
+
+/// Copies `reader` into `writer` while hashing; returns (hex hash, bytes).
+pub(crate) fn copy_hashing(mut reader: impl Read, mut writer: impl Write) -> io::Result<(String, u64)> {
+    let mut hasher = blake3::Hasher::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        let read = match reader.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(read) => read,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
+        };
+        hasher.update(&buffer[..read]);
+        writer.write_all(&buffer[..read])?;
+        total += read as u64;
+    }
+    Ok((hasher.finalize().to_hex().to_string(), total))
+}
+
+/// Hex BLAKE3 of a byte slice.
+pub(crate) fn hash_bytes(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
+}
+
+/// Sets a file's access and modification times to now (records a cache hit
+/// for LRU garbage collection) without opening it.
+pub(crate) fn touch(path: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
+    // SAFETY: `c_path` is a valid NUL-terminated string; a null `times`
+    // pointer means "now" for both timestamps.
+    let result = unsafe { libc::utimensat(libc::AT_FDCWD, c_path.as_ptr(), std::ptr::null(), 0) };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Sets a file's modification time (and access time) to `unix_ns`. Used by
+/// tests to forge timestamps; kept here so all `libc` use is in one file.
+#[cfg(test)]
+pub(crate) fn set_mtime_ns(path: &Path, unix_ns: i64) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
+    let time = libc::timespec {
+        tv_sec: unix_ns.div_euclid(1_000_000_000),
+        tv_nsec: unix_ns.rem_euclid(1_000_000_000),
+    };
+    let times = [time, time];
+    // SAFETY: valid C string and a two-element timespec array, as required.
+    let result = unsafe { libc::utimensat(libc::AT_FDCWD, c_path.as_ptr(), times.as_ptr(), 0) };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The clock file systems stamp files with (coarse: it lags the precise
+/// clock by up to one tick). A file whose mtime is strictly below this value
+/// read *before* hashing cannot be modified again without its mtime moving.
+pub(crate) fn coarse_now_ns() -> i64 {
+    #[cfg(target_os = "linux")]
+    {
+        let mut time = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `time` is a valid out-pointer for clock_gettime.
+        if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut time) } == 0 {
+            return time.tv_sec * 1_000_000_000 + time.tv_nsec;
+        }
+    }
+    // Precise time is later than the coarse clock, so subtracting a generous
+    // tick keeps the racy check conservative.
+    let precise = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| i64::try_from(elapsed.as_nanos()).unwrap_or(i64::MAX));
+    precise - 20_000_000
+}
+
+/// Milliseconds since the Unix epoch (entry creation times).
+pub(crate) fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A file's mtime in nanoseconds since the epoch.
+pub(crate) fn mtime_ns(metadata: &std::fs::Metadata) -> i64 {
+    metadata.mtime() * 1_000_000_000 + metadata.mtime_nsec()
+}
+
+/// A file's ctime in nanoseconds since the epoch.
+pub(crate) fn ctime_ns(metadata: &std::fs::Metadata) -> i64 {
+    metadata.ctime() * 1_000_000_000 + metadata.ctime_nsec()
+}
+
+/// Makes everything written so far on the file system holding `dir` durable:
+/// one `syncfs` for a whole batch instead of an fsync per file.
+pub(crate) fn sync_file_system(dir: &File) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: `dir` is an open descriptor for the call's duration.
+        if unsafe { libc::syncfs(dir.as_raw_fd()) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = dir;
+        // SAFETY: sync(2) takes no arguments and cannot fail.
+        unsafe { libc::sync() };
+        Ok(())
+    }
+}

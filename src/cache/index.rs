@@ -1,0 +1,345 @@
+//! The persistent stat index (like git's index): repo-relative path ->
+//! (size, mtime, ctime, inode, device, mode) and the BLAKE3 content hash
+//! seen with that stat. A file whose stat is unchanged is not read again, so
+//! hashing an unchanged tree costs one `stat` per file.
+//!
+//! Racy timestamps. A file modified twice within one timestamp tick keeps
+//! the same stat, so a hash taken between the two writes would be trusted
+//! forever. As git does, an entry is trusted only when the file's mtime is
+//! strictly older than a moment known to follow the hash:
+//! - in memory, the coarse file-system clock read *before* the file was read
+//!   (a later write must then stamp a newer mtime);
+//! - after loading, the index file's own mtime (the moment it was written):
+//!   an entry whose mtime is not strictly older is re-hashed next time.
+//! Untrusted entries are re-read on every call until the clock has moved on.
+//!
+//! One index belongs to one repository root; `hash_file` is called from many
+//! tokio tasks at once, so entries live in mutex-guarded shards and no lock
+//! is held while a file is read.
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use super::fsutil;
+use super::CacheError;
+
+/// File magic and format version of the index file.
+const MAGIC: &[u8; 8] = b"CCFIDX\0\x01";
+const SHARDS: usize = 32;
+/// Fixed part of an encoded entry after the path: size, mtime, ctime, ino,
+/// dev (8 bytes each), mode (4), flags (1), hash (32).
+const FIXED_LEN: usize = 8 * 5 + 4 + 1 + 32;
+/// Files up to this size are read in one `read` call.
+const SMALL_FILE: u64 = 256 * 1024;
+
+/// The content hash of a file, with the size and mode seen with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileHash {
+    /// Lowercase hex BLAKE3 of the content.
+    pub hash: String,
+    pub size: u64,
+    /// Permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+}
+
+/// What the index remembers about one file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct IndexEntry {
+    stat: Stat,
+    hash: [u8; 32],
+    /// Whether the mtime was strictly older than the hash (see module doc).
+    trusted: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stat {
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+    inode: u64,
+    device: u64,
+    mode: u32,
+}
+
+impl Stat {
+    fn of(metadata: &std::fs::Metadata) -> Stat {
+        Stat {
+            size: metadata.size(),
+            mtime_ns: fsutil::mtime_ns(metadata),
+            ctime_ns: fsutil::ctime_ns(metadata),
+            inode: metadata.ino(),
+            device: metadata.dev(),
+            mode: metadata.mode(),
+        }
+    }
+}
+
+/// The persistent stat index. `Send + Sync`.
+pub struct StatIndex {
+    path: PathBuf,
+    shards: Vec<Mutex<HashMap<String, IndexEntry>>>,
+    dirty: AtomicBool,
+    files_read: AtomicU64,
+}
+
+impl StatIndex {
+    /// Loads the index at `path`. A missing file gives an empty index; a
+    /// corrupt one too, reported once with a warning (it is only a cache).
+    pub fn open(path: &Path) -> Result<StatIndex, CacheError> {
+        let index = StatIndex {
+            path: path.to_owned(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            dirty: AtomicBool::new(false),
+            files_read: AtomicU64::new(0),
+        };
+        let (bytes, written_ns) = match fs_err::File::open(path) {
+            Ok(mut file) => {
+                let written_ns = fsutil::mtime_ns(&file.metadata()?);
+                let mut bytes = Vec::new();
+                file.read_to_end(&mut bytes)?;
+                (bytes, written_ns)
+            }
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(index),
+            Err(error) => return Err(error.into()),
+        };
+        match decode(&bytes) {
+            Some(entries) => {
+                for (rel, mut entry) in entries {
+                    // Git's racy rule: a file stamped in the same tick as the
+                    // index write (or later) may have changed after hashing.
+                    if entry.stat.mtime_ns >= written_ns {
+                        entry.trusted = false;
+                    }
+                    index.shard(&rel).insert(rel, entry);
+                }
+            }
+            None => {
+                tracing::warn!(
+                    "ignoring corrupt file-hash index `{}`; every file will be hashed again",
+                    path.display()
+                );
+                // Rewrite it on the next save even if nothing is hashed.
+                index.dirty.store(true, Ordering::Relaxed);
+            }
+        }
+        Ok(index)
+    }
+
+    /// The content hash of `root/rel`: from the index when its stat is
+    /// unchanged (and the entry is not racy), else by reading the file.
+    pub fn hash_file(&self, root: &Path, rel: &str) -> Result<FileHash, CacheError> {
+        let path = root.join(rel);
+        let metadata = match fs_err::metadata(&path) {
+            Ok(metadata) => metadata,
+            Err(error) => {
+                if error.kind() == io::ErrorKind::NotFound && self.shard(rel).remove(rel).is_some() {
+                    self.dirty.store(true, Ordering::Relaxed);
+                }
+                return Err(error.into());
+            }
+        };
+        if !metadata.is_file() {
+            return Err(CacheError::NotAFile { path });
+        }
+        let stat = Stat::of(&metadata);
+        let cached = self.shard(rel).get(rel).copied();
+        if let Some(entry) = cached {
+            if entry.trusted && entry.stat == stat {
+                return Ok(file_hash(&entry));
+            }
+        }
+
+        // Read the clock before the content: if the mtime is older than this
+        // moment, any later write must leave a newer mtime behind.
+        let before_read = fsutil::coarse_now_ns();
+        let mut file = fs_err::File::open(&path)?;
+        let hash = if stat.size <= SMALL_FILE {
+            let mut bytes = Vec::with_capacity(usize::try_from(stat.size).unwrap_or(0) + 1);
+            file.read_to_end(&mut bytes)?;
+            *blake3::hash(&bytes).as_bytes()
+        } else {
+            let mut hasher = blake3::Hasher::new();
+            hasher.update_reader(&mut file)?;
+            *hasher.finalize().as_bytes()
+        };
+        self.files_read.fetch_add(1, Ordering::Relaxed);
+        // The stat of the open file after reading: if the file changed while
+        // we read it, the hash may mix two versions and must not be trusted.
+        let after = Stat::of(&file.metadata()?);
+        let entry = IndexEntry {
+            stat: after,
+            hash,
+            trusted: after == stat && stat.mtime_ns < before_read,
+        };
+        if cached != Some(entry) {
+            self.shard(rel).insert(rel.to_owned(), entry);
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+        Ok(file_hash(&entry))
+    }
+
+    /// Writes the index atomically (temp file + rename). Does nothing when
+    /// no entry changed since it was loaded or last saved.
+    pub fn save(&self) -> Result<(), CacheError> {
+        // Cleared before encoding, so a hash recorded concurrently sets it
+        // again and is written by the next save.
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let result = self.write();
+        if result.is_err() {
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn write(&self) -> Result<(), CacheError> {
+        let mut bytes = Vec::with_capacity(16 + self.len() * (FIXED_LEN + 40) + 32);
+        bytes.extend_from_slice(MAGIC);
+        let count_at = bytes.len();
+        bytes.extend_from_slice(&0u32.to_le_bytes());
+        let mut count = 0u32;
+        for shard in &self.shards {
+            let shard = lock(shard);
+            for (rel, entry) in shard.iter() {
+                let Ok(path_len) = u32::try_from(rel.len()) else {
+                    continue;
+                };
+                bytes.extend_from_slice(&path_len.to_le_bytes());
+                bytes.extend_from_slice(rel.as_bytes());
+                encode_entry(&mut bytes, entry);
+                count += 1;
+            }
+        }
+        bytes[count_at..count_at + 4].copy_from_slice(&count.to_le_bytes());
+        let checksum = blake3::hash(&bytes);
+        bytes.extend_from_slice(checksum.as_bytes());
+
+        let dir = match self.path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        fs_err::create_dir_all(&dir)?;
+        fsutil::write_atomic(&dir, &self.path, &bytes)?;
+        Ok(())
+    }
+
+    /// How many entries the index holds.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|shard| lock(shard).len()).sum()
+    }
+
+    /// Whether the index holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How many files this index has read (hashed) since it was opened; the
+    /// rest were answered from their stat alone.
+    pub fn files_read(&self) -> u64 {
+        self.files_read.load(Ordering::Relaxed)
+    }
+
+    fn shard(&self, rel: &str) -> MutexGuard<'_, HashMap<String, IndexEntry>> {
+        // FNV-1a: only spreads paths over shards, never part of a key.
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in rel.as_bytes() {
+            hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+        let slot = usize::try_from(hash % SHARDS as u64).unwrap_or(0);
+        lock(&self.shards[slot])
+    }
+}
+
+/// Locks a shard; a panic in another thread while holding it cannot leave an
+/// entry half-written (inserts are single moves), so poison is ignored.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn file_hash(entry: &IndexEntry) -> FileHash {
+    FileHash {
+        hash: blake3::Hash::from_bytes(entry.hash).to_hex().to_string(),
+        size: entry.stat.size,
+        mode: entry.stat.mode & 0o7777,
+    }
+}
+
+fn encode_entry(bytes: &mut Vec<u8>, entry: &IndexEntry) {
+    let stat = &entry.stat;
+    bytes.extend_from_slice(&stat.size.to_le_bytes());
+    bytes.extend_from_slice(&stat.mtime_ns.to_le_bytes());
+    bytes.extend_from_slice(&stat.ctime_ns.to_le_bytes());
+    bytes.extend_from_slice(&stat.inode.to_le_bytes());
+    bytes.extend_from_slice(&stat.device.to_le_bytes());
+    bytes.extend_from_slice(&stat.mode.to_le_bytes());
+    bytes.push(u8::from(entry.trusted));
+    bytes.extend_from_slice(&entry.hash);
+}
+
+/// Decodes an index file; `None` when it is not a complete, intact index.
+fn decode(bytes: &[u8]) -> Option<Vec<(String, IndexEntry)>> {
+    let body_len = bytes.len().checked_sub(32)?;
+    let (body, checksum) = bytes.split_at(body_len);
+    if blake3::hash(body).as_bytes() != checksum {
+        return None;
+    }
+    let mut reader = Reader { bytes: body };
+    if reader.take(MAGIC.len())? != MAGIC {
+        return None;
+    }
+    let count = reader.u32()?;
+    // Never trust a count for an allocation beyond what the bytes can hold.
+    let mut entries = Vec::with_capacity(usize::try_from(count).ok()?.min(body.len() / FIXED_LEN));
+    for _ in 0..count {
+        let path_len = usize::try_from(reader.u32()?).ok()?;
+        let rel = std::str::from_utf8(reader.take(path_len)?).ok()?.to_owned();
+        let stat = Stat {
+            size: reader.u64()?,
+            mtime_ns: reader.i64()?,
+            ctime_ns: reader.i64()?,
+            inode: reader.u64()?,
+            device: reader.u64()?,
+            mode: reader.u32()?,
+        };
+        let trusted = reader.take(1)?[0] == 1;
+        let hash: [u8; 32] = reader.take(32)?.try_into().ok()?;
+        entries.push((rel, IndexEntry { stat, hash, trusted }));
+    }
+    reader.bytes.is_empty().then_some(entries)
+}
+
+/// A cursor over little-endian fields; every read is bounds-checked.
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, len: usize) -> Option<&'a [u8]> {
+        if self.bytes.len() < len {
+            return None;
+        }
+        let (head, tail) = self.bytes.split_at(len);
+        self.bytes = tail;
+        Some(head)
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+
+    fn i64(&mut self) -> Option<i64> {
+        Some(i64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+}
+
+#[cfg(test)]
+mod tests;

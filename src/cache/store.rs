@@ -1,0 +1,1010 @@
+//! The content-addressed store: output files, logs and attachments as blobs
+//! named by their BLAKE3 hash, and one manifest per cache key naming them.
+//!
+//! Layout under `CACHE_DIR/v1/` (the format version is part of the path):
+//! - `blobs/ab/cdef…` — file contents, named by hash;
+//! - `entries/<key hash>.json` — manifests: a header line
+//!   `ccflow-manifest 1 <blake3 of the body>` then the [`Entry`] as JSON;
+//!   the file's mtime records its last use (touched on every hit) for LRU gc;
+//! - `instances/<blake3 of the instance id>` — the key hash of an instance's
+//!   latest entry, for `ccflow explain`;
+//! - `tmp/` — temp files, renamed into place (same file system).
+//!
+//! # Durability without an fsync per entry
+//!
+//! Every file is written to a uniquely named temp file (pid + counter) and
+//! renamed into place, so no reader ever sees a partial file, and several
+//! processes can share a store without locks. What must never happen is a
+//! visible manifest naming a blob that is not complete, after a SIGKILL or
+//! a power loss. The order of operations guarantees it:
+//!
+//! 1. `save` writes each blob to a temp file and renames it into `blobs/`
+//!    (a blob is immutable once named: its name is its content hash);
+//! 2. `save` then hands the encoded manifests to a background flusher thread
+//!    and returns: the caller pays for writing blobs, not for any fsync;
+//! 3. the flusher takes everything queued so far as one batch, calls
+//!    `syncfs` once (every blob of the batch is now durable, whatever the
+//!    batch size: one journal commit instead of one fsync per file), and only
+//!    then renames the batch's manifests and instance pointers into place.
+//!
+//! While a batch is being synced, new saves queue up behind it, so batches
+//! grow with the load (group commit). `flush()` waits until everything saved
+//! before it is published and syncs once more, making the manifests
+//! themselves durable; the scheduler calls it at the end of a run (and may
+//! call it every N saves). `Drop` drains the queue too.
+//!
+//! After a SIGKILL at any point, the page cache survives, so every renamed
+//! blob is complete, and a manifest is only visible once its blobs were
+//! renamed (and synced). Manifests not yet published are lost: those tasks
+//! are misses next time, never wrong results. After a power loss, blobs named
+//! by a visible manifest were synced before it was renamed; the manifest
+//! itself may be torn, which its checksum detects. Readers check the
+//! manifest's checksum and that every blob exists with the right size, and
+//! `restore`/`read_blob` verify content hashes while copying, so a blob
+//! damaged later is an error (and is deleted), never a wrong file.
+//!
+//! Manifests saved by this process but not yet published are served to its
+//! own lookups from memory, so identical instances in one run still hit.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use super::fsutil::{self, RESTORE_TEMP, STORE_TEMP};
+use super::index::StatIndex;
+use super::key::{outputs_digest, parse_hex32, CacheKey, KeyHash, CACHE_FORMAT_VERSION};
+use super::CacheError;
+
+/// Files up to this size are read into memory (hash first, then write only
+/// if the blob is new); larger ones are reflinked or streamed.
+const SMALL_FILE: u64 = 1024 * 1024;
+const MANIFEST_MAGIC: &str = "ccflow-manifest";
+/// Temp files older than this are leftovers of killed processes.
+const STALE_TEMP: Duration = Duration::from_secs(3600);
+
+/// What a task left behind, as the scheduler hands it to [`Store::save`].
+#[derive(Clone, Debug)]
+pub struct NewEntry {
+    pub instance_id: String,
+    pub key: CacheKey,
+    /// Repo-relative paths of output files (expanded, files only). Each must
+    /// stay inside the root: `..`, absolute paths and symlinks resolving
+    /// outside are rejected with [`CacheError::OutputOutsideRoot`].
+    pub outputs: Vec<String>,
+    pub exit_code: i32,
+    /// The task's log, stored as a blob.
+    pub log: Option<PathBuf>,
+    /// Named artifacts (`transcript`, `diff`, ...), stored as blobs.
+    pub attachments: BTreeMap<String, PathBuf>,
+    /// Path -> content hash after the task (in-place tasks).
+    pub post_state: BTreeMap<String, String>,
+    /// Stored verbatim (agent usage, cost, ...).
+    pub metadata: serde_json::Value,
+}
+
+/// A stored result, as read back from a manifest.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub key: CacheKey,
+    /// The key this manifest is stored under (for an in-place task's
+    /// post-state manifest, not the hash of `key`).
+    pub key_hash: KeyHash,
+    pub instance_id: String,
+    /// Sorted by path.
+    pub outputs: Vec<OutputFile>,
+    pub exit_code: i32,
+    /// Blob hash of the log.
+    pub log: Option<String>,
+    /// Attachment name -> blob hash.
+    pub attachments: BTreeMap<String, String>,
+    pub post_state: BTreeMap<String, String>,
+    pub metadata: serde_json::Value,
+    pub created_unix_ms: u64,
+}
+
+impl Entry {
+    /// The digest downstream keys use for this entry's outputs.
+    pub fn outputs_digest(&self) -> String {
+        let pairs: Vec<(String, String)> = self
+            .outputs
+            .iter()
+            .map(|output| (output.path.clone(), output.hash.clone()))
+            .collect();
+        outputs_digest(&pairs)
+    }
+
+    /// Every blob this entry needs, with its size when the manifest knows it.
+    fn blobs(&self) -> impl Iterator<Item = (&str, Option<u64>)> {
+        self.outputs
+            .iter()
+            .map(|output| (output.hash.as_str(), Some(output.size)))
+            .chain(self.log.iter().map(|hash| (hash.as_str(), None)))
+            .chain(self.attachments.values().map(|hash| (hash.as_str(), None)))
+    }
+}
+
+/// One output file of an entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputFile {
+    /// Repo-relative, `/`-separated, normalised (no `.` or `..`).
+    pub path: String,
+    /// Hex BLAKE3 of the content (the blob's name).
+    pub hash: String,
+    pub size: u64,
+    /// Permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+}
+
+/// What [`Store::restore`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RestoreReport {
+    /// Paths written (new or different content).
+    pub written: Vec<String>,
+    /// Paths already identical (content and mode), left untouched.
+    pub skipped: Vec<String>,
+    /// Paths whose content was identical but whose mode was fixed.
+    pub chmodded: Vec<String>,
+    pub bytes_written: u64,
+}
+
+/// Size of the store, for `ccflow cache stats`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub entries: u64,
+    pub blobs: u64,
+    /// Bytes of manifests and blobs.
+    pub bytes: u64,
+}
+
+/// What [`Store::gc`] removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    pub entries_removed: u64,
+    pub blobs_removed: u64,
+    pub bytes_freed: u64,
+    pub bytes_after: u64,
+}
+
+/// The cache store. `Send + Sync`; its methods block on file I/O, so async
+/// callers run them in `spawn_blocking`.
+pub struct Store {
+    shared: Arc<Shared>,
+    flusher: Mutex<Option<JoinHandle<()>>>,
+}
+
+struct Shared {
+    /// `CACHE_DIR/v1`.
+    dir: PathBuf,
+    /// Open handle on `dir`, for `syncfs`.
+    dir_handle: File,
+    state: Mutex<FlushState>,
+    /// Wakes the flusher when work is queued or on shutdown.
+    work: Condvar,
+    /// Wakes `flush()` callers when a batch is published.
+    progress: Condvar,
+    /// Keys already reported as corrupt, so each is warned about once.
+    warned: Mutex<HashSet<KeyHash>>,
+}
+
+#[derive(Default)]
+struct FlushState {
+    queue: Vec<Pending>,
+    /// Manifests queued but not published yet, served to this process's
+    /// lookups: key -> (sequence number, manifest bytes).
+    unpublished: HashMap<KeyHash, (u64, Arc<Vec<u8>>)>,
+    /// Instance pointers not published yet: instance id -> (sequence, key).
+    unpublished_instances: HashMap<String, (u64, KeyHash)>,
+    enqueued: u64,
+    published: u64,
+    error: Option<CacheError>,
+    shutdown: bool,
+}
+
+/// One `save` waiting for its blobs to be durable.
+struct Pending {
+    sequence: u64,
+    manifests: Vec<(KeyHash, Arc<Vec<u8>>)>,
+    instance_id: String,
+    latest: KeyHash,
+}
+
+impl Store {
+    /// Opens (creating it if needed) the store under `cache_dir/v1`.
+    pub fn open(cache_dir: &Path) -> Result<Store, CacheError> {
+        let dir = cache_dir.join(format!("v{CACHE_FORMAT_VERSION}"));
+        for sub in ["blobs", "entries", "instances", "tmp"] {
+            fs_err::create_dir_all(dir.join(sub))?;
+        }
+        let dir_handle = fs_err::File::open(&dir)?.into_parts().0;
+        let shared = Arc::new(Shared {
+            dir,
+            dir_handle,
+            state: Mutex::new(FlushState::default()),
+            work: Condvar::new(),
+            progress: Condvar::new(),
+            warned: Mutex::new(HashSet::new()),
+        });
+        let flusher = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("ccflow-cache-flush".to_owned())
+                .spawn(move || run_flusher(&shared))?
+        };
+        Ok(Store {
+            shared,
+            flusher: Mutex::new(Some(flusher)),
+        })
+    }
+
+    /// The directory holding this store's format version (`CACHE_DIR/v1`).
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// The entry stored under `key`, if there is a complete one. A torn or
+    /// corrupt manifest, or one naming a missing blob, is a miss (warned
+    /// about once per key), never an error and never a wrong result.
+    pub fn lookup(&self, key: &KeyHash) -> Result<Option<Entry>, CacheError> {
+        let unpublished = lock(&self.shared.state)
+            .unpublished
+            .get(key)
+            .map(|(_, bytes)| Arc::clone(bytes));
+        let path = self.shared.entry_path(key);
+        let from_disk = unpublished.is_none();
+        let bytes = match unpublished {
+            Some(bytes) => bytes,
+            None => match fs_err::read(&path) {
+                Ok(bytes) => Arc::new(bytes),
+                Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(error) => return Err(error.into()),
+            },
+        };
+        let entry = match decode_manifest(&bytes, key).and_then(|entry| self.check_blobs(entry)) {
+            Ok(entry) => entry,
+            Err(reason) => {
+                if lock(&self.shared.warned).insert(*key) {
+                    tracing::warn!("ignoring cache entry `{key}`: {reason}");
+                }
+                return Ok(None);
+            }
+        };
+        if from_disk {
+            // The manifest's mtime is its last use, for LRU gc. A failure
+            // only makes gc less accurate, so it does not fail the hit.
+            if let Err(error) = fsutil::touch(&path) {
+                tracing::debug!("failed to record use of cache entry `{key}`: {error}");
+            }
+        }
+        Ok(Some(entry))
+    }
+
+    /// Checks that every blob of `entry` exists (with the recorded size).
+    fn check_blobs(&self, entry: Entry) -> Result<Entry, String> {
+        for (hash, size) in entry.blobs() {
+            let path = self.shared.blob_path(hash).ok_or_else(|| format!("invalid blob name `{hash}`"))?;
+            match std::fs::metadata(&path) {
+                Ok(metadata) if metadata.is_file() && size.is_none_or(|size| metadata.len() == size) => {}
+                Ok(_) => return Err(format!("blob `{hash}` has the wrong size")),
+                Err(_) => return Err(format!("blob `{hash}` is missing")),
+            }
+        }
+        Ok(entry)
+    }
+
+    /// Stores `new`'s output files, log and attachments as blobs and its
+    /// manifest under every key in `keys` (an in-place task saves under its
+    /// pre-state and post-state keys; empty means `new.key.hash()`), and
+    /// points the instance at it. The manifests become visible once the
+    /// blobs are durable (see the module doc); lookups from this process see
+    /// them at once.
+    pub fn save(&self, keys: &[KeyHash], new: NewEntry, root: &Path) -> Result<Entry, CacheError> {
+        let root_canonical = fs_err::canonicalize(root)?;
+        let mut outputs: BTreeMap<String, OutputFile> = BTreeMap::new();
+        for rel in &new.outputs {
+            let path = normalize_rel(rel)?;
+            if outputs.contains_key(&path) {
+                continue;
+            }
+            let source = fs_err::canonicalize(root.join(&path))?;
+            if !source.starts_with(&root_canonical) {
+                return Err(CacheError::OutputOutsideRoot { path: rel.clone() });
+            }
+            let (hash, size, mode) = self.shared.store_file(&source)?;
+            outputs.insert(
+                path.clone(),
+                OutputFile {
+                    path,
+                    hash,
+                    size,
+                    mode,
+                },
+            );
+        }
+        let log = match &new.log {
+            Some(path) => Some(self.shared.store_file(path)?.0),
+            None => None,
+        };
+        let mut attachments = BTreeMap::new();
+        for (name, path) in &new.attachments {
+            attachments.insert(name.clone(), self.shared.store_file(path)?.0);
+        }
+
+        let own_hash = new.key.hash();
+        let keys: Vec<KeyHash> = if keys.is_empty() { vec![own_hash] } else { keys.to_vec() };
+        let latest = if keys.contains(&own_hash) { own_hash } else { keys[0] };
+        let mut entry = Entry {
+            key: new.key,
+            key_hash: latest,
+            instance_id: new.instance_id,
+            outputs: outputs.into_values().collect(),
+            exit_code: new.exit_code,
+            log,
+            attachments,
+            post_state: new.post_state,
+            metadata: new.metadata,
+            created_unix_ms: fsutil::now_unix_ms(),
+        };
+        let mut manifests = Vec::with_capacity(keys.len());
+        for key in &keys {
+            entry.key_hash = *key;
+            manifests.push((*key, Arc::new(encode_manifest(&entry)?)));
+        }
+        entry.key_hash = latest;
+        self.shared.enqueue(manifests, entry.instance_id.clone(), latest);
+        Ok(entry)
+    }
+
+    /// Writes `entry`'s outputs under `root`; see [`Store::restore_with_index`].
+    pub fn restore(&self, entry: &Entry, root: &Path) -> Result<RestoreReport, CacheError> {
+        self.restore_with_index(entry, root, None)
+    }
+
+    /// Writes `entry`'s outputs under `root`, all or nothing: every blob is
+    /// first copied (verifying its hash) to a temp file beside its target,
+    /// and only when all are good are they renamed into place, with their
+    /// modes. Files already identical are left untouched (their mtime
+    /// unchanged); `index`, when given, answers "identical?" from a stat.
+    /// A corrupt blob is an error (and is deleted from the store) and no
+    /// file is written.
+    pub fn restore_with_index(
+        &self,
+        entry: &Entry,
+        root: &Path,
+        index: Option<&StatIndex>,
+    ) -> Result<RestoreReport, CacheError> {
+        fs_err::create_dir_all(root)?;
+        let root_canonical = fs_err::canonicalize(root)?;
+        let mut report = RestoreReport::default();
+        let mut staged = StagedFiles::default();
+        let mut chmods = Vec::new();
+        for output in &entry.outputs {
+            let rel = normalize_rel(&output.path)?;
+            let target = root.join(&rel);
+            let mode = output.mode & 0o7777;
+            if let Some(existing_mode) = identical_file(&target, root, &rel, output, index)? {
+                if existing_mode == mode {
+                    report.skipped.push(rel);
+                } else {
+                    chmods.push((target, rel, mode));
+                }
+                continue;
+            }
+            let parent = match target.parent() {
+                Some(parent) => parent.to_owned(),
+                None => return Err(CacheError::OutputOutsideRoot { path: rel }),
+            };
+            fs_err::create_dir_all(&parent)?;
+            // A directory in the path may be a symlink leading out of root.
+            if !fs_err::canonicalize(&parent)?.starts_with(&root_canonical) {
+                return Err(CacheError::OutputOutsideRoot { path: rel });
+            }
+            let (file, temp) = fsutil::create_temp(&parent, RESTORE_TEMP, 0o600)?;
+            staged.files.push(StagedFile {
+                temp: temp.clone(),
+                target,
+                rel,
+                size: output.size,
+            });
+            self.shared.copy_blob_verified(&output.hash, file.into_parts().0, &temp)?;
+            fs_err::set_permissions(&temp, std::fs::Permissions::from_mode(mode))?;
+        }
+        // Every blob verified: publish. A failure here leaves some files
+        // restored, each one complete.
+        while staged.renamed < staged.files.len() {
+            let file = &staged.files[staged.renamed];
+            fs_err::rename(&file.temp, &file.target)?;
+            report.written.push(file.rel.clone());
+            report.bytes_written += file.size;
+            staged.renamed += 1;
+        }
+        for (target, rel, mode) in chmods {
+            fs_err::set_permissions(&target, std::fs::Permissions::from_mode(mode))?;
+            report.chmodded.push(rel);
+        }
+        Ok(report)
+    }
+
+    /// The content of blob `hash`, verified against its name.
+    pub fn read_blob(&self, hash: &str) -> Result<Vec<u8>, CacheError> {
+        let path = self.shared.blob_path(hash).ok_or_else(|| CacheError::InvalidHash {
+            text: hash.to_owned(),
+        })?;
+        let bytes = match fs_err::read(&path) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                return Err(CacheError::MissingBlob {
+                    hash: hash.to_owned(),
+                })
+            }
+            Err(error) => return Err(error.into()),
+        };
+        if fsutil::hash_bytes(&bytes) != hash {
+            return Err(self.shared.corrupt_blob(hash, path));
+        }
+        Ok(bytes)
+    }
+
+    /// The latest entry saved for `instance_id` (for `ccflow explain`), if
+    /// it is still complete.
+    pub fn latest_for_instance(&self, instance_id: &str) -> Result<Option<Entry>, CacheError> {
+        let unpublished = lock(&self.shared.state)
+            .unpublished_instances
+            .get(instance_id)
+            .map(|(_, key)| *key);
+        let key = match unpublished {
+            Some(key) => key,
+            None => match fs_err::read_to_string(self.shared.instance_path(instance_id)) {
+                Ok(text) => match text.trim().parse() {
+                    Ok(key) => key,
+                    Err(_) => return Ok(None),
+                },
+                Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(error) => return Err(error.into()),
+            },
+        };
+        self.lookup(&key)
+    }
+
+    /// Waits until every entry saved before this call is published, then
+    /// makes the manifests durable. Reports (once) a failure of the
+    /// background flusher since the last call.
+    pub fn flush(&self) -> Result<(), CacheError> {
+        let mut state = lock(&self.shared.state);
+        let target = state.enqueued;
+        while state.published < target && state.error.is_none() {
+            state = self
+                .shared
+                .progress
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        if let Some(error) = state.error.take() {
+            return Err(CacheError::Flush {
+                source: Box::new(error),
+            });
+        }
+        drop(state);
+        fsutil::sync_file_system(&self.shared.dir_handle)?;
+        Ok(())
+    }
+
+    /// Counts entries and blobs and their bytes.
+    pub fn stats(&self) -> Result<StoreStats, CacheError> {
+        let mut stats = StoreStats::default();
+        for (_, metadata) in list_files(&self.shared.dir.join("entries"))? {
+            stats.entries += 1;
+            stats.bytes += metadata.len();
+        }
+        for (_, size) in self.shared.list_blobs()? {
+            stats.blobs += 1;
+            stats.bytes += size;
+        }
+        Ok(stats)
+    }
+
+    /// Evicts the least recently used entries until manifests and blobs fit
+    /// in `max_size` bytes, then removes blobs no entry references, stale
+    /// temp files and dangling instance pointers. Another process saving at
+    /// the same time may lose an entry (a miss), never get a wrong one.
+    pub fn gc(&self, max_size: u64) -> Result<GcReport, CacheError> {
+        self.flush()?;
+        let shared = &self.shared;
+        let mut report = GcReport::default();
+        let blobs: HashMap<String, u64> = shared.list_blobs()?.into_iter().collect();
+
+        // (last use, path, manifest size, blobs) of every readable entry.
+        let mut entries = Vec::new();
+        for (path, metadata) in list_files(&shared.dir.join("entries"))? {
+            let decoded = path
+                .file_stem()
+                .and_then(|stem| stem.to_str())
+                .and_then(|stem| stem.parse::<KeyHash>().ok())
+                .and_then(|key| {
+                    let bytes = fs_err::read(&path).ok()?;
+                    decode_manifest(&bytes, &key).ok()
+                });
+            let Some(entry) = decoded else {
+                // Unreadable manifests are misses anyway; reclaim them.
+                remove_counting(&path, metadata.len(), &mut report)?;
+                report.entries_removed += 1;
+                continue;
+            };
+            let hashes: Vec<String> = entry.blobs().map(|(hash, _)| hash.to_owned()).collect();
+            let last_use = metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+            entries.push((last_use, path, metadata.len(), hashes));
+        }
+        entries.sort_by(|a, b| b.0.cmp(&a.0));
+
+        let mut kept_blobs: HashSet<String> = HashSet::new();
+        let mut used = 0u64;
+        let mut evicting = false;
+        for (_, path, size, hashes) in entries {
+            let new_blobs: HashSet<&String> = hashes.iter().filter(|hash| !kept_blobs.contains(*hash)).collect();
+            let extra = size + new_blobs.iter().filter_map(|hash| blobs.get(*hash)).sum::<u64>();
+            // Strict LRU: once an entry does not fit, it and every entry
+            // used less recently go.
+            if !evicting && used + extra <= max_size {
+                used += extra;
+                kept_blobs.extend(hashes);
+            } else {
+                evicting = true;
+                remove_counting(&path, size, &mut report)?;
+                report.entries_removed += 1;
+            }
+        }
+        for (hash, size) in &blobs {
+            if !kept_blobs.contains(hash) {
+                if let Some(path) = shared.blob_path(hash) {
+                    remove_counting(&path, *size, &mut report)?;
+                    report.blobs_removed += 1;
+                }
+            }
+        }
+        // Leftovers of killed processes.
+        let now = SystemTime::now();
+        for (path, metadata) in list_files(&shared.dir.join("tmp"))? {
+            let age = metadata.modified().ok().and_then(|modified| now.duration_since(modified).ok());
+            if age.is_some_and(|age| age > STALE_TEMP) {
+                remove_counting(&path, metadata.len(), &mut report)?;
+            }
+        }
+        for (path, _) in list_files(&shared.dir.join("instances"))? {
+            let target = fs_err::read_to_string(&path)
+                .ok()
+                .and_then(|text| text.trim().parse::<KeyHash>().ok());
+            if target.is_none_or(|key| !shared.entry_path(&key).exists()) {
+                remove_counting(&path, 0, &mut report)?;
+            }
+        }
+        report.bytes_after = self.stats()?.bytes;
+        Ok(report)
+    }
+
+    /// Removes every entry and blob.
+    pub fn clear(&self) -> Result<(), CacheError> {
+        self.flush()?;
+        for sub in ["entries", "blobs", "instances", "tmp"] {
+            let path = self.shared.dir.join(sub);
+            match fs_err::remove_dir_all(&path) {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(error) => return Err(error.into()),
+            }
+            fs_err::create_dir_all(&path)?;
+        }
+        lock(&self.shared.warned).clear();
+        Ok(())
+    }
+}
+
+impl Drop for Store {
+    /// Publishes everything still queued, then stops the flusher.
+    fn drop(&mut self) {
+        lock(&self.shared.state).shutdown = true;
+        self.shared.work.notify_all();
+        if let Some(handle) = lock(&self.flusher).take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Shared {
+    fn blob_path(&self, hash: &str) -> Option<PathBuf> {
+        parse_hex32(hash)?;
+        Some(self.dir.join("blobs").join(&hash[..2]).join(&hash[2..]))
+    }
+
+    fn entry_path(&self, key: &KeyHash) -> PathBuf {
+        self.dir.join("entries").join(format!("{key}.json"))
+    }
+
+    fn instance_path(&self, instance_id: &str) -> PathBuf {
+        self.dir.join("instances").join(fsutil::hash_bytes(instance_id.as_bytes()))
+    }
+
+    fn temp_dir(&self) -> PathBuf {
+        self.dir.join("tmp")
+    }
+
+    /// Stores the file at `source` as a blob; returns (hash, size, mode).
+    /// The hash is always computed from our own copy of the bytes, so a
+    /// file changing while we store it cannot give a blob a wrong name.
+    fn store_file(&self, source: &Path) -> Result<(String, u64, u32), CacheError> {
+        let mut file = fs_err::File::open(source)?;
+        let metadata = file.metadata()?;
+        if !metadata.is_file() {
+            return Err(CacheError::NotAFile {
+                path: source.to_owned(),
+            });
+        }
+        let mode = metadata.mode() & 0o7777;
+        if metadata.len() <= SMALL_FILE {
+            let mut bytes = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or(0) + 1);
+            file.read_to_end(&mut bytes)?;
+            let hash = fsutil::hash_bytes(&bytes);
+            let size = bytes.len() as u64;
+            if !self.blob_exists(&hash, size) {
+                let (mut temp_file, temp) = fsutil::create_temp(&self.temp_dir(), STORE_TEMP, 0o644)?;
+                if let Err(error) = temp_file.write_all(&bytes) {
+                    let _ = fs_err::remove_file(&temp);
+                    return Err(error.into());
+                }
+                drop(temp_file);
+                self.publish_blob(&temp, &hash)?;
+            }
+            return Ok((hash, size, mode));
+        }
+        // Large: share extents when the file system can (no bytes copied),
+        // else stream; then hash the private copy.
+        let (temp_file, temp) = fsutil::create_temp(&self.temp_dir(), STORE_TEMP, 0o644)?;
+        let result = (|| {
+            let (source_file, _) = file.into_parts();
+            let (mut temp_file, _) = temp_file.into_parts();
+            let (hash, size) = if fsutil::try_reflink(&source_file, &temp_file) {
+                fsutil::hash_reader(fs_err::File::open(&temp)?)?
+            } else {
+                let copied = fsutil::copy_hashing(&source_file, &mut temp_file);
+                copied.map_err(|error| io::Error::new(error.kind(), format!("failed to copy `{}` into the cache: {error}", source.display())))?
+            };
+            if self.blob_exists(&hash, size) {
+                fs_err::remove_file(&temp)?;
+            } else {
+                self.publish_blob(&temp, &hash)?;
+            }
+            Ok::<_, CacheError>((hash, size, mode))
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&temp);
+        }
+        result
+    }
+
+    fn blob_exists(&self, hash: &str, size: u64) -> bool {
+        self.blob_path(hash)
+            .and_then(|path| std::fs::metadata(path).ok())
+            .is_some_and(|metadata| metadata.is_file() && metadata.len() == size)
+    }
+
+    /// Renames a complete temp file to its blob name, creating the fan-out
+    /// directory on first use.
+    fn publish_blob(&self, temp: &Path, hash: &str) -> Result<(), CacheError> {
+        let Some(path) = self.blob_path(hash) else {
+            return Err(CacheError::InvalidHash { text: hash.to_owned() });
+        };
+        match fs_err::rename(temp, &path) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                if let Some(parent) = path.parent() {
+                    fs_err::create_dir_all(parent)?;
+                }
+                fs_err::rename(temp, &path)?;
+                Ok(())
+            }
+            Err(error) => {
+                let _ = std::fs::remove_file(temp);
+                Err(error.into())
+            }
+        }
+    }
+
+    /// Copies blob `hash` into `target` (an open temp file at `temp`),
+    /// verifying the content against the name.
+    fn copy_blob_verified(&self, hash: &str, mut target: File, temp: &Path) -> Result<(), CacheError> {
+        let Some(path) = self.blob_path(hash) else {
+            return Err(CacheError::InvalidHash { text: hash.to_owned() });
+        };
+        let blob = match fs_err::File::open(&path) {
+            Ok(blob) => blob,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                return Err(CacheError::MissingBlob { hash: hash.to_owned() })
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let large = blob.metadata()?.len() > SMALL_FILE;
+        let (blob, _) = blob.into_parts();
+        let actual = if large && fsutil::try_reflink(&blob, &target) {
+            fsutil::hash_reader(fs_err::File::open(temp)?)?.0
+        } else {
+            fsutil::copy_hashing(&blob, &mut target)?.0
+        };
+        if actual != hash {
+            return Err(self.corrupt_blob(hash, path));
+        }
+        Ok(())
+    }
+
+    /// Deletes a blob found corrupt (a content-addressed blob that does not
+    /// match its name is never useful, and its entries become misses) and
+    /// returns the error to report.
+    fn corrupt_blob(&self, hash: &str, path: PathBuf) -> CacheError {
+        tracing::warn!("removing corrupt cache blob `{hash}`");
+        let _ = std::fs::remove_file(&path);
+        CacheError::CorruptBlob {
+            hash: hash.to_owned(),
+            path,
+        }
+    }
+
+    /// Every blob as (hash, size).
+    fn list_blobs(&self) -> Result<Vec<(String, u64)>, CacheError> {
+        let mut blobs = Vec::new();
+        let root = self.dir.join("blobs");
+        for fan_out in fs_err::read_dir(&root)? {
+            let fan_out = fan_out?;
+            let Some(prefix) = fan_out.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if !fan_out.file_type()?.is_dir() {
+                continue;
+            }
+            for (path, metadata) in list_files(&fan_out.path())? {
+                if let Some(rest) = path.file_name().and_then(|name| name.to_str()) {
+                    let hash = format!("{prefix}{rest}");
+                    if parse_hex32(&hash).is_some() {
+                        blobs.push((hash, metadata.len()));
+                    }
+                }
+            }
+        }
+        Ok(blobs)
+    }
+
+    fn enqueue(&self, manifests: Vec<(KeyHash, Arc<Vec<u8>>)>, instance_id: String, latest: KeyHash) {
+        let mut state = lock(&self.state);
+        state.enqueued += 1;
+        let sequence = state.enqueued;
+        for (key, bytes) in &manifests {
+            state.unpublished.insert(*key, (sequence, Arc::clone(bytes)));
+        }
+        state
+            .unpublished_instances
+            .insert(instance_id.clone(), (sequence, latest));
+        state.queue.push(Pending {
+            sequence,
+            manifests,
+            instance_id,
+            latest,
+        });
+        drop(state);
+        self.work.notify_one();
+    }
+
+    /// Makes a batch's blobs durable, then renames its manifests and
+    /// instance pointers into place (the commit point of each entry).
+    fn publish(&self, batch: &[Pending]) -> Result<(), CacheError> {
+        fsutil::sync_file_system(&self.dir_handle)?;
+        let temp_dir = self.temp_dir();
+        for pending in batch {
+            for (key, bytes) in &pending.manifests {
+                fsutil::write_atomic(&temp_dir, &self.entry_path(key), bytes)?;
+            }
+            let pointer = format!("{}\n", pending.latest);
+            fsutil::write_atomic(&temp_dir, &self.instance_path(&pending.instance_id), pointer.as_bytes())?;
+        }
+        Ok(())
+    }
+}
+
+/// The flusher thread: publishes queued saves in batches until shutdown,
+/// draining the queue before it exits.
+fn run_flusher(shared: &Shared) {
+    loop {
+        let batch = {
+            let mut state = lock(&shared.state);
+            while state.queue.is_empty() && !state.shutdown {
+                state = shared.work.wait(state).unwrap_or_else(PoisonError::into_inner);
+            }
+            if state.queue.is_empty() {
+                return;
+            }
+            std::mem::take(&mut state.queue)
+        };
+        let result = shared.publish(&batch);
+        let mut state = lock(&shared.state);
+        for pending in &batch {
+            for (key, _) in &pending.manifests {
+                // A later save of the same key stays visible until its own
+                // batch is published.
+                if state.unpublished.get(key).is_some_and(|(sequence, _)| *sequence == pending.sequence) {
+                    state.unpublished.remove(key);
+                }
+            }
+            if state
+                .unpublished_instances
+                .get(&pending.instance_id)
+                .is_some_and(|(sequence, _)| *sequence == pending.sequence)
+            {
+                state.unpublished_instances.remove(&pending.instance_id);
+            }
+            state.published = state.published.max(pending.sequence);
+        }
+        if let Err(error) = result {
+            tracing::warn!("failed to publish cache entries: {error}");
+            state.error.get_or_insert(error);
+        }
+        drop(state);
+        shared.progress.notify_all();
+    }
+}
+
+/// The temp files of a restore; those not renamed yet are removed when the
+/// restore fails.
+#[derive(Default)]
+struct StagedFiles {
+    files: Vec<StagedFile>,
+    renamed: usize,
+}
+
+struct StagedFile {
+    temp: PathBuf,
+    target: PathBuf,
+    rel: String,
+    size: u64,
+}
+
+impl Drop for StagedFiles {
+    fn drop(&mut self) {
+        for file in self.files.iter().skip(self.renamed) {
+            let _ = std::fs::remove_file(&file.temp);
+        }
+    }
+}
+
+/// If `target` is a regular file with `output`'s content, its mode.
+fn identical_file(
+    target: &Path,
+    root: &Path,
+    rel: &str,
+    output: &OutputFile,
+    index: Option<&StatIndex>,
+) -> Result<Option<u32>, CacheError> {
+    let metadata = match std::fs::symlink_metadata(target) {
+        Ok(metadata) => metadata,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(fs_err::symlink_metadata(target).err().unwrap_or(error).into()),
+    };
+    if !metadata.is_file() || metadata.len() != output.size {
+        return Ok(None);
+    }
+    let hash = match index {
+        Some(index) => index.hash_file(root, rel)?.hash,
+        None => fsutil::hash_reader(fs_err::File::open(target)?)?.0,
+    };
+    Ok((hash == output.hash).then_some(metadata.mode() & 0o7777))
+}
+
+/// Checks that an output path is relative and stays below the root
+/// lexically, and normalises it (`/`-separated, no `.` components).
+fn normalize_rel(rel: &str) -> Result<String, CacheError> {
+    let mut parts = Vec::new();
+    for component in Path::new(rel).components() {
+        match component {
+            Component::Normal(part) => match part.to_str() {
+                Some(part) => parts.push(part),
+                None => return Err(CacheError::OutputOutsideRoot { path: rel.to_owned() }),
+            },
+            Component::CurDir => {}
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
+                return Err(CacheError::OutputOutsideRoot { path: rel.to_owned() })
+            }
+        }
+    }
+    if parts.is_empty() {
+        return Err(CacheError::NotAFile {
+            path: PathBuf::from(rel),
+        });
+    }
+    Ok(parts.join("/"))
+}
+
+fn encode_manifest(entry: &Entry) -> Result<Vec<u8>, CacheError> {
+    let body = serde_json::to_vec(entry)?;
+    let mut bytes = format!(
+        "{MANIFEST_MAGIC} {CACHE_FORMAT_VERSION} {}\n",
+        fsutil::hash_bytes(&body)
+    )
+    .into_bytes();
+    bytes.extend_from_slice(&body);
+    Ok(bytes)
+}
+
+/// Parses and verifies a manifest read for `key`; the error says why it is
+/// not usable.
+fn decode_manifest(bytes: &[u8], key: &KeyHash) -> Result<Entry, String> {
+    let newline = bytes
+        .iter()
+        .position(|byte| *byte == b'\n')
+        .ok_or("the manifest is truncated")?;
+    let header = std::str::from_utf8(&bytes[..newline]).map_err(|_| "the manifest header is not text")?;
+    let body = &bytes[newline + 1..];
+    let mut fields = header.split(' ');
+    if fields.next() != Some(MANIFEST_MAGIC) {
+        return Err("the file is not a ccflow manifest".to_owned());
+    }
+    if fields.next() != Some(&*CACHE_FORMAT_VERSION.to_string()) {
+        return Err("the manifest has another format version".to_owned());
+    }
+    if fields.next() != Some(&*fsutil::hash_bytes(body)) || fields.next().is_some() {
+        return Err("the manifest is torn or corrupt (checksum mismatch)".to_owned());
+    }
+    let entry: Entry = serde_json::from_slice(body).map_err(|error| format!("the manifest does not parse: {error}"))?;
+    if entry.key_hash != *key {
+        return Err(format!("the manifest belongs to key `{}`", entry.key_hash));
+    }
+    Ok(entry)
+}
+
+/// Regular files directly in `dir` (temp files of the store excluded unless
+/// `dir` is `tmp/`), with their metadata.
+fn list_files(dir: &Path) -> Result<Vec<(PathBuf, std::fs::Metadata)>, CacheError> {
+    let in_temp_dir = dir.file_name().is_some_and(|name| name == "tmp");
+    let mut files = Vec::new();
+    let entries = match fs_err::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(files),
+        Err(error) => return Err(error.into()),
+    };
+    for dir_entry in entries {
+        let dir_entry = dir_entry?;
+        let is_temp = dir_entry.file_name().to_str().is_some_and(|name| name.starts_with(STORE_TEMP));
+        if is_temp != in_temp_dir {
+            continue;
+        }
+        // Another process may remove it meanwhile (gc, clear, rename).
+        let Ok(metadata) = dir_entry.metadata() else {
+            continue;
+        };
+        if metadata.is_file() {
+            files.push((dir_entry.path(), metadata));
+        }
+    }
+    Ok(files)
+}
+
+/// Removes a file, ignoring one already gone, and counts its bytes.
+fn remove_counting(path: &Path, size: u64, report: &mut GcReport) -> Result<(), CacheError> {
+    match fs_err::remove_file(path) {
+        Ok(()) => {
+            report.bytes_freed += size;
+            Ok(())
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(error.into()),
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves the data consistent before any call that
+    // can panic, so a poisoned lock still guards valid data.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests;
