@@ -135,7 +135,8 @@ fn build_set(globs: &[String]) -> Result<globset::GlobSet, FanoutError> {
 }
 
 /// The directory part of a glob before its first wildcard (`src/a/**/*.rs` → `src/a`).
-fn literal_prefix(glob: &str) -> &str {
+#[must_use]
+pub fn literal_prefix(glob: &str) -> &str {
     let glob = glob.trim_start_matches("./");
     let wild = glob.find(['*', '?', '[', '{']).unwrap_or(glob.len());
     match glob[..wild].rfind('/') {

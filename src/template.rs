@@ -62,6 +62,15 @@ impl Templates {
         });
         env.set_formatter(|out, state, value| {
             if matches!(state.auto_escape(), AutoEscape::Custom("shell")) && !value.is_safe() {
+                // A list becomes several words, each quoted.
+                if value.kind() == minijinja::value::ValueKind::Seq {
+                    let words: Vec<String> = value
+                        .try_iter()
+                        .map(|items| items.map(|v| shell_quote(&v.to_string())).collect())
+                        .unwrap_or_default();
+                    out.write_str(&words.join(" "))?;
+                    return Ok(());
+                }
                 let text = if value.is_none() { String::new() } else { value.to_string() };
                 out.write_str(&shell_quote(&text))?;
                 Ok(())
@@ -219,6 +228,8 @@ mod tests {
         assert_eq!(out.text, "echo $(rm -rf ~).rs");
         let out = t.render("echo {{ item }}", false, &ctx).unwrap();
         assert_eq!(out.text, "echo $(rm -rf ~).rs");
+        let out = t.render("cat {{ files }}", true, &context! { files => vec!["a b", "c"] }).unwrap();
+        assert_eq!(out.text, "cat 'a b' c");
         let out = t.render("echo {{ \"it's\" }}", true, &ctx).unwrap();
         assert_eq!(out.text, "echo 'it'\\''s'");
     }

@@ -32,9 +32,9 @@ tasks:
   total:
     description: Reduce step, runs after every `count` instance
     needs: [count]
-    inputs: ["{{{{ needs.count.outputs | join(',') }}}}"]
+    # A list interpolates as several shell words, each quoted.
+    run: cat {{{{ needs.count.outputs }}}} /dev/null | awk '{{s+=$1}} END {{print s+0}}' > .ccflow-out/total.txt
     outputs: [.ccflow-out/total.txt]
-    run: cat .ccflow-out/count/* 2>/dev/null | awk '{{{{ '{{s+=$1}} END {{print s+0}}' | safe }}}}' > .ccflow-out/total.txt
 
   # An agent task (needs the claude CLI; see `ccflow mock-api` to rehearse offline):
   # summarize:

@@ -5,6 +5,7 @@ pub mod completions;
 pub mod init;
 pub mod list;
 pub mod plan;
+pub mod run;
 pub mod validate;
 
 use std::io::IsTerminal as _;
@@ -53,6 +54,7 @@ pub fn dispatch(cli: Cli) -> CommandResult {
         Command::List => list::run(&ctx),
         Command::Validate(args) => validate::run(&args, &ctx),
         Command::Plan(args) => plan::run(&args, &ctx),
+        Command::Run(args) => run::run(&args, &ctx),
         Command::Schema => {
             print!("{}", crate::workflow::schema::schema_text());
             Ok(ExitStatus::Success)

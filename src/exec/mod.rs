@@ -5,6 +5,8 @@
 //! [`ProcessOutcome`]; [`reaper`] makes sure nothing it started outlives it.
 
 pub mod docker;
+pub mod instance;
+pub mod paths;
 pub mod local;
 pub mod log_sink;
 pub mod outcome;

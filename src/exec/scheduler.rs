@@ -1,1 +1,561 @@
-//! Scheduler: filled in by its owner.
+//! The scheduler: runs a sealed [`Plan`] on tokio.
+//!
+//! One loop owns all run state and every user-visible event. Ready
+//! instances wait in a queue ordered by `priority`, then by the longest
+//! remaining path to a sink (critical path first), then by plan order. The
+//! loop starts instances while the global limit and their pool's limit allow,
+//! and reacts to completions, retries, ticks and signals. Fail-fast (the
+//! default) starts nothing new after a failure; `--keep-going` runs all that
+//! does not depend on one. SIGINT/SIGTERM cancel every running instance
+//! (their process groups get SIGTERM, then SIGKILL after the grace period),
+//! the record is written, and the run reports `interrupted` (exit 130).
+//!
+//! Deadlock hazard: a job never waits on the loop (it only sends on
+//! unbounded channels), so the loop can always drain completions.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use petgraph::stable_graph::NodeIndex;
+use petgraph::visit::EdgeRef;
+use petgraph::Direction;
+use tokio::sync::mpsc;
+
+use super::instance::{execute, Job, JobResult, Notice, RunShared};
+use crate::graph::instance::{base_context, render, NeedContext};
+use crate::graph::{NodeKind, Plan};
+use crate::report::record::{now_ms, Counts, InstanceRecord, InstanceStatus, RunRecord, RunStatus, Usage, RECORD_VERSION};
+use crate::report::{RunEvent, Reporters};
+
+/// How to run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub jobs: Option<usize>,
+    pub keep_going: bool,
+}
+
+/// How the run ended.
+#[derive(Debug)]
+pub struct RunOutcome {
+    pub status: RunStatus,
+    pub record: RunRecord,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Ready {
+    priority: i32,
+    depth: u32,
+    order: usize,
+    node: NodeIndex,
+}
+
+impl Ord for Ready {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.priority
+            .cmp(&other.priority)
+            .then(self.depth.cmp(&other.depth))
+            .then(other.order.cmp(&self.order))
+    }
+}
+
+impl PartialOrd for Ready {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+struct State {
+    plan: Plan,
+    shared: Arc<RunShared>,
+    options: RunOptions,
+    indegree: HashMap<NodeIndex, usize>,
+    results: HashMap<NodeIndex, JobResult>,
+    status: HashMap<NodeIndex, InstanceStatus>,
+    ready: BinaryHeap<Ready>,
+    order: HashMap<NodeIndex, usize>,
+    running: HashMap<NodeIndex, String>,
+    pool_running: HashMap<String, usize>,
+    global_limit: usize,
+    stop: bool,
+    interrupted: bool,
+    failed: bool,
+    reporters: Reporters,
+    started_unix_ms: u64,
+    messages: Vec<String>,
+}
+
+/// Runs the plan to completion.
+pub async fn run(plan: Plan, shared: Arc<RunShared>, options: RunOptions, reporters: Reporters, mut notices: mpsc::UnboundedReceiver<Notice>) -> RunOutcome {
+    let clock = Instant::now();
+    let global_limit = options
+        .jobs
+        .or(plan.workflow.limits.global)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, std::num::NonZero::get))
+        .max(1);
+    let mut state = State {
+        order: plan.ordered_nodes().into_iter().enumerate().map(|(i, n)| (n, i)).collect(),
+        plan,
+        shared,
+        options,
+        indegree: HashMap::new(),
+        results: HashMap::new(),
+        status: HashMap::new(),
+        ready: BinaryHeap::new(),
+        running: HashMap::new(),
+        pool_running: HashMap::new(),
+        global_limit,
+        stop: false,
+        interrupted: false,
+        failed: false,
+        reporters,
+        started_unix_ms: now_ms(),
+        messages: Vec::new(),
+    };
+    let total = state.instance_count();
+    state.reporters.event(&RunEvent::RunStarted {
+        run_id: state.shared.run_id.clone(),
+        workflow: state.plan.workflow.name.clone(),
+        total,
+    });
+    state.write_record(RunStatus::Running);
+    let nodes: Vec<NodeIndex> = state.plan.graph.node_indices().collect();
+    for node in &nodes {
+        let degree = state.plan.graph.edges_directed(*node, Direction::Incoming).count();
+        state.indegree.insert(*node, degree);
+    }
+    let mut initially_ready: Vec<NodeIndex> = nodes.into_iter().filter(|n| state.indegree[n] == 0).collect();
+    initially_ready.sort_by_key(|n| state.order.get(n).copied().unwrap_or(usize::MAX));
+    for node in initially_ready {
+        state.make_ready(node);
+    }
+
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<JobResult>();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    loop {
+        state.start_ready(&done_tx);
+        if state.running.is_empty() && (state.ready.is_empty() || state.stop) {
+            break;
+        }
+        tokio::select! {
+            Some(result) = done_rx.recv() => state.finish(result),
+            Some(notice) = notices.recv() => match notice {
+                Notice::Retrying { id, attempt, delay, reason } => {
+                    state.reporters.event(&RunEvent::TaskRetrying { id, attempt, delay, reason });
+                }
+            },
+            _ = tick.tick() => state.reporters.tick(),
+            Some(()) = recv_signal(&mut sigint) => state.interrupt(),
+            Some(()) = recv_signal(&mut sigterm) => state.interrupt(),
+        }
+    }
+    // Drain retry notices that raced with completion.
+    while let Ok(Notice::Retrying { id, attempt, delay, reason }) = notices.try_recv() {
+        state.reporters.event(&RunEvent::TaskRetrying { id, attempt, delay, reason });
+    }
+    if let Some(store) = &state.shared.store {
+        if let Err(e) = store.flush() {
+            tracing::warn!("cannot flush the cache: {e}");
+        }
+    }
+    if let Err(e) = state.shared.index.save() {
+        tracing::warn!("cannot save the file-hash index: {e}");
+    }
+    let status = if state.interrupted {
+        RunStatus::Interrupted
+    } else if state.failed {
+        RunStatus::Failed
+    } else {
+        RunStatus::Succeeded
+    };
+    let record = state.write_record(status);
+    state.reporters.event(&RunEvent::RunFinished {
+        status,
+        counts: record.counts,
+        usage: record.usage,
+        duration: clock.elapsed(),
+        run_dir: state.shared.run_dir.clone(),
+    });
+    RunOutcome { status, record }
+}
+
+async fn recv_signal(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match signal {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl State {
+    fn instance_count(&self) -> usize {
+        self.plan.graph.node_indices().filter(|n| self.plan.graph[*n].kind == NodeKind::Instance).count()
+    }
+
+    fn interrupt(&mut self) {
+        if !self.interrupted {
+            self.reporters.event(&RunEvent::Message { text: "ccflow: interrupted; stopping running tasks".into() });
+        }
+        self.interrupted = true;
+        self.stop = true;
+        self.shared.cancel.cancel();
+    }
+
+    fn make_ready(&mut self, node: NodeIndex) {
+        let instance = &self.plan.graph[node];
+        match instance.kind {
+            NodeKind::Pending => {
+                self.expand(node);
+            }
+            NodeKind::Expanded => {
+                // A `from:` follower expanded with its upstream: nothing to run.
+                self.status.insert(node, InstanceStatus::Succeeded);
+                self.release_successors(node, true);
+            }
+            NodeKind::Instance => {
+                let task = &self.plan.workflow.tasks[instance.task];
+                let order = self.order.get(&node).copied().unwrap_or(usize::MAX);
+                self.ready.push(Ready { priority: task.priority, depth: instance.depth, order, node });
+                self.reporters.event(&RunEvent::TaskQueued { id: instance.id.0.clone() });
+            }
+        }
+    }
+
+    /// The needs context of a node, from its finished predecessors.
+    fn needs_context(&self, node: NodeIndex) -> BTreeMap<String, NeedContext> {
+        let mut needs: BTreeMap<String, NeedContext> = BTreeMap::new();
+        let task = &self.plan.workflow.tasks[self.plan.graph[node].task];
+        for need in &task.needs {
+            needs.insert(need.clone(), NeedContext { status: "succeeded".into(), ..NeedContext::default() });
+        }
+        for edge in self.plan.graph.edges_directed(node, Direction::Incoming) {
+            let source = edge.source();
+            let upstream = &self.plan.graph[source];
+            let name = &self.plan.workflow.tasks[upstream.task].name;
+            let entry = needs.entry(name.clone()).or_default();
+            if let Some(result) = self.results.get(&source) {
+                entry.outputs.extend(result.outputs.iter().map(|(p, _)| p.clone()));
+            }
+            if let Some(item) = &upstream.item {
+                entry.items.push(item.to_json());
+            }
+            match self.status.get(&source) {
+                Some(s) if s.is_failure() => entry.status = "failed".into(),
+                Some(InstanceStatus::Skipped) if entry.status != "failed" => entry.status = "skipped".into(),
+                _ => {}
+            }
+        }
+        needs
+    }
+
+    fn expand(&mut self, node: NodeIndex) {
+        let needs = self.needs_context(node);
+        match self.plan.expand(node, &needs) {
+            Ok(new_nodes) => {
+                for n in &new_nodes {
+                    let degree = self
+                        .plan
+                        .graph
+                        .edges_directed(*n, Direction::Incoming)
+                        .filter(|e| !self.status.contains_key(&e.source()))
+                        .count();
+                    self.indegree.insert(*n, degree);
+                    let next = self.order.len();
+                    self.order.insert(*n, next);
+                }
+                for n in &new_nodes {
+                    let targets: Vec<NodeIndex> = self.plan.graph.neighbors_directed(*n, Direction::Outgoing).collect();
+                    for t in targets {
+                        if !new_nodes.contains(&t) {
+                            *self.indegree.entry(t).or_insert(0) += 1;
+                        }
+                    }
+                }
+                let total = self.instance_count();
+                self.reporters.event(&RunEvent::TotalChanged { total });
+                self.status.insert(node, InstanceStatus::Succeeded);
+                for n in new_nodes.clone() {
+                    if self.indegree.get(&n).copied() == Some(0) {
+                        self.make_ready(n);
+                    }
+                }
+                self.release_successors(node, true);
+            }
+            Err(diagnostic) => {
+                let id = self.plan.graph[node].id.0.clone();
+                let task = self.plan.workflow.tasks[self.plan.graph[node].task].name.clone();
+                let message = diagnostic.message.clone();
+                self.status.insert(node, InstanceStatus::Failed);
+                let record = InstanceRecord {
+                    id,
+                    task,
+                    label: None,
+                    status: InstanceStatus::Failed,
+                    attempts: Vec::new(),
+                    started_unix_ms: None,
+                    finished_unix_ms: Some(now_ms()),
+                    duration_ms: 0,
+                    exit_code: None,
+                    log: None,
+                    message: Some(message),
+                    cache_key: None,
+                    usage: Usage::default(),
+                    artifacts: BTreeMap::new(),
+                };
+                self.reporters.event(&RunEvent::TaskFinished { record, log_path: None });
+                self.failed = true;
+                if !self.options.keep_going {
+                    self.stop = true;
+                }
+                self.release_successors(node, false);
+            }
+        }
+    }
+
+    fn pool_limit(&self, pool: &str) -> Option<usize> {
+        self.plan.workflow.limits.pools.get(pool).copied()
+    }
+
+    fn start_ready(&mut self, done: &mpsc::UnboundedSender<JobResult>) {
+        if self.stop {
+            return;
+        }
+        let mut deferred = Vec::new();
+        while self.running.len() < self.global_limit {
+            let Some(ready) = self.ready.pop() else { break };
+            let node = ready.node;
+            let task_index = self.plan.graph[node].task;
+            let pool = self.plan.workflow.tasks[task_index].pool.clone();
+            if let Some(limit) = self.pool_limit(&pool) {
+                if self.pool_running.get(&pool).copied().unwrap_or(0) >= limit {
+                    deferred.push(ready);
+                    continue;
+                }
+            }
+            self.start(node, done);
+            *self.pool_running.entry(pool).or_insert(0) += 1;
+        }
+        self.ready.extend(deferred);
+    }
+
+    fn start(&mut self, node: NodeIndex, done: &mpsc::UnboundedSender<JobResult>) {
+        let instance = self.plan.graph[node].clone();
+        let workflow = Arc::clone(&self.plan.workflow);
+        let task = &workflow.tasks[instance.task];
+        // Re-render with the real state of the dependencies when the task's
+        // templates look at them.
+        let mut rendered = instance.rendered.clone().unwrap_or_default();
+        if task_uses_runtime_context(task) {
+            let needs = self.needs_context(node);
+            let base = base_context(&workflow, task, &needs, &self.shared.run_id);
+            match render(&workflow, &self.plan.templates, task, instance.item.as_ref(), &base) {
+                Ok(r) => rendered = Arc::new(r),
+                Err(diagnostic) => {
+                    let mut result = JobResultBuilder::failed(node, diagnostic.message);
+                    result.status = InstanceStatus::Failed;
+                    let _ = done.send(result);
+                    self.running.insert(node, instance.id.0.clone());
+                    return;
+                }
+            }
+        }
+        let deps: BTreeMap<String, String> = self
+            .plan
+            .graph
+            .edges_directed(node, Direction::Incoming)
+            .filter_map(|e| {
+                let source = e.source();
+                let id = self.plan.graph[source].id.0.clone();
+                self.results.get(&source).map(|r| (id, r.outputs_digest()))
+            })
+            .collect();
+        let activity = Arc::new(Mutex::new(String::new()));
+        self.reporters.event(&RunEvent::TaskStarted { id: instance.id.0.clone(), attempt: 1, activity: Arc::clone(&activity) });
+        self.running.insert(node, instance.id.0.clone());
+        let job = Job { node, id: instance.id.0.clone(), task: instance.task, label: instance.label.clone(), rendered, deps, activity };
+        let shared = Arc::clone(&self.shared);
+        let done = done.clone();
+        tokio::spawn(async move {
+            let result = execute(shared, job).await;
+            let _ = done.send(result);
+        });
+    }
+
+    fn finish(&mut self, result: JobResult) {
+        let node = result.node;
+        self.running.remove(&node);
+        let instance = self.plan.graph[node].clone();
+        let task = &self.plan.workflow.tasks[instance.task];
+        if let Some(count) = self.pool_running.get_mut(&task.pool) {
+            *count = count.saturating_sub(1);
+        }
+        let mut status = result.status;
+        if status == InstanceStatus::Cancelled && !self.interrupted {
+            status = InstanceStatus::Failed;
+        }
+        let failed = status.is_failure();
+        let tolerated = failed && task.continue_on_error;
+        if failed && !tolerated {
+            self.failed = true;
+            if !self.options.keep_going {
+                self.stop = true;
+            }
+        }
+        self.status.insert(node, status);
+        let record = InstanceRecord {
+            id: instance.id.0.clone(),
+            task: task.name.clone(),
+            label: instance.label.clone(),
+            status,
+            attempts: result.attempts.clone(),
+            started_unix_ms: Some(result.started_unix_ms),
+            finished_unix_ms: Some(now_ms()),
+            duration_ms: u64::try_from(result.duration.as_millis()).unwrap_or(u64::MAX),
+            exit_code: result.exit_code,
+            log: result.log_path.as_ref().and_then(|p| p.strip_prefix(&self.shared.run_dir).ok()).map(|p| p.display().to_string()),
+            message: result.message.clone(),
+            cache_key: result.key.clone(),
+            usage: result.usage,
+            artifacts: result.artifacts.clone(),
+        };
+        self.reporters.event(&RunEvent::TaskFinished { record, log_path: result.log_path.clone() });
+        self.results.insert(node, result);
+        self.release_successors(node, !failed || tolerated);
+    }
+
+    /// Decrements successors; on failure, blocks everything downstream.
+    fn release_successors(&mut self, node: NodeIndex, success: bool) {
+        let successors: Vec<NodeIndex> = self.plan.graph.neighbors_directed(node, Direction::Outgoing).collect();
+        for s in successors {
+            if self.status.contains_key(&s) {
+                continue;
+            }
+            if !success {
+                self.block(s);
+                continue;
+            }
+            let degree = self.indegree.entry(s).or_insert(1);
+            *degree = degree.saturating_sub(1);
+            if *degree == 0 {
+                self.make_ready(s);
+            }
+        }
+    }
+
+    fn block(&mut self, node: NodeIndex) {
+        let mut stack = vec![node];
+        while let Some(n) = stack.pop() {
+            if self.status.contains_key(&n) {
+                continue;
+            }
+            self.status.insert(n, InstanceStatus::Blocked);
+            stack.extend(self.plan.graph.neighbors_directed(n, Direction::Outgoing));
+        }
+    }
+
+    fn write_record(&mut self, status: RunStatus) -> RunRecord {
+        let mut instances = Vec::new();
+        let mut usage = Usage::default();
+        for node in self.plan.ordered_nodes() {
+            let instance = &self.plan.graph[node];
+            if instance.kind != NodeKind::Instance {
+                continue;
+            }
+            let task = &self.plan.workflow.tasks[instance.task];
+            let st = self.status.get(&node).copied().unwrap_or(if self.running.contains_key(&node) {
+                InstanceStatus::Running
+            } else if status == RunStatus::Running {
+                InstanceStatus::Pending
+            } else {
+                InstanceStatus::NotStarted
+            });
+            let result = self.results.get(&node);
+            if let Some(r) = result {
+                usage.add(&r.usage);
+            }
+            instances.push(InstanceRecord {
+                id: instance.id.0.clone(),
+                task: task.name.clone(),
+                label: instance.label.clone(),
+                status: st,
+                attempts: result.map(|r| r.attempts.clone()).unwrap_or_default(),
+                started_unix_ms: result.map(|r| r.started_unix_ms),
+                finished_unix_ms: result.map(|r| r.started_unix_ms + u64::try_from(r.duration.as_millis()).unwrap_or(0)),
+                duration_ms: result.map_or(0, |r| u64::try_from(r.duration.as_millis()).unwrap_or(u64::MAX)),
+                exit_code: result.and_then(|r| r.exit_code),
+                log: result.and_then(|r| r.log_path.as_ref()).and_then(|p| p.strip_prefix(&self.shared.run_dir).ok()).map(|p| p.display().to_string()),
+                message: result.and_then(|r| r.message.clone()),
+                cache_key: result.and_then(|r| r.key.clone()),
+                usage: result.map(|r| r.usage).unwrap_or_default(),
+                artifacts: result.map(|r| r.artifacts.clone()).unwrap_or_default(),
+            });
+        }
+        let counts = Counts::from_instances(&instances);
+        let now = now_ms();
+        let record = RunRecord {
+            version: RECORD_VERSION,
+            run_id: self.shared.run_id.clone(),
+            workflow: self.plan.workflow.name.clone(),
+            workflow_file: self.plan.workflow.file.name.clone(),
+            status,
+            started_unix_ms: self.started_unix_ms,
+            finished_unix_ms: (status != RunStatus::Running).then_some(now),
+            duration_ms: now.saturating_sub(self.started_unix_ms),
+            counts,
+            usage,
+            messages: self.messages.clone(),
+            instances,
+        };
+        if let Err(e) = record.write(&self.shared.run_dir) {
+            tracing::warn!("cannot write the run record: {e}");
+        }
+        record
+    }
+}
+
+/// Whether a task's templates read `needs` or `run`, which only the
+/// scheduler knows at run time.
+fn task_uses_runtime_context(task: &crate::workflow::Task) -> bool {
+    let mut texts: Vec<&str> = Vec::new();
+    match &task.kind {
+        crate::workflow::TaskKind::Shell { script, .. } => texts.push(script),
+        crate::workflow::TaskKind::Agent(agent) => texts.push(&agent.prompt),
+    }
+    texts.extend(task.inputs.iter().map(String::as_str));
+    texts.extend(task.outputs.iter().map(String::as_str));
+    texts.extend(task.env.values().map(String::as_str));
+    texts.extend(task.condition.as_deref());
+    texts.extend(task.workdir.as_deref());
+    texts.iter().any(|t| t.contains("needs") || t.contains("run."))
+}
+
+struct JobResultBuilder;
+
+impl JobResultBuilder {
+    fn failed(node: NodeIndex, message: String) -> JobResult {
+        JobResult {
+            node,
+            status: InstanceStatus::Failed,
+            attempts: Vec::new(),
+            started_unix_ms: now_ms(),
+            duration: Duration::ZERO,
+            exit_code: None,
+            log_path: None,
+            message: Some(message),
+            outputs: Vec::new(),
+            key: None,
+            usage: Usage::default(),
+            artifacts: BTreeMap::new(),
+        }
+    }
+}
+
+/// Where a run's files go.
+#[must_use]
+pub fn run_dir(state_dir: &std::path::Path, run_id: &str) -> PathBuf {
+    state_dir.join("runs").join(run_id)
+}

@@ -1,0 +1,135 @@
+//! `ccflow run WORKFLOW`: plan, then execute with the scheduler, reporting
+//! to the terminal (or plain lines, GitHub Actions, `--events`), and leave
+//! a run record in `.ccflow/runs/RUN_ID/`.
+
+use std::io::IsTerminal as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::common;
+use super::Ctx;
+use crate::cache::{StatIndex, Store};
+use crate::cli::RunArgs;
+use crate::error::{CommandError, CommandResult, ExitStatus};
+use crate::exec::instance::RunShared;
+use crate::exec::scheduler::{self, RunOptions};
+use crate::graph::Plan;
+use crate::report::events::EventsReporter;
+use crate::report::github::GithubReporter;
+use crate::report::plain::PlainReporter;
+use crate::report::progress::ProgressReporter;
+use crate::report::record::{new_run_id, RunStatus};
+use crate::report::Reporters;
+use crate::workflow::resolve::parse_duration;
+
+/// The environment variables a task inherits from the caller (SPEC §4).
+const BASE_ENV: [&str; 4] = ["PATH", "HOME", "LANG", "TERM"];
+
+/// Runs a workflow.
+///
+/// # Errors
+/// Invalid workflow or arguments (exit 2); state directory not writable.
+pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
+    if args.jobs == Some(0) {
+        return Err(CommandError::usage("`-j 0`: at least one job must run at a time").hint("use `-j 1` to run one instance at a time"));
+    }
+    let vars = common::parse_vars(&args.vars)?;
+    let workflow = common::load(ctx, &args.workflow, &vars)?;
+    for name in &args.rerun {
+        if workflow.task(name).is_none() {
+            let mut error = CommandError::usage(format!("`--rerun {name}`: no task `{name}` in workflow `{}`", workflow.name));
+            if let Some(h) = crate::diagnostic::did_you_mean(name, workflow.tasks.iter().map(|t| t.name.as_str())) {
+                error = error.hint(h);
+            }
+            return Err(error);
+        }
+    }
+    let run_id = new_run_id();
+    let mut plan = match Plan::build(Arc::clone(&workflow), &run_id) {
+        Ok(plan) => plan,
+        Err(errors) => {
+            common::print_diagnostics(ctx, &errors);
+            return Err(CommandError::usage("the workflow cannot be planned"));
+        }
+    };
+    common::print_diagnostics(ctx, &plan.warnings);
+    if let Err(d) = plan.select(&args.tasks) {
+        common::print_diagnostics(ctx, &[d]);
+        return Ok(ExitStatus::Invalid);
+    }
+    let io = |what: &str, e: std::io::Error| CommandError::usage(format!("cannot {what}: {e}"));
+    let run_dir = scheduler::run_dir(&ctx.state_dir, &run_id);
+    fs_err::create_dir_all(run_dir.join("logs")).map_err(|e| io("create the run directory", e))?;
+    let gitignore = ctx.state_dir.join(".gitignore");
+    if !gitignore.exists() {
+        let _ = fs_err::write(&gitignore, "*\n");
+    }
+    let store = match Store::open(&ctx.state_dir.join("cache")) {
+        Ok(store) => Some(store),
+        Err(e) => {
+            eprintln!("warning: the cache is unavailable ({e}); running without it");
+            None
+        }
+    };
+    let index = StatIndex::open(&ctx.state_dir.join("index")).map_err(|e| CommandError::usage(format!("cannot open the file-hash index: {e}")))?;
+    let mut secrets = Vec::new();
+    for name in &workflow.secrets {
+        match std::env::var(name) {
+            Ok(value) => secrets.push((name.clone(), value)),
+            Err(_) => eprintln!("warning: secret `{name}` is not set in the environment; tasks will not see it"),
+        }
+    }
+    let base_env: Vec<(String, String)> = BASE_ENV.iter().filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v))).collect();
+    let kill_grace = std::env::var("CCFLOW_KILL_GRACE").ok().and_then(|v| parse_duration(&v).ok()).unwrap_or(Duration::from_secs(5));
+    let log_limit = std::env::var("CCFLOW_LOG_LIMIT").ok().and_then(|v| v.parse().ok()).unwrap_or(64 * 1024 * 1024);
+    let (notice_tx, notice_rx) = tokio::sync::mpsc::unbounded_channel();
+    let shared = Arc::new(RunShared {
+        workflow: Arc::clone(&workflow),
+        root: ctx.root.clone(),
+        run_id: run_id.clone(),
+        run_dir: run_dir.clone(),
+        store,
+        index,
+        cancel: CancellationToken::new(),
+        secrets,
+        base_env,
+        no_cache: args.no_cache,
+        rerun: args.rerun.clone(),
+        kill_grace,
+        log_limit,
+        inflight: Mutex::new(std::collections::HashMap::new()),
+        notices: notice_tx,
+    });
+    let mut reporters = Reporters::default();
+    let events_to_stdout = args.events.as_deref() == Some("-");
+    if std::io::stderr().is_terminal() && !ctx.github && std::env::var_os("CI").is_none() {
+        reporters.reporters.push(Box::new(ProgressReporter::new()));
+    } else {
+        reporters.reporters.push(Box::new(PlainReporter::new(Box::new(std::io::stderr()), ctx.github, args.replay)));
+    }
+    if ctx.github {
+        reporters.reporters.push(Box::new(GithubReporter::from_env()));
+    }
+    if let Some(target) = &args.events {
+        let out: Box<dyn std::io::Write + Send> = if events_to_stdout {
+            Box::new(std::io::stdout())
+        } else {
+            Box::new(fs_err::File::create(target).map_err(|e| io("open the events file", e))?)
+        };
+        reporters.reporters.push(Box::new(EventsReporter::new(out)));
+    }
+    crate::exec::reaper::init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CommandError::usage(format!("cannot start the runtime: {e}")))?;
+    let options = RunOptions { jobs: args.jobs, keep_going: args.keep_going };
+    let outcome = runtime.block_on(scheduler::run(plan, shared, options, reporters, notice_rx));
+    Ok(match outcome.status {
+        RunStatus::Succeeded => ExitStatus::Success,
+        RunStatus::Interrupted => ExitStatus::Interrupted,
+        RunStatus::Failed | RunStatus::BudgetExhausted | RunStatus::Running => ExitStatus::TaskFailed,
+    })
+}

@@ -1,0 +1,450 @@
+//! Executing one task instance: compute its cache key, restore on a hit,
+//! otherwise run it (with retries) and save the result on success.
+//!
+//! Order matters (as in turborepo's run cache): look up before spawning,
+//! save only after success, restore outputs before reporting `cached`.
+//! In-place instances (outputs overlapping inputs, e.g. a formatter) are
+//! saved under two keys: the pre-state key they ran with and the post-state
+//! key their own output produces, so a rerun over their result is a hit.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::local::{CommandLine, ProcessSpec};
+use super::outcome::ProcessOutcome;
+use super::paths;
+use crate::cache::index::StatIndex;
+use crate::cache::key::{outputs_digest, CacheKey, KeyHash};
+use crate::cache::store::{NewEntry, Store};
+use crate::graph::RenderedInstance;
+use crate::report::record::{now_ms, AttemptRecord, InstanceStatus, Usage};
+use crate::workflow::raw::Runner;
+use crate::workflow::{Task, TaskKind, Workflow};
+
+/// Everything instances of one run share.
+pub struct RunShared {
+    pub workflow: Arc<Workflow>,
+    pub root: PathBuf,
+    pub run_id: String,
+    pub run_dir: PathBuf,
+    pub store: Option<Store>,
+    pub index: StatIndex,
+    pub cancel: CancellationToken,
+    /// Secret name → value, from the caller's environment.
+    pub secrets: Vec<(String, String)>,
+    /// PATH, HOME, LANG, TERM from the caller.
+    pub base_env: Vec<(String, String)>,
+    pub no_cache: bool,
+    pub rerun: Vec<String>,
+    pub kill_grace: Duration,
+    pub log_limit: u64,
+    /// Keys being computed right now: identical instances run once.
+    pub inflight: Mutex<HashMap<KeyHash, Arc<tokio::sync::Notify>>>,
+    /// Sends retry notices to the scheduler loop.
+    pub notices: tokio::sync::mpsc::UnboundedSender<Notice>,
+}
+
+/// A message from a running instance to the scheduler loop.
+#[derive(Debug)]
+pub enum Notice {
+    Retrying { id: String, attempt: u32, delay: Duration, reason: String },
+}
+
+/// One instance to execute.
+pub struct Job {
+    pub node: petgraph::stable_graph::NodeIndex,
+    pub id: String,
+    pub task: usize,
+    pub label: Option<String>,
+    pub rendered: Arc<RenderedInstance>,
+    /// Upstream instance id → digest of its outputs.
+    pub deps: BTreeMap<String, String>,
+    pub activity: Arc<Mutex<String>>,
+}
+
+/// What came of one instance.
+#[derive(Debug)]
+pub struct JobResult {
+    pub node: petgraph::stable_graph::NodeIndex,
+    pub status: InstanceStatus,
+    pub attempts: Vec<AttemptRecord>,
+    pub started_unix_ms: u64,
+    pub duration: Duration,
+    pub exit_code: Option<i32>,
+    pub log_path: Option<PathBuf>,
+    pub message: Option<String>,
+    /// Output files with their content hashes (for downstream keys).
+    pub outputs: Vec<(String, String)>,
+    pub key: Option<String>,
+    pub usage: Usage,
+    pub artifacts: BTreeMap<String, String>,
+}
+
+impl JobResult {
+    fn new(node: petgraph::stable_graph::NodeIndex) -> JobResult {
+        JobResult {
+            node,
+            status: InstanceStatus::Failed,
+            attempts: Vec::new(),
+            started_unix_ms: now_ms(),
+            duration: Duration::ZERO,
+            exit_code: None,
+            log_path: None,
+            message: None,
+            outputs: Vec::new(),
+            key: None,
+            usage: Usage::default(),
+            artifacts: BTreeMap::new(),
+        }
+    }
+
+    /// The digest of the outputs, as a dependency component of downstream keys.
+    #[must_use]
+    pub fn outputs_digest(&self) -> String {
+        outputs_digest(&self.outputs)
+    }
+}
+
+fn hash_files(shared: &RunShared, files: &[String]) -> Result<BTreeMap<String, String>, String> {
+    let mut hashes = BTreeMap::new();
+    for file in files {
+        let hash = shared.index.hash_file(&shared.root, file).map_err(|e| e.to_string())?;
+        hashes.insert(file.clone(), hash.hash);
+    }
+    Ok(hashes)
+}
+
+/// The cache key of a shell instance.
+fn shell_key(shared: &RunShared, task: &Task, rendered: &RenderedInstance, inputs: BTreeMap<String, String>, deps: &BTreeMap<String, String>) -> CacheKey {
+    let mut key = CacheKey::new(task.name.clone());
+    key.command = rendered.command.clone().unwrap_or_default();
+    key.runner = match task.runner {
+        Runner::Local => "local".into(),
+        Runner::Docker => "docker".into(),
+    };
+    key.image_id.clone_from(&task.image);
+    if let Some(cpus) = task.cpus {
+        key.resources.insert("cpus".into(), cpus.to_string());
+    }
+    if let Some(memory) = &task.memory {
+        key.resources.insert("memory".into(), memory.clone());
+    }
+    key.env = shared.workflow.env.clone();
+    key.env.extend(rendered.env.clone());
+    key.secrets = shared.secrets.iter().map(|(k, _)| k.clone()).collect();
+    key.secrets.sort();
+    key.inputs = inputs;
+    key.deps.clone_from(deps);
+    if let TaskKind::Shell { shell: Some(shell), .. } = &task.kind {
+        key.extra.insert("shell".into(), shell.join(" "));
+    }
+    if let Some(workdir) = &rendered.workdir {
+        key.extra.insert("workdir".into(), workdir.clone());
+    }
+    if let Some(network) = &task.network {
+        key.extra.insert("network".into(), network.clone());
+    }
+    key
+}
+
+/// The process environment: the caller's basics, declared env, secrets.
+pub fn process_env(shared: &RunShared, rendered: &RenderedInstance, id: &str) -> Vec<(String, String)> {
+    let mut env: BTreeMap<String, String> = shared.base_env.iter().cloned().collect();
+    env.extend(shared.workflow.env.clone());
+    env.extend(rendered.env.clone());
+    env.extend(shared.secrets.iter().cloned());
+    env.insert("CCFLOW_RUN_ID".into(), shared.run_id.clone());
+    env.insert("CCFLOW_INSTANCE".into(), id.to_owned());
+    env.into_iter().collect()
+}
+
+fn backoff_delay(base: Duration, attempt: u32) -> Duration {
+    let factor = 2f64.powi(i32::try_from(attempt.saturating_sub(1)).unwrap_or(30).min(30));
+    let jitter = 0.5 + fastrand::f64();
+    let seconds = (base.as_secs_f64() * factor * jitter).min(300.0);
+    Duration::from_secs_f64(seconds)
+}
+
+/// Runs one instance to completion (cache hit, success or failure).
+pub async fn execute(shared: Arc<RunShared>, job: Job) -> JobResult {
+    let started = Instant::now();
+    let mut result = JobResult::new(job.node);
+    let workflow = Arc::clone(&shared.workflow);
+    let task = &workflow.tasks[job.task];
+    let rendered = Arc::clone(&job.rendered);
+    if !rendered.enabled {
+        result.status = InstanceStatus::Skipped;
+        result.message = Some("`if` is false".into());
+        return result;
+    }
+    if task.is_agent() {
+        result.message = Some("agent tasks are not supported by this build yet".into());
+        result.duration = started.elapsed();
+        return result;
+    }
+    // Inputs → key.
+    let input_files = match paths::expand(&shared.root, &rendered.inputs, true) {
+        Ok(files) => files,
+        Err(e) => {
+            result.message = Some(format!("cannot expand inputs: {e}"));
+            return result;
+        }
+    };
+    let inputs = {
+        let shared = Arc::clone(&shared);
+        let files = input_files.clone();
+        match tokio::task::spawn_blocking(move || hash_files(&shared, &files)).await {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => {
+                result.message = Some(format!("cannot hash inputs: {e}"));
+                return result;
+            }
+            Err(e) => {
+                result.message = Some(format!("cannot hash inputs: {e}"));
+                return result;
+            }
+        }
+    };
+    let key = shell_key(&shared, task, &rendered, inputs.clone(), &job.deps);
+    let key_hash = key.hash();
+    result.key = Some(key_hash.to_string());
+    let use_cache = task.cache && shared.store.is_some();
+    let may_hit = use_cache && !shared.no_cache && !shared.rerun.iter().any(|t| t == &task.name);
+
+    // Identical instances in one run execute once: wait for the first.
+    let mut owner_notify = None;
+    if use_cache {
+        loop {
+            let waiter = {
+                let mut inflight = shared.inflight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                match inflight.get(&key_hash) {
+                    Some(notify) => Some(Arc::clone(notify)),
+                    None => {
+                        let notify = Arc::new(tokio::sync::Notify::new());
+                        inflight.insert(key_hash, Arc::clone(&notify));
+                        owner_notify = Some(notify);
+                        None
+                    }
+                }
+            };
+            match waiter {
+                Some(notify) => {
+                    let notified = notify.notified();
+                    // Re-check: the owner may have finished between lookup and subscribe.
+                    if shared.inflight.lock().map(|m| m.contains_key(&key_hash)).unwrap_or(false) {
+                        notified.await;
+                    }
+                }
+                None => break,
+            }
+        }
+    }
+    let release = |shared: &RunShared| {
+        if let Some(notify) = &owner_notify {
+            if let Ok(mut inflight) = shared.inflight.lock() {
+                inflight.remove(&key_hash);
+            }
+            notify.notify_waiters();
+        }
+    };
+
+    if may_hit {
+        if let Some(store) = &shared.store {
+            match store.lookup(&key_hash) {
+                Ok(Some(entry)) if entry.exit_code == 0 => match store.restore_with_index(&entry, &shared.root, Some(&shared.index)) {
+                    Ok(_) => {
+                        result.status = InstanceStatus::Cached;
+                        result.outputs = entry.outputs.iter().map(|o| (o.path.clone(), o.hash.clone())).collect();
+                        result.exit_code = Some(0);
+                        if let Some(usage) = entry.metadata.get("usage") {
+                            result.usage = serde_json::from_value(usage.clone()).unwrap_or_default();
+                        }
+                        if let Some(log) = &entry.log {
+                            if let Ok(bytes) = store.read_blob(log) {
+                                let path = shared.run_dir.join("logs").join(format!("{}.log", crate::report::record::file_name_for(&job.id)));
+                                if fs_err::write(&path, bytes).is_ok() {
+                                    result.log_path = Some(path);
+                                }
+                            }
+                        }
+                        result.duration = started.elapsed();
+                        release(&shared);
+                        return result;
+                    }
+                    Err(e) => {
+                        tracing::warn!("cache entry for `{}` could not be restored ({e}); running it", job.id);
+                    }
+                },
+                Ok(_) => {}
+                Err(e) => tracing::warn!("cache lookup for `{}` failed ({e}); running it", job.id),
+            }
+        }
+    }
+
+    // Run, with retries.
+    let log_path = shared.run_dir.join("logs").join(format!("{}.log", crate::report::record::file_name_for(&job.id)));
+    result.log_path = Some(log_path.clone());
+    let cwd = rendered.workdir.as_ref().map_or_else(|| shared.root.clone(), |w| shared.root.join(w));
+    let command = match &task.kind {
+        TaskKind::Shell { script: _, shell: Some(shell) } => {
+            CommandLine::Shell { interpreter: shell.clone(), script: rendered.command.clone().unwrap_or_default() }
+        }
+        _ => CommandLine::Auto { script: rendered.command.clone().unwrap_or_default() },
+    };
+    let masks: Vec<String> = shared.secrets.iter().map(|(_, v)| v.clone()).filter(|v| !v.is_empty()).collect();
+    let attempts = task.retry.attempts.max(1);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let attempt_started = now_ms();
+        let attempt_clock = Instant::now();
+        let spec = ProcessSpec {
+            command: command.clone(),
+            env: process_env(&shared, &rendered, &job.id),
+            cwd: cwd.clone(),
+            log_path: log_path.clone(),
+            timeout: task.timeout,
+            kill_grace: shared.kill_grace,
+            masks: masks.clone(),
+            log_limit: shared.log_limit,
+            stdin: None,
+            instance_token: format!("{}/{}/{attempt}", shared.run_id, job.node.index()),
+        };
+        let report = super::local::run(spec, shared.cancel.clone(), Some(Arc::clone(&job.activity))).await;
+        let exit_code = match report.outcome {
+            ProcessOutcome::Exited { code } => Some(code),
+            _ => None,
+        };
+        let mut outcome_text = report.outcome.to_string();
+        if report.log_truncated {
+            outcome_text.push_str(" (log truncated)");
+        }
+        result.attempts.push(AttemptRecord {
+            attempt,
+            started_unix_ms: attempt_started,
+            duration_ms: u64::try_from(attempt_clock.elapsed().as_millis()).unwrap_or(u64::MAX),
+            exit_code,
+            outcome: outcome_text.clone(),
+        });
+        result.exit_code = exit_code;
+        if report.outcome.is_success() {
+            result.status = InstanceStatus::Succeeded;
+            result.message = None;
+            break;
+        }
+        result.status = match report.outcome {
+            ProcessOutcome::TimedOut { .. } => InstanceStatus::TimedOut,
+            ProcessOutcome::Cancelled => InstanceStatus::Cancelled,
+            _ => InstanceStatus::Failed,
+        };
+        result.message = Some(outcome_text.clone());
+        let retryable = match report.outcome {
+            ProcessOutcome::TimedOut { .. } => task.retry.on_timeout,
+            ProcessOutcome::Cancelled => false,
+            _ => task.retry.on_failure,
+        };
+        if attempt >= attempts || !retryable || shared.cancel.is_cancelled() {
+            break;
+        }
+        let delay = backoff_delay(task.retry.backoff, attempt);
+        let _ = shared.notices.send(Notice::Retrying { id: job.id.clone(), attempt: attempt + 1, delay, reason: outcome_text });
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shared.cancel.cancelled() => break,
+        }
+    }
+    if attempts > 1 && result.attempts.len() > 1 {
+        if let Some(message) = &mut result.message {
+            message.push_str(&format!(" (after {} attempts)", result.attempts.len()));
+        }
+    }
+    if result.status == InstanceStatus::Succeeded {
+        // Outputs, and the cache entry.
+        let shared2 = Arc::clone(&shared);
+        let rendered2 = Arc::clone(&rendered);
+        let id = job.id.clone();
+        let log = log_path.clone();
+        let inputs2 = inputs.clone();
+        let saved = tokio::task::spawn_blocking(move || save(&shared2, &id, &rendered2, key, &inputs2, &log, use_cache)).await;
+        match saved {
+            Ok(Ok(outputs)) => result.outputs = outputs,
+            Ok(Err(message)) => {
+                result.status = InstanceStatus::Failed;
+                result.message = Some(message);
+            }
+            Err(e) => {
+                result.status = InstanceStatus::Failed;
+                result.message = Some(format!("cannot record outputs: {e}"));
+            }
+        }
+    }
+    release(&shared);
+    result.duration = started.elapsed();
+    result
+}
+
+/// Expands and hashes the outputs, and saves the cache entry (pre- and,
+/// for in-place tasks, post-state keys).
+fn save(
+    shared: &RunShared,
+    id: &str,
+    rendered: &RenderedInstance,
+    key: CacheKey,
+    inputs: &BTreeMap<String, String>,
+    log: &Path,
+    use_cache: bool,
+) -> Result<Vec<(String, String)>, String> {
+    let outputs = paths::expand(&shared.root, &rendered.outputs, false)?;
+    for output in &outputs {
+        if let Ok(target) = std::fs::canonicalize(shared.root.join(output)) {
+            let root = std::fs::canonicalize(&shared.root).unwrap_or_else(|_| shared.root.clone());
+            if !target.starts_with(&root) {
+                return Err(format!("output `{output}` is a symlink pointing outside the repository (`{}`)", target.display()));
+            }
+        }
+    }
+    let hashes = hash_files(shared, &outputs)?;
+    let pairs: Vec<(String, String)> = hashes.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    if !use_cache {
+        return Ok(pairs);
+    }
+    let Some(store) = &shared.store else { return Ok(pairs) };
+    // In-place: outputs that are also inputs changed under the task.
+    let in_place: BTreeMap<String, String> = hashes.iter().filter(|(path, _)| inputs.contains_key(*path)).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut keys = vec![key.hash()];
+    let mut post_state = BTreeMap::new();
+    if !in_place.is_empty() {
+        let mut post = key.clone();
+        for (path, hash) in &in_place {
+            post.inputs.insert(path.clone(), hash.clone());
+        }
+        let post_hash = post.hash();
+        if post_hash != keys[0] {
+            keys.push(post_hash);
+        }
+        post_state = in_place;
+    }
+    let entry = NewEntry {
+        instance_id: id.to_owned(),
+        key,
+        outputs,
+        exit_code: 0,
+        log: Some(log.to_path_buf()).filter(|p| p.exists()),
+        attachments: BTreeMap::new(),
+        post_state,
+        metadata: serde_json::Value::Null,
+    };
+    match store.save(&keys, entry, &shared.root) {
+        Ok(_) => Ok(pairs),
+        Err(crate::cache::CacheError::OutputOutsideRoot { path }) => Err(format!("output `{path}` points outside the repository")),
+        Err(e) => {
+            // A cache failure never fails the task; it only costs a rerun.
+            tracing::warn!("cannot save the cache entry of `{id}`: {e}");
+            Ok(pairs)
+        }
+    }
+}

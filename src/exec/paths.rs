@@ -1,0 +1,82 @@
+//! Expanding a task's `inputs` and `outputs` globs into concrete files.
+//!
+//! Inputs honour .gitignore (an input glob `src/**` should not pull in
+//! build products), except that a literal path is always taken as written.
+//! Outputs do not honour .gitignore: outputs are usually ignored build
+//! products. Neither ever descends into `.git` or `.ccflow`.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+fn has_glob(pattern: &str) -> bool {
+    pattern.contains(['*', '?', '[', '{'])
+}
+
+/// Expands patterns to sorted repository-relative files.
+///
+/// # Errors
+/// A malformed glob, naming it.
+pub fn expand(root: &Path, patterns: &[String], honour_ignore: bool) -> Result<Vec<String>, String> {
+    let mut files = BTreeSet::new();
+    let mut globs = Vec::new();
+    for pattern in patterns {
+        let pattern = pattern.trim_start_matches("./");
+        if has_glob(pattern) {
+            globs.push(pattern.to_owned());
+            continue;
+        }
+        let path = root.join(pattern);
+        if path.is_file() {
+            files.insert(pattern.to_owned());
+        } else if path.is_dir() {
+            // A directory names everything below it.
+            globs.push(format!("{}/**", pattern.trim_end_matches('/')));
+        }
+    }
+    if !globs.is_empty() {
+        if honour_ignore {
+            let found = crate::fanout::files(root, &globs, &[]).map_err(|e| e.to_string())?;
+            files.extend(found.into_iter().map(|i| i.label));
+        } else {
+            let mut builder = globset::GlobSetBuilder::new();
+            for glob in &globs {
+                let compiled = globset::GlobBuilder::new(glob)
+                    .literal_separator(true)
+                    .build()
+                    .map_err(|e| format!("malformed glob `{glob}`: {}", e.kind()))?;
+                builder.add(compiled);
+            }
+            let set = builder.build().map_err(|e| e.to_string())?;
+            let mut starts: Vec<&str> = globs.iter().map(|g| crate::fanout::literal_prefix(g)).collect();
+            starts.sort_unstable();
+            starts.dedup();
+            let starts: Vec<&str> = starts
+                .iter()
+                .copied()
+                .filter(|s| !starts.iter().any(|o| o != s && (o.is_empty() || s.starts_with(&format!("{o}/")))))
+                .collect();
+            let entries = starts.into_iter().flat_map(|start| {
+                let dir = if start.is_empty() { root.to_path_buf() } else { root.join(start) };
+                ignore::WalkBuilder::new(dir)
+                    .standard_filters(false)
+                    .filter_entry(|e| {
+                        let name = e.file_name();
+                        !(e.depth() > 0 && (name == ".git" || name == ".ccflow"))
+                    })
+                    .build()
+            });
+            for entry in entries.flatten() {
+                if !entry.file_type().is_some_and(|t| t.is_file() || t.is_symlink()) {
+                    continue;
+                }
+                let Ok(relative) = entry.path().strip_prefix(root) else { continue };
+                if let Some(relative) = relative.to_str() {
+                    if set.is_match(relative) {
+                        files.insert(relative.to_owned());
+                    }
+                }
+            }
+        }
+    }
+    Ok(files.into_iter().collect())
+}
