@@ -1,11 +1,14 @@
 //! One file per subcommand: `run(args, &Ctx) -> CommandResult`.
 
+pub mod cache;
 pub mod common;
 pub mod completions;
+pub mod explain;
 pub mod init;
 pub mod list;
 pub mod plan;
 pub mod run;
+pub mod runs;
 pub mod validate;
 
 use std::io::IsTerminal as _;
@@ -55,6 +58,11 @@ pub fn dispatch(cli: Cli) -> CommandResult {
         Command::Validate(args) => validate::run(&args, &ctx),
         Command::Plan(args) => plan::run(&args, &ctx),
         Command::Run(args) => run::run(&args, &ctx),
+        Command::Explain(args) => explain::run(&args, &ctx),
+        Command::Runs(args) => runs::runs(&args, &ctx),
+        Command::Show(args) => runs::show(&args, &ctx),
+        Command::Logs(args) => runs::logs(&args, &ctx),
+        Command::Cache(args) => cache::run(&args, &ctx),
         Command::Schema => {
             print!("{}", crate::workflow::schema::schema_text());
             Ok(ExitStatus::Success)

@@ -118,10 +118,43 @@ fn hash_files(shared: &RunShared, files: &[String]) -> Result<BTreeMap<String, S
     Ok(hashes)
 }
 
-/// The cache key of a shell instance.
-fn shell_key(shared: &RunShared, task: &Task, rendered: &RenderedInstance, inputs: BTreeMap<String, String>, deps: &BTreeMap<String, String>) -> CacheKey {
+/// The cache key of an instance (shell or agent) and its hashed inputs.
+///
+/// # Errors
+/// Inputs that cannot be expanded or hashed.
+pub fn instance_key(
+    workflow: &Workflow,
+    root: &Path,
+    index: &StatIndex,
+    secret_names: &[String],
+    task: &Task,
+    rendered: &RenderedInstance,
+    deps: &BTreeMap<String, String>,
+) -> Result<(CacheKey, BTreeMap<String, String>), String> {
+    let input_files = paths::expand(root, &rendered.inputs, true).map_err(|e| format!("cannot expand inputs: {e}"))?;
+    let mut inputs = BTreeMap::new();
+    for file in &input_files {
+        let hash = index.hash_file(root, file).map_err(|e| format!("cannot hash input `{file}`: {e}"))?;
+        inputs.insert(file.clone(), hash.hash);
+    }
     let mut key = CacheKey::new(task.name.clone());
-    key.command = rendered.command.clone().unwrap_or_default();
+    key.command = match &task.kind {
+        TaskKind::Shell { .. } => rendered.command.clone().unwrap_or_default(),
+        TaskKind::Agent(agent) => serde_json::json!({
+            "prompt": rendered.prompt,
+            "model": agent.model,
+            "max_turns": agent.max_turns,
+            "max_budget_usd": agent.max_budget_usd,
+            "allowed_tools": agent.allowed_tools,
+            "disallowed_tools": agent.disallowed_tools,
+            "append_system_prompt": agent.append_system_prompt,
+            "mcp_config": agent.mcp_config,
+            "permission_mode": agent.permission_mode,
+            "bare": agent.bare,
+            "outputs": rendered.outputs,
+        })
+        .to_string(),
+    };
     key.runner = match task.runner {
         Runner::Local => "local".into(),
         Runner::Docker => "docker".into(),
@@ -133,11 +166,11 @@ fn shell_key(shared: &RunShared, task: &Task, rendered: &RenderedInstance, input
     if let Some(memory) = &task.memory {
         key.resources.insert("memory".into(), memory.clone());
     }
-    key.env = shared.workflow.env.clone();
+    key.env = workflow.env.clone();
     key.env.extend(rendered.env.clone());
-    key.secrets = shared.secrets.iter().map(|(k, _)| k.clone()).collect();
+    key.secrets = secret_names.to_vec();
     key.secrets.sort();
-    key.inputs = inputs;
+    key.inputs.clone_from(&inputs);
     key.deps.clone_from(deps);
     if let TaskKind::Shell { shell: Some(shell), .. } = &task.kind {
         key.extra.insert("shell".into(), shell.join(" "));
@@ -148,7 +181,11 @@ fn shell_key(shared: &RunShared, task: &Task, rendered: &RenderedInstance, input
     if let Some(network) = &task.network {
         key.extra.insert("network".into(), network.clone());
     }
-    key
+    if let Some(verify) = &rendered.verify {
+        key.extra.insert("verify".into(), verify.clone());
+        key.extra.insert("verify_attempts".into(), task.verify_attempts.to_string());
+    }
+    Ok((key, inputs))
 }
 
 /// The process environment: the caller's basics, declared env, secrets.
@@ -187,29 +224,28 @@ pub async fn execute(shared: Arc<RunShared>, job: Job) -> JobResult {
         return result;
     }
     // Inputs → key.
-    let input_files = match paths::expand(&shared.root, &rendered.inputs, true) {
-        Ok(files) => files,
+    let keyed = {
+        let shared = Arc::clone(&shared);
+        let rendered = Arc::clone(&rendered);
+        let deps = job.deps.clone();
+        let task_index = job.task;
+        tokio::task::spawn_blocking(move || {
+            let names = shared.workflow.secrets.clone();
+            instance_key(&shared.workflow, &shared.root, &shared.index, &names, &shared.workflow.tasks[task_index], &rendered, &deps)
+        })
+        .await
+    };
+    let (key, inputs) = match keyed {
+        Ok(Ok(k)) => k,
+        Ok(Err(message)) => {
+            result.message = Some(message);
+            return result;
+        }
         Err(e) => {
-            result.message = Some(format!("cannot expand inputs: {e}"));
+            result.message = Some(format!("cannot compute the cache key: {e}"));
             return result;
         }
     };
-    let inputs = {
-        let shared = Arc::clone(&shared);
-        let files = input_files.clone();
-        match tokio::task::spawn_blocking(move || hash_files(&shared, &files)).await {
-            Ok(Ok(h)) => h,
-            Ok(Err(e)) => {
-                result.message = Some(format!("cannot hash inputs: {e}"));
-                return result;
-            }
-            Err(e) => {
-                result.message = Some(format!("cannot hash inputs: {e}"));
-                return result;
-            }
-        }
-    };
-    let key = shell_key(&shared, task, &rendered, inputs.clone(), &job.deps);
     let key_hash = key.hash();
     result.key = Some(key_hash.to_string());
     let use_cache = task.cache && shared.store.is_some();
