@@ -18,9 +18,10 @@ use std::time::{Duration, Instant};
 
 use bollard::errors::Error as BollardError;
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
+use bollard::container::{AttachContainerResults, LogOutput};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, KillContainerOptionsBuilder,
-    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder, KillContainerOptionsBuilder,
+    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
     WaitContainerOptionsBuilder,
 };
 use bollard::Docker;
@@ -377,18 +378,34 @@ impl DockerRunner {
         };
         guard.id = Some(id.clone());
 
+        // Attached before start, the output stream holds every byte and ends
+        // only after the last one. (A following `logs` stream, tried first,
+        // lost the final chunk of fast containers on Docker 20.10.)
+        let attach = AttachContainerOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .stream(true)
+            .logs(true)
+            .build();
+        let output = match self.docker.attach_container(&id, Some(attach)).await {
+            Ok(attached) => attached,
+            Err(error) => {
+                return ContainerOutcome::EngineError {
+                    message: format!("attach to container `{}`: {error}", short_id(&id)),
+                }
+            }
+        };
+        let logs = tokio::spawn(stream_logs(
+            output,
+            id.clone(),
+            LogSink::new(log_file, &spec.masks, last_line),
+        ));
         if let Err(error) = self.docker.start_container(&id, None).await {
+            logs.abort();
             return ContainerOutcome::EngineError {
                 message: format!("start container `{}`: {error}", short_id(&id)),
             };
         }
-        // The log stream follows from the container's first byte even when
-        // attached after start, since the engine keeps logs until removal.
-        let logs = tokio::spawn(stream_logs(
-            self.docker.clone(),
-            id.clone(),
-            LogSink::new(log_file, &spec.masks, last_line),
-        ));
 
         let exit = wait_for_exit(&self.docker, &id);
         tokio::pin!(exit);
@@ -600,21 +617,20 @@ async fn wait_for_exit(docker: &Docker, id: &str) -> Result<(), String> {
     }
 }
 
-async fn stream_logs(docker: Docker, id: String, mut sink: LogSink) {
-    let options = LogsOptionsBuilder::new()
-        .follow(true)
-        .stdout(true)
-        .stderr(true)
-        .build();
-    let mut logs = docker.logs(&id, Some(options));
+async fn stream_logs(attached: AttachContainerResults, id: String, mut sink: LogSink) {
+    // The input half is kept open (unused) for as long as output is read.
+    let AttachContainerResults {
+        output: mut logs,
+        input: _input,
+    } = attached;
     while let Some(chunk) = logs.next().await {
         let result = match chunk {
-            Ok(bollard::container::LogOutput::StdErr { message }) => sink.write(1, &message).await,
+            Ok(LogOutput::StdErr { message }) => sink.write(1, &message).await,
             Ok(
-                bollard::container::LogOutput::StdOut { message }
-                | bollard::container::LogOutput::Console { message },
+                LogOutput::StdOut { message }
+                | LogOutput::Console { message },
             ) => sink.write(0, &message).await,
-            Ok(bollard::container::LogOutput::StdIn { .. }) => Ok(()),
+            Ok(LogOutput::StdIn { .. }) => Ok(()),
             Err(error) => {
                 tracing::debug!(container = short_id(&id), %error, "log stream ended");
                 break;
@@ -760,13 +776,19 @@ impl Masker {
         let mut at = 0;
         while at < buffer.len() {
             let rest = &buffer[at..];
+            // Undecided while a secret could still match with more input,
+            // even when a shorter one matches already.
+            let undecided = self
+                .secrets
+                .iter()
+                .any(|secret| secret.len() > rest.len() && secret.starts_with(rest));
+            if undecided && !end {
+                return (out, at);
+            }
             if let Some(secret) = self.secrets.iter().find(|secret| rest.starts_with(secret)) {
                 out.extend_from_slice(MASK);
                 at += secret.len();
                 continue;
-            }
-            if !end && self.secrets.iter().any(|secret| secret.starts_with(rest)) {
-                return (out, at);
             }
             out.push(buffer[at]);
             at += 1;
@@ -837,6 +859,8 @@ fn container_body(spec: &ContainerSpec) -> ContainerCreateBody {
         user: Some(spec.user.clone().unwrap_or_else(invoking_user)),
         labels: Some(labels),
         tty: Some(false),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
         host_config: Some(HostConfig {
             mounts: Some(mounts),
             network_mode: Some(spec.network.clone().unwrap_or_else(|| "none".to_owned())),

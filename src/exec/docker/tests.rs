@@ -585,3 +585,17 @@ async fn bench_trivial_containers_against_docker_run() {
     );
     fixture.assert_no_containers();
 }
+
+/// Regression: a following `logs` stream lost the last chunk of containers
+/// that exit at once (Docker 20.10); the attach stream must not.
+#[tokio::test]
+async fn final_output_of_fast_containers_is_not_lost() {
+    let Some(fixture) = Fixture::new("tail").await else { return };
+    for round in 0..10 {
+        let script = format!("echo first; printf 'tail-{round}'");
+        let (report, log) = fixture.run(fixture.spec(&script)).await;
+        assert_eq!(report.outcome, ContainerOutcome::Exited { code: 0 });
+        assert_eq!(log, format!("first\ntail-{round}"));
+    }
+    fixture.assert_no_containers();
+}
