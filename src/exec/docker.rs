@@ -16,12 +16,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bollard::container::{AttachContainerResults, LogOutput};
 use bollard::errors::Error as BollardError;
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
-use bollard::container::{AttachContainerResults, LogOutput};
 use bollard::query_parameters::{
-    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder, KillContainerOptionsBuilder,
-    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
+    KillContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
     WaitContainerOptionsBuilder,
 };
 use bollard::Docker;
@@ -211,7 +211,9 @@ impl fmt::Display for ContainerOutcome {
                 write!(f, "timed out after {}", humantime::format_duration(*after))
             }
             ContainerOutcome::Cancelled => f.write_str("cancelled"),
-            ContainerOutcome::EngineError { message } => write!(f, "docker engine error: {message}"),
+            ContainerOutcome::EngineError { message } => {
+                write!(f, "docker engine error: {message}")
+            }
             ContainerOutcome::SetupFailed { message } => write!(f, "{message}"),
         }
     }
@@ -236,7 +238,9 @@ pub struct DockerRunner {
 
 impl fmt::Debug for DockerRunner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DockerRunner").field("host", &self.host).finish_non_exhaustive()
+        f.debug_struct("DockerRunner")
+            .field("host", &self.host)
+            .finish_non_exhaustive()
     }
 }
 
@@ -259,7 +263,8 @@ impl DockerRunner {
             host: host.clone(),
             reason,
         };
-        let docker = Docker::connect_with_host(&host).map_err(|error| unreachable(error.to_string()))?;
+        let docker =
+            Docker::connect_with_host(&host).map_err(|error| unreachable(error.to_string()))?;
         let docker = match tokio::time::timeout(CONNECT_TIMEOUT, docker.negotiate_version()).await {
             Ok(Ok(docker)) => docker,
             Ok(Err(error)) => return Err(unreachable(error.to_string())),
@@ -504,7 +509,11 @@ impl DockerRunner {
             if !labels.get(RUN_LABEL).is_some_and(|run| remove(run)) {
                 continue;
             }
-            match self.docker.remove_container(&id, Some(force_remove())).await {
+            match self
+                .docker
+                .remove_container(&id, Some(force_remove()))
+                .await
+            {
                 Ok(()) => removed += 1,
                 // Gone meanwhile (its own run removed it): nothing left over.
                 Err(error) if is_not_found(&error) || is_conflict(&error) => {}
@@ -550,14 +559,20 @@ struct ContainerGuard {
 }
 
 impl ContainerGuard {
+    /// The id is forgotten only once the removal is done, so dropping this
+    /// future half-way still leaves the removal to `Drop`.
     async fn remove(&mut self) {
-        let Some(id) = self.id.take() else { return };
+        let Some(id) = self.id.clone() else { return };
         // One retry: a removal racing the container's own teardown can be
         // refused with a conflict ("removal already in progress").
         for attempt in 0..2 {
-            match self.docker.remove_container(&id, Some(force_remove())).await {
-                Ok(()) => return,
-                Err(error) if is_not_found(&error) => return,
+            match self
+                .docker
+                .remove_container(&id, Some(force_remove()))
+                .await
+            {
+                Ok(()) => break,
+                Err(error) if is_not_found(&error) => break,
                 Err(error) if attempt == 0 => {
                     tracing::debug!(container = short_id(&id), %error, "removal failed, retrying");
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -567,6 +582,7 @@ impl ContainerGuard {
                 }
             }
         }
+        self.id = None;
     }
 }
 
@@ -585,7 +601,10 @@ impl Drop for ContainerGuard {
 }
 
 fn force_remove() -> bollard::query_parameters::RemoveContainerOptions {
-    RemoveContainerOptionsBuilder::new().force(true).v(true).build()
+    RemoveContainerOptionsBuilder::new()
+        .force(true)
+        .v(true)
+        .build()
 }
 
 /// Resolves when the container is no longer running.
@@ -626,10 +645,9 @@ async fn stream_logs(attached: AttachContainerResults, id: String, mut sink: Log
     while let Some(chunk) = logs.next().await {
         let result = match chunk {
             Ok(LogOutput::StdErr { message }) => sink.write(1, &message).await,
-            Ok(
-                LogOutput::StdOut { message }
-                | LogOutput::Console { message },
-            ) => sink.write(0, &message).await,
+            Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
+                sink.write(0, &message).await
+            }
             Ok(LogOutput::StdIn { .. }) => Ok(()),
             Err(error) => {
                 tracing::debug!(container = short_id(&id), %error, "log stream ended");
@@ -721,7 +739,9 @@ impl LogSink {
         }
         if let Some(last_line) = &self.last_line {
             // A poisoned lock only means a reader panicked; the string is fine.
-            let mut guard = last_line.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut guard = last_line
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             text.clone_into(&mut guard);
         }
     }
@@ -816,11 +836,18 @@ fn check_mount_sources(spec: &ContainerSpec) -> Result<(), String> {
 }
 
 fn open_log(spec: &ContainerSpec) -> Result<(PathBuf, tokio::fs::File), String> {
-    if let Some(parent) = spec.log_path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+    if let Some(parent) = spec
+        .log_path
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+    {
         fs_err::create_dir_all(parent).map_err(|error| error.to_string())?;
     }
     let file = fs_err::File::create(&spec.log_path).map_err(|error| error.to_string())?;
-    Ok((spec.log_path.clone(), tokio::fs::File::from_std(file.into_file())))
+    Ok((
+        spec.log_path.clone(),
+        tokio::fs::File::from_std(file.into_file()),
+    ))
 }
 
 fn container_body(spec: &ContainerSpec) -> ContainerCreateBody {
@@ -831,11 +858,17 @@ fn container_body(spec: &ContainerSpec) -> ContainerCreateBody {
         .collect();
     labels.insert(RUN_LABEL.to_owned(), spec.run_id.clone());
 
-    let mut mounts = vec![bind(spec.workspace.display().to_string(), WORKSPACE_TARGET, false)];
+    let mut mounts = vec![bind(
+        spec.workspace.display().to_string(),
+        WORKSPACE_TARGET,
+        false,
+    )];
     for (source, target, read_only) in &spec.extra_mounts {
         mounts.push(bind(source.display().to_string(), target, *read_only));
     }
-    let memory = spec.memory.map(|bytes| i64::try_from(bytes).unwrap_or(i64::MAX));
+    let memory = spec
+        .memory
+        .map(|bytes| i64::try_from(bytes).unwrap_or(i64::MAX));
     let nano_cpus = spec
         .cpus
         .filter(|cpus| cpus.is_finite() && *cpus > 0.0)
@@ -905,7 +938,13 @@ fn invoking_user() -> String {
 fn container_name(run_id: &str) -> String {
     let run: String = run_id
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(64)
         .collect();
     format!("ccflow-{run}-{:08x}", fastrand::u32(..))
@@ -927,11 +966,23 @@ fn reference_with_tag(image: &str) -> String {
 }
 
 fn is_not_found(error: &BollardError) -> bool {
-    matches!(error, BollardError::DockerResponseServerError { status_code: 404, .. })
+    matches!(
+        error,
+        BollardError::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
 }
 
 fn is_conflict(error: &BollardError) -> bool {
-    matches!(error, BollardError::DockerResponseServerError { status_code: 409, .. })
+    matches!(
+        error,
+        BollardError::DockerResponseServerError {
+            status_code: 409,
+            ..
+        }
+    )
 }
 
 /// Parses a memory size: plain bytes, or a number (decimals allowed) with a
@@ -962,7 +1013,10 @@ pub fn parse_memory(s: &str) -> Result<u64, DockerError> {
         _ => return Err(invalid()),
     };
     let bytes = if let Ok(whole) = number.parse::<u64>() {
-        whole.checked_shl(shift).filter(|bytes| bytes >> shift == whole).ok_or_else(invalid)?
+        whole
+            .checked_shl(shift)
+            .filter(|bytes| bytes >> shift == whole)
+            .ok_or_else(invalid)?
     } else {
         let value: f64 = number.parse().map_err(|_| invalid())?;
         fractional_bytes(value * 2f64.powf(f64::from(shift))).ok_or_else(invalid)?

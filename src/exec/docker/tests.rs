@@ -76,7 +76,11 @@ impl Fixture {
         let dir = tempfile::tempdir().expect("temp dir");
         let workspace = dir.path().join("workspace");
         fs_err::create_dir(&workspace).expect("create workspace");
-        let run_id = format!("test-{name}-{}-{:06x}", std::process::id(), fastrand::u32(..1 << 24));
+        let run_id = format!(
+            "test-{name}-{}-{:06x}",
+            std::process::id(),
+            fastrand::u32(..1 << 24)
+        );
         Some(Fixture {
             runner,
             dir,
@@ -123,12 +127,19 @@ impl Fixture {
             .expect("run docker ps");
         assert!(output.status.success(), "docker ps failed");
         let ids = String::from_utf8_lossy(&output.stdout);
-        assert!(ids.trim().is_empty(), "containers left for run {}: {ids}", self.run_id);
+        assert!(
+            ids.trim().is_empty(),
+            "containers left for run {}: {ids}",
+            self.run_id
+        );
     }
 }
 
 fn assert_gone(report: &ContainerReport) {
-    let id = report.container_id.as_deref().expect("a container was created");
+    let id = report
+        .container_id
+        .as_deref()
+        .expect("a container was created");
     let status = Command::new("docker")
         .args(["container", "inspect", id])
         .output()
@@ -144,7 +155,9 @@ fn current_uid() -> u32 {
 
 #[tokio::test]
 async fn exit_codes_and_output_reach_the_log() {
-    let Some(fixture) = Fixture::new("exit").await else { return };
+    let Some(fixture) = Fixture::new("exit").await else {
+        return;
+    };
 
     let (report, log) = fixture
         .run(fixture.spec("echo to-stdout; echo to-stderr >&2; exit 0"))
@@ -171,8 +184,11 @@ async fn exit_codes_and_output_reach_the_log() {
 
 #[tokio::test]
 async fn env_is_passed_and_secrets_are_masked() {
-    let Some(fixture) = Fixture::new("env").await else { return };
-    let mut spec = fixture.spec("echo \"greeting=$GREETING\"; echo \"token=$TOKEN\"; printf 'last %s' \"$TOKEN\"");
+    let Some(fixture) = Fixture::new("env").await else {
+        return;
+    };
+    let mut spec = fixture
+        .spec("echo \"greeting=$GREETING\"; echo \"token=$TOKEN\"; printf 'last %s' \"$TOKEN\"");
     spec.env = vec![
         ("GREETING".to_owned(), "hello world".to_owned()),
         ("TOKEN".to_owned(), "s3cr3t-value".to_owned()),
@@ -193,11 +209,17 @@ async fn env_is_passed_and_secrets_are_masked() {
 #[tokio::test]
 async fn workspace_files_belong_to_the_invoking_user_or_the_given_one() {
     use std::os::unix::fs::MetadataExt;
-    let Some(fixture) = Fixture::new("owner").await else { return };
+    let Some(fixture) = Fixture::new("owner").await else {
+        return;
+    };
     let (report, log) = fixture
         .run(fixture.spec("pwd; id -u; echo data > out.txt; mkdir made"))
         .await;
-    assert_eq!(report.outcome, ContainerOutcome::Exited { code: 0 }, "log: {log}");
+    assert_eq!(
+        report.outcome,
+        ContainerOutcome::Exited { code: 0 },
+        "log: {log}"
+    );
     assert_eq!(log, format!("/workspace\n{}\n", current_uid()));
     let file = fs_err::metadata(fixture.workspace.join("out.txt")).expect("out.txt written");
     assert_eq!(file.uid(), current_uid());
@@ -206,13 +228,21 @@ async fn workspace_files_belong_to_the_invoking_user_or_the_given_one() {
 
     if current_uid() == 0 {
         // Root can hand the workspace to another uid and read the result.
-        fs_err::set_permissions(&fixture.workspace, std::os::unix::fs::PermissionsExt::from_mode(0o777))
-            .expect("chmod workspace");
+        fs_err::set_permissions(
+            &fixture.workspace,
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .expect("chmod workspace");
         let mut spec = fixture.spec("echo data > other.txt");
         spec.user = Some("1234:1234".to_owned());
         let (report, log) = fixture.run(spec).await;
-        assert_eq!(report.outcome, ContainerOutcome::Exited { code: 0 }, "log: {log}");
-        let other = fs_err::metadata(fixture.workspace.join("other.txt")).expect("other.txt written");
+        assert_eq!(
+            report.outcome,
+            ContainerOutcome::Exited { code: 0 },
+            "log: {log}"
+        );
+        let other =
+            fs_err::metadata(fixture.workspace.join("other.txt")).expect("other.txt written");
         assert_eq!((other.uid(), other.gid()), (1234, 1234));
     }
     fixture.assert_no_containers();
@@ -220,11 +250,17 @@ async fn workspace_files_belong_to_the_invoking_user_or_the_given_one() {
 
 #[tokio::test]
 async fn network_is_none_unless_asked() {
-    let Some(fixture) = Fixture::new("net").await else { return };
+    let Some(fixture) = Fixture::new("net").await else {
+        return;
+    };
     let probe = format!("sh {FIXTURES}/network-probe.sh");
 
     let (report, log) = fixture.run(fixture.spec(&probe)).await;
-    assert_eq!(report.outcome, ContainerOutcome::Exited { code: 0 }, "log: {log}");
+    assert_eq!(
+        report.outcome,
+        ContainerOutcome::Exited { code: 0 },
+        "log: {log}"
+    );
     assert!(log.contains("lo:"), "log: {log}");
     assert!(!log.contains("eth0"), "an interface besides lo: {log}");
     assert!(log.contains("NET=down"), "log: {log}");
@@ -232,18 +268,25 @@ async fn network_is_none_unless_asked() {
     let mut spec = fixture.spec(&probe);
     spec.network = Some("bridge".to_owned());
     let (report, log) = fixture.run(spec).await;
-    assert_eq!(report.outcome, ContainerOutcome::Exited { code: 0 }, "log: {log}");
+    assert_eq!(
+        report.outcome,
+        ContainerOutcome::Exited { code: 0 },
+        "log: {log}"
+    );
     assert!(log.contains("eth0:"), "bridge without eth0: {log}");
     fixture.assert_no_containers();
 }
 
 #[tokio::test]
 async fn host_paths_outside_the_workspace_are_invisible() {
-    let Some(fixture) = Fixture::new("isolation").await else { return };
+    let Some(fixture) = Fixture::new("isolation").await else {
+        return;
+    };
     let marker = format!("ccflow-marker-{:08x}", fastrand::u32(..));
     // Beside the workspace (in its parent) and inside it, as a control.
     fs_err::write(fixture.dir.path().join(&marker), "outside").expect("write marker");
-    fs_err::write(fixture.workspace.join(format!("{marker}.inside")), "inside").expect("write marker");
+    fs_err::write(fixture.workspace.join(format!("{marker}.inside")), "inside")
+        .expect("write marker");
     let script = format!("find / -name '{marker}*' 2>/dev/null; true");
     let (report, log) = fixture.run(fixture.spec(&script)).await;
     assert_eq!(report.outcome, ContainerOutcome::Exited { code: 0 });
@@ -253,7 +296,9 @@ async fn host_paths_outside_the_workspace_are_invisible() {
 
 #[tokio::test]
 async fn exceeding_the_memory_limit_is_oom_killed() {
-    let Some(fixture) = Fixture::new("oom").await else { return };
+    let Some(fixture) = Fixture::new("oom").await else {
+        return;
+    };
     let mut spec = fixture.spec(&format!("sh {FIXTURES}/allocate.sh"));
     spec.memory = Some(parse_memory("32m").expect("valid size"));
     spec.cpus = Some(0.5);
@@ -263,15 +308,23 @@ async fn exceeding_the_memory_limit_is_oom_killed() {
     assert_gone(&report);
 
     // The same script fits without the limit: the limit is what killed it.
-    let (report, log) = fixture.run(fixture.spec(&format!("sh {FIXTURES}/allocate.sh"))).await;
-    assert_eq!(report.outcome, ContainerOutcome::Exited { code: 0 }, "log: {log}");
+    let (report, log) = fixture
+        .run(fixture.spec(&format!("sh {FIXTURES}/allocate.sh")))
+        .await;
+    assert_eq!(
+        report.outcome,
+        ContainerOutcome::Exited { code: 0 },
+        "log: {log}"
+    );
     assert!(log.contains("allocated 104857600 bytes"), "log: {log}");
     fixture.assert_no_containers();
 }
 
 #[tokio::test]
 async fn timeout_stops_with_sigterm_and_removes_the_container() {
-    let Some(fixture) = Fixture::new("timeout").await else { return };
+    let Some(fixture) = Fixture::new("timeout").await else {
+        return;
+    };
     let mut spec = fixture.spec(&format!("sh {FIXTURES}/graceful.sh"));
     spec.timeout = Some(Duration::from_secs(1));
     let (report, log) = fixture.run(spec).await;
@@ -282,7 +335,11 @@ async fn timeout_stops_with_sigterm_and_removes_the_container() {
         }
     );
     assert!(log.contains("got-term"), "SIGTERM not delivered: {log}");
-    assert!(report.duration < Duration::from_secs(10), "took {:?}", report.duration);
+    assert!(
+        report.duration < Duration::from_secs(10),
+        "took {:?}",
+        report.duration
+    );
     assert_gone(&report);
 
     // A command ignoring SIGTERM is killed after the grace.
@@ -291,14 +348,20 @@ async fn timeout_stops_with_sigterm_and_removes_the_container() {
     spec.kill_grace = Duration::from_millis(500);
     let (report, _) = fixture.run(spec).await;
     assert!(matches!(report.outcome, ContainerOutcome::TimedOut { .. }));
-    assert!(report.duration < Duration::from_secs(10), "took {:?}", report.duration);
+    assert!(
+        report.duration < Duration::from_secs(10),
+        "took {:?}",
+        report.duration
+    );
     assert_gone(&report);
     fixture.assert_no_containers();
 }
 
 #[tokio::test]
 async fn cancel_stops_and_removes_the_container() {
-    let Some(fixture) = Fixture::new("cancel").await else { return };
+    let Some(fixture) = Fixture::new("cancel").await else {
+        return;
+    };
     let cancel = CancellationToken::new();
     let trigger = cancel.clone();
     tokio::spawn(async move {
@@ -310,7 +373,11 @@ async fn cancel_stops_and_removes_the_container() {
         .run(fixture.spec("echo started; sleep 30"), cancel.clone(), None)
         .await;
     assert_eq!(report.outcome, ContainerOutcome::Cancelled);
-    assert!(report.duration < Duration::from_secs(10), "took {:?}", report.duration);
+    assert!(
+        report.duration < Duration::from_secs(10),
+        "took {:?}",
+        report.duration
+    );
     assert!(fixture.log().contains("started"), "log: {}", fixture.log());
     assert_gone(&report);
 
@@ -323,8 +390,12 @@ async fn cancel_stops_and_removes_the_container() {
 
 #[tokio::test]
 async fn dropping_the_run_future_removes_the_container() {
-    let Some(fixture) = Fixture::new("drop").await else { return };
-    let run = fixture.runner.run(fixture.spec("sleep 30"), CancellationToken::new(), None);
+    let Some(fixture) = Fixture::new("drop").await else {
+        return;
+    };
+    let run = fixture
+        .runner
+        .run(fixture.spec("sleep 30"), CancellationToken::new(), None);
     let dropped = tokio::time::timeout(Duration::from_secs(1), run).await;
     assert!(dropped.is_err(), "the container should still be running");
     // The guard removes it in a spawned task.
@@ -344,15 +415,21 @@ async fn dropping_the_run_future_removes_the_container() {
 
 #[tokio::test]
 async fn missing_mount_source_fails_before_creating() {
-    let Some(fixture) = Fixture::new("mount").await else { return };
+    let Some(fixture) = Fixture::new("mount").await else {
+        return;
+    };
     let mut spec = fixture.spec("true");
     let missing = fixture.dir.path().join("no-such-binary");
-    spec.extra_mounts.push((missing.clone(), "/bin/claude".to_owned(), true));
+    spec.extra_mounts
+        .push((missing.clone(), "/bin/claude".to_owned(), true));
     let (report, _) = fixture.run(spec).await;
     let ContainerOutcome::SetupFailed { message } = &report.outcome else {
         panic!("unexpected outcome {:?}", report.outcome)
     };
-    assert!(message.contains(&missing.display().to_string()), "{message}");
+    assert!(
+        message.contains(&missing.display().to_string()),
+        "{message}"
+    );
     assert_eq!(report.container_id, None);
 
     // A missing image surfaces as an engine error, and nothing is left.
@@ -370,7 +447,10 @@ async fn missing_mount_source_fails_before_creating() {
 #[tokio::test]
 async fn image_id_resolves_present_images_and_names_missing_ones() {
     let Some(runner) = runner().await else { return };
-    let id = runner.image_id(IMAGE, false).await.expect("test image present");
+    let id = runner
+        .image_id(IMAGE, false)
+        .await
+        .expect("test image present");
     assert!(id.starts_with("sha256:"), "{id}");
     assert_eq!(runner.image_id(&id, false).await.expect("by id"), id);
 
@@ -383,12 +463,17 @@ async fn image_id_resolves_present_images_and_names_missing_ones() {
         "{error:?}"
     );
     let hint = error.hint().expect("a hint");
-    assert!(hint.contains("docker build") && hint.contains("pull: true"), "{hint}");
+    assert!(
+        hint.contains("docker build") && hint.contains("pull: true"),
+        "{hint}"
+    );
 }
 
 #[tokio::test]
 async fn remove_leftovers_removes_labelled_containers_except_the_given_run() {
-    let Some(fixture) = Fixture::new("leftovers").await else { return };
+    let Some(fixture) = Fixture::new("leftovers").await else {
+        return;
+    };
     let keep = format!("{}-keep", fixture.run_id);
     let stale = format!("{}-stale", fixture.run_id);
     let mut ids = Vec::new();
@@ -426,7 +511,10 @@ async fn remove_leftovers_removes_labelled_containers_except_the_given_run() {
         .list_containers(Some(
             ListContainersOptionsBuilder::new()
                 .all(true)
-                .filters(&HashMap::from([("label", vec![format!("{RUN_LABEL}={keep}")])]))
+                .filters(&HashMap::from([(
+                    "label",
+                    vec![format!("{RUN_LABEL}={keep}")],
+                )]))
                 .build(),
         ))
         .await
@@ -470,20 +558,50 @@ async fn engine_info_reports_the_negotiated_version() {
         let (major, minor) = version.split_once('.').expect("major.minor");
         (major.parse().expect("major"), minor.parse().expect("minor"))
     };
-    assert!(parse(&info.negotiated_api_version) <= parse(&info.api_version), "{info:?}");
+    assert!(
+        parse(&info.negotiated_api_version) <= parse(&info.api_version),
+        "{info:?}"
+    );
 }
 
 #[tokio::test]
 async fn unreachable_host_is_reported_with_a_hint() {
     let dir = tempfile::tempdir().expect("temp dir");
     let host = format!("unix://{}/docker.sock", dir.path().display());
-    let error = DockerRunner::connect_to(&host).await.expect_err("no daemon there");
+    let error = DockerRunner::connect_to(&host)
+        .await
+        .expect_err("no daemon there");
     assert!(
         matches!(&error, DockerError::Unreachable { host: reported, .. } if *reported == host),
         "{error:?}"
     );
     assert!(error.hint().expect("hint").contains("DOCKER_HOST"));
-    assert!(error.to_string().starts_with(&format!("connect to the Docker daemon at `{host}`")));
+    assert!(error
+        .to_string()
+        .starts_with(&format!("connect to the Docker daemon at `{host}`")));
+
+    for host in ["tcp://127.0.0.1:1", "ftp://example.invalid"] {
+        let error = DockerRunner::connect_to(host).await.expect_err(host);
+        assert!(
+            matches!(&error, DockerError::Unreachable { host: reported, reason } if reported == host && !reason.is_empty()),
+            "{error:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn pull_failure_names_the_image() {
+    let Some(runner) = runner().await else { return };
+    // Port 1 on loopback refuses at once: no registry is contacted.
+    let image = "127.0.0.1:1/ccflow-test/absent:v1";
+    let error = runner
+        .image_id(image, true)
+        .await
+        .expect_err("nothing to pull from");
+    assert!(
+        matches!(&error, DockerError::Pull { image: named, .. } if named == image),
+        "{error:?}"
+    );
 }
 
 #[test]
@@ -506,7 +624,20 @@ fn parse_memory_accepts_docker_forms() {
     for &(input, expected) in cases {
         assert_eq!(parse_memory(input).expect(input), expected, "{input}");
     }
-    for input in ["", "m", "-1m", "1.2.3m", "12x", "1e3", "0", "0m", "inf", "NaN", ".", "99999999999999999999t"] {
+    for input in [
+        "",
+        "m",
+        "-1m",
+        "1.2.3m",
+        "12x",
+        "1e3",
+        "0",
+        "0m",
+        "inf",
+        "NaN",
+        ".",
+        "99999999999999999999t",
+    ] {
         let error = parse_memory(input).expect_err(input);
         assert!(
             matches!(&error, DockerError::InvalidMemory { value } if value == input),
@@ -518,13 +649,20 @@ fn parse_memory_accepts_docker_forms() {
 
 #[test]
 fn masker_masks_secrets_split_across_chunks() {
-    let mut masker = Masker::new(&["secret".to_owned(), "secret-longer".to_owned(), String::new()]);
+    let mut masker = Masker::new(&[
+        "secret".to_owned(),
+        "secret-longer".to_owned(),
+        String::new(),
+    ]);
     let mut out = Vec::new();
     for chunk in ["a sec", "ret b se", "cret-lon", "ger c secre"] {
         out.extend(masker.push(chunk.as_bytes()));
     }
     out.extend(masker.finish());
-    assert_eq!(String::from_utf8(out).expect("utf-8"), "a *** b *** c secre");
+    assert_eq!(
+        String::from_utf8(out).expect("utf-8"),
+        "a *** b *** c secre"
+    );
 
     let mut plain = Masker::new(&[]);
     assert_eq!(plain.push(b"as is"), b"as is");
@@ -534,7 +672,10 @@ fn masker_masks_secrets_split_across_chunks() {
 #[test]
 fn reference_without_tag_means_latest() {
     assert_eq!(reference_with_tag("busybox"), "busybox:latest");
-    assert_eq!(reference_with_tag("localhost:5000/app"), "localhost:5000/app:latest");
+    assert_eq!(
+        reference_with_tag("localhost:5000/app"),
+        "localhost:5000/app:latest"
+    );
     assert_eq!(reference_with_tag("app:1.2"), "app:1.2");
     assert_eq!(reference_with_tag("app@sha256:abc"), "app@sha256:abc");
 }
@@ -544,7 +685,9 @@ fn reference_without_tag_means_latest() {
 #[ignore = "measurement: prints figures"]
 async fn bench_trivial_containers_against_docker_run() {
     const COUNT: usize = 50;
-    let Some(fixture) = Fixture::new("bench").await else { return };
+    let Some(fixture) = Fixture::new("bench").await else {
+        return;
+    };
 
     let started = Instant::now();
     let mut handles = Vec::new();
@@ -554,7 +697,10 @@ async fn bench_trivial_containers_against_docker_run() {
         let mut spec = fixture.spec("");
         spec.command = vec!["true".to_owned()];
         spec.extra_mounts.clear();
-        spec.log_path = fixture.dir.path().join(format!("logs/{}.log", fastrand::u64(..)));
+        spec.log_path = fixture
+            .dir
+            .path()
+            .join(format!("logs/{}.log", fastrand::u64(..)));
         let queue = Arc::clone(&queue);
         handles.push(tokio::spawn(async move {
             let _permit = queue.acquire_owned().await.expect("semaphore");
@@ -590,7 +736,9 @@ async fn bench_trivial_containers_against_docker_run() {
 /// that exit at once (Docker 20.10); the attach stream must not.
 #[tokio::test]
 async fn final_output_of_fast_containers_is_not_lost() {
-    let Some(fixture) = Fixture::new("tail").await else { return };
+    let Some(fixture) = Fixture::new("tail").await else {
+        return;
+    };
     for round in 0..10 {
         let script = format!("echo first; printf 'tail-{round}'");
         let (report, log) = fixture.run(fixture.spec(&script)).await;
