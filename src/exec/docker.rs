@@ -16,7 +16,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bollard::container::{AttachContainerResults, LogOutput};
 use bollard::errors::Error as BollardError;
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
 use bollard::query_parameters::{
@@ -26,8 +25,15 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 use futures_util::StreamExt;
-use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
+
+use log_sink::{drain_logs, stream_logs, LogSink};
+pub use masker::Masker;
+pub use memory::parse_memory;
+
+mod log_sink;
+mod masker;
+mod memory;
 
 /// The label naming the run a container belongs to; leftovers are found by it.
 pub const RUN_LABEL: &str = "ccflow.run";
@@ -41,12 +47,8 @@ const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
 /// How long `connect` waits for the daemon's answer: a blackholed TCP host
 /// would otherwise hold the run for bollard's two-minute request timeout.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long to wait for the log stream to drain once the container stopped.
-const LOG_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long to wait for a container to die after SIGKILL.
 const KILL_WAIT_TIMEOUT: Duration = Duration::from_secs(10);
-/// What masked secrets are replaced with in the log.
-const MASK: &[u8] = b"***";
 
 /// Errors of the Docker runner's engine-level operations (not of a container's
 /// run, which ends in a [`ContainerOutcome`]).
@@ -636,187 +638,6 @@ async fn wait_for_exit(docker: &Docker, id: &str) -> Result<(), String> {
     }
 }
 
-async fn stream_logs(attached: AttachContainerResults, id: String, mut sink: LogSink) {
-    // The input half is kept open (unused) for as long as output is read.
-    let AttachContainerResults {
-        output: mut logs,
-        input: _input,
-    } = attached;
-    while let Some(chunk) = logs.next().await {
-        let result = match chunk {
-            Ok(LogOutput::StdErr { message }) => sink.write(1, &message).await,
-            Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
-                sink.write(0, &message).await
-            }
-            Ok(LogOutput::StdIn { .. }) => Ok(()),
-            Err(error) => {
-                tracing::debug!(container = short_id(&id), %error, "log stream ended");
-                break;
-            }
-        };
-        if let Err(error) = result {
-            tracing::warn!(path = %sink.path.display(), %error, "could not write the container log");
-            return;
-        }
-    }
-    if let Err(error) = sink.finish().await {
-        tracing::warn!(path = %sink.path.display(), %error, "could not write the container log");
-    }
-}
-
-/// Waits for the log task to drain what the stopped container wrote.
-async fn drain_logs(logs: tokio::task::JoinHandle<()>) {
-    let abort = logs.abort_handle();
-    if tokio::time::timeout(LOG_DRAIN_TIMEOUT, logs).await.is_err() {
-        abort.abort();
-    }
-}
-
-/// Writes container output to the log file with secrets masked, keeping the
-/// latest line for progress display. stdout and stderr are masked separately
-/// so a partial line of one never joins the other.
-struct LogSink {
-    path: PathBuf,
-    file: tokio::fs::File,
-    maskers: [Masker; 2],
-    lines: [Vec<u8>; 2],
-    last_line: Option<Arc<Mutex<String>>>,
-}
-
-impl LogSink {
-    fn new(
-        (path, file): (PathBuf, tokio::fs::File),
-        masks: &[String],
-        last_line: Option<Arc<Mutex<String>>>,
-    ) -> LogSink {
-        LogSink {
-            path,
-            file,
-            maskers: [Masker::new(masks), Masker::new(masks)],
-            lines: [Vec::new(), Vec::new()],
-            last_line,
-        }
-    }
-
-    async fn write(&mut self, stream: usize, bytes: &[u8]) -> std::io::Result<()> {
-        let masked = self.maskers[stream].push(bytes);
-        self.emit(stream, &masked).await
-    }
-
-    async fn finish(&mut self) -> std::io::Result<()> {
-        for stream in 0..2 {
-            let masked = self.maskers[stream].finish();
-            self.emit(stream, &masked).await?;
-            let line = std::mem::take(&mut self.lines[stream]);
-            self.set_last_line(&line);
-        }
-        self.file.flush().await
-    }
-
-    async fn emit(&mut self, stream: usize, masked: &[u8]) -> std::io::Result<()> {
-        if masked.is_empty() {
-            return Ok(());
-        }
-        self.file.write_all(masked).await?;
-        if self.last_line.is_some() {
-            for &byte in masked {
-                if byte == b'\n' || byte == b'\r' {
-                    let line = std::mem::take(&mut self.lines[stream]);
-                    self.set_last_line(&line);
-                } else if self.lines[stream].len() < 4096 {
-                    self.lines[stream].push(byte);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn set_last_line(&self, line: &[u8]) {
-        let text = String::from_utf8_lossy(line);
-        let text = text.trim();
-        if text.is_empty() {
-            return;
-        }
-        if let Some(last_line) = &self.last_line {
-            // A poisoned lock only means a reader panicked; the string is fine.
-            let mut guard = last_line
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            text.clone_into(&mut guard);
-        }
-    }
-}
-
-/// Streaming replacement of secret values by `***`: a secret split across
-/// chunks is still masked, because a tail that could begin a secret is held
-/// back until the next chunk decides it.
-#[derive(Debug, Clone)]
-pub(crate) struct Masker {
-    /// Longest first, so a secret containing another is masked whole.
-    secrets: Vec<Vec<u8>>,
-    pending: Vec<u8>,
-}
-
-impl Masker {
-    pub(crate) fn new(masks: &[String]) -> Masker {
-        let mut secrets: Vec<Vec<u8>> = masks
-            .iter()
-            .filter(|mask| !mask.is_empty())
-            .map(|mask| mask.as_bytes().to_vec())
-            .collect();
-        secrets.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
-        secrets.dedup();
-        Masker {
-            secrets,
-            pending: Vec::new(),
-        }
-    }
-
-    /// Masks what can be decided of `pending + bytes`; returns it.
-    pub(crate) fn push(&mut self, bytes: &[u8]) -> Vec<u8> {
-        if self.secrets.is_empty() {
-            return bytes.to_vec();
-        }
-        self.pending.extend_from_slice(bytes);
-        let buffer = std::mem::take(&mut self.pending);
-        let (out, held) = self.mask(&buffer, false);
-        self.pending = buffer[held..].to_vec();
-        out
-    }
-
-    /// Masks and returns everything held back.
-    pub(crate) fn finish(&mut self) -> Vec<u8> {
-        let buffer = std::mem::take(&mut self.pending);
-        self.mask(&buffer, true).0
-    }
-
-    /// Returns the masked output and the offset from which input is held back.
-    fn mask(&self, buffer: &[u8], end: bool) -> (Vec<u8>, usize) {
-        let mut out = Vec::with_capacity(buffer.len());
-        let mut at = 0;
-        while at < buffer.len() {
-            let rest = &buffer[at..];
-            // Undecided while a secret could still match with more input,
-            // even when a shorter one matches already.
-            let undecided = self
-                .secrets
-                .iter()
-                .any(|secret| secret.len() > rest.len() && secret.starts_with(rest));
-            if undecided && !end {
-                return (out, at);
-            }
-            if let Some(secret) = self.secrets.iter().find(|secret| rest.starts_with(secret)) {
-                out.extend_from_slice(MASK);
-                at += secret.len();
-                continue;
-            }
-            out.push(buffer[at]);
-            at += 1;
-        }
-        (out, buffer.len())
-    }
-}
-
 fn check_mount_sources(spec: &ContainerSpec) -> Result<(), String> {
     if !spec.workspace.is_dir() {
         return Err(format!(
@@ -983,59 +804,6 @@ fn is_conflict(error: &BollardError) -> bool {
             ..
         }
     )
-}
-
-/// Parses a memory size: plain bytes, or a number (decimals allowed) with a
-/// binary unit as `docker run --memory` reads it: `k`, `m`, `g`, `t`, each
-/// optionally followed by `b`, `i` or `ib`, any case (`512m`, `2g`, `1.5G`,
-/// `256Mi`). Zero is rejected: it would mean "no limit".
-pub fn parse_memory(s: &str) -> Result<u64, DockerError> {
-    let invalid = || DockerError::InvalidMemory {
-        value: s.to_owned(),
-    };
-    let text = s.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let valid_number = !number.is_empty()
-        && number.chars().filter(|&c| c == '.').count() <= 1
-        && number.chars().any(|c| c.is_ascii_digit());
-    if !valid_number {
-        return Err(invalid());
-    }
-    let shift = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "ki" | "kib" => 10,
-        "m" | "mb" | "mi" | "mib" => 20,
-        "g" | "gb" | "gi" | "gib" => 30,
-        "t" | "tb" | "ti" | "tib" => 40,
-        _ => return Err(invalid()),
-    };
-    let bytes = if let Ok(whole) = number.parse::<u64>() {
-        whole
-            .checked_shl(shift)
-            .filter(|bytes| bytes >> shift == whole)
-            .ok_or_else(invalid)?
-    } else {
-        let value: f64 = number.parse().map_err(|_| invalid())?;
-        fractional_bytes(value * 2f64.powf(f64::from(shift))).ok_or_else(invalid)?
-    };
-    if bytes == 0 {
-        return Err(invalid());
-    }
-    Ok(bytes)
-}
-
-#[expect(
-    clippy::cast_possible_truncation,
-    clippy::cast_sign_loss,
-    reason = "range-checked just before the cast"
-)]
-fn fractional_bytes(value: f64) -> Option<u64> {
-    #[expect(clippy::cast_precision_loss, reason = "only a bound")]
-    let max = u64::MAX as f64;
-    (value.is_finite() && value >= 0.0 && value < max).then(|| value.round() as u64)
 }
 
 #[cfg(test)]
