@@ -385,14 +385,15 @@ impl DockerRunner {
         };
         guard.id = Some(id.clone());
 
-        // Attached before start, the output stream holds every byte and ends
+        // Attached before start, the live stream holds every byte and ends
         // only after the last one. (A following `logs` stream, tried first,
-        // lost the final chunk of fast containers on Docker 20.10.)
+        // lost the final chunk of fast containers on Docker 20.10, and
+        // `logs=true` on the attach replays what the live stream also
+        // delivers, duplicating early lines.)
         let attach = AttachContainerOptionsBuilder::new()
             .stdout(true)
             .stderr(true)
             .stream(true)
-            .logs(true)
             .build();
         let output = match self.docker.attach_container(&id, Some(attach)).await {
             Ok(attached) => attached,
