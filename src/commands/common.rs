@@ -77,3 +77,58 @@ pub fn load(ctx: &Ctx, arg: &str, vars: &BTreeMap<String, String>) -> Result<Arc
         }
     }
 }
+
+/// Connects to the Docker engine and resolves every image the workflow's
+/// docker tasks use, before anything starts: an unreachable engine or a
+/// missing image is a usage error (exit 2) naming it.
+///
+/// # Errors
+/// Engine unreachable, image missing (with hints).
+pub fn prepare_docker(
+    runtime: &tokio::runtime::Runtime,
+    workflow: &Workflow,
+    tasks: &[usize],
+    run_id: Option<&str>,
+) -> Result<(Option<crate::exec::docker::DockerRunner>, std::collections::HashMap<String, String>), CommandError> {
+    use crate::workflow::raw::Runner;
+    let docker_tasks: Vec<&crate::workflow::Task> = tasks
+        .iter()
+        .map(|i| &workflow.tasks[*i])
+        .filter(|t| t.runner == Runner::Docker)
+        .collect();
+    if docker_tasks.is_empty() {
+        return Ok((None, std::collections::HashMap::new()));
+    }
+    let with_hint = |e: crate::exec::docker::DockerError| {
+        let hint = e.hint();
+        let mut error = CommandError::usage(e.to_string());
+        if let Some(h) = hint {
+            error = error.hint(h);
+        }
+        error
+    };
+    runtime.block_on(async {
+        let docker = crate::exec::docker::DockerRunner::connect().await.map_err(with_hint)?;
+        let mut ids = std::collections::HashMap::new();
+        for task in docker_tasks {
+            let Some(image) = &task.image else { continue };
+            if ids.contains_key(image) {
+                continue;
+            }
+            let id = docker.image_id(image, task.pull).await.map_err(|e| {
+                let mut error = with_hint(e);
+                error.message = format!("task `{}`: {}", task.name, error.message);
+                error
+            })?;
+            ids.insert(image.clone(), id);
+        }
+        if let Some(run_id) = run_id {
+            match docker.remove_leftovers(Some(run_id)).await {
+                Ok(0) => {}
+                Ok(n) => eprintln!("ccflow: removed {n} container(s) left over by an earlier run"),
+                Err(e) => eprintln!("warning: cannot remove leftover containers: {e}"),
+            }
+        }
+        Ok((Some(docker), ids))
+    })
+}

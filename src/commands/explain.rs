@@ -65,7 +65,12 @@ pub fn run(args: &ExplainArgs, ctx: &Ctx) -> CommandResult {
         }
     }
     let rendered = instance.rendered.clone().unwrap_or_default();
-    let (mut key, _) = instance_key(&workflow, &ctx.root, &index, &workflow.secrets, task, &rendered, &deps).map_err(CommandError::usage)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CommandError::usage(format!("cannot start the runtime: {e}")))?;
+    let (_, image_ids) = common::prepare_docker(&runtime, &workflow, &[instance.task], None)?;
+    let (mut key, _) = instance_key(&workflow, &ctx.root, &index, &workflow.secrets, task, &rendered, &deps, &image_ids).map_err(CommandError::usage)?;
     // Agent keys carry the CLI version, known only to a run: compare like with like.
     for (k, v) in &previous.key.extra {
         if k == "claude_version" {

@@ -84,6 +84,13 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
     let base_env: Vec<(String, String)> = BASE_ENV.iter().filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v))).collect();
     let kill_grace = std::env::var("CCFLOW_KILL_GRACE").ok().and_then(|v| parse_duration(&v).ok()).unwrap_or(Duration::from_secs(5));
     let log_limit = std::env::var("CCFLOW_LOG_LIMIT").ok().and_then(|v| v.parse().ok()).unwrap_or(64 * 1024 * 1024);
+    crate::exec::reaper::init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CommandError::usage(format!("cannot start the runtime: {e}")))?;
+    let selected: Vec<usize> = (0..workflow.tasks.len()).filter(|i| !plan.task_nodes[*i].is_empty()).collect();
+    let (docker, image_ids) = common::prepare_docker(&runtime, &workflow, &selected, Some(&run_id))?;
     let (notice_tx, notice_rx) = tokio::sync::mpsc::unbounded_channel();
     let shared = Arc::new(RunShared {
         workflow: Arc::clone(&workflow),
@@ -101,6 +108,8 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
         log_limit,
         inflight: Mutex::new(std::collections::HashMap::new()),
         notices: notice_tx,
+        docker,
+        image_ids,
     });
     let mut reporters = Reporters::default();
     let events_to_stdout = args.events.as_deref() == Some("-");
@@ -120,11 +129,6 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
         };
         reporters.reporters.push(Box::new(EventsReporter::new(out)));
     }
-    crate::exec::reaper::init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| CommandError::usage(format!("cannot start the runtime: {e}")))?;
     let options = RunOptions { jobs: args.jobs, keep_going: args.keep_going };
     let outcome = runtime.block_on(scheduler::run(plan, shared, options, reporters, notice_rx));
     Ok(match outcome.status {

@@ -46,6 +46,10 @@ pub struct RunShared {
     pub inflight: Mutex<HashMap<KeyHash, Arc<tokio::sync::Notify>>>,
     /// Sends retry notices to the scheduler loop.
     pub notices: tokio::sync::mpsc::UnboundedSender<Notice>,
+    /// The Docker engine, when a task uses `runner: docker`.
+    pub docker: Option<super::docker::DockerRunner>,
+    /// Image reference → image id, resolved before the run starts.
+    pub image_ids: HashMap<String, String>,
 }
 
 /// A message from a running instance to the scheduler loop.
@@ -130,6 +134,7 @@ pub fn instance_key(
     task: &Task,
     rendered: &RenderedInstance,
     deps: &BTreeMap<String, String>,
+    image_ids: &HashMap<String, String>,
 ) -> Result<(CacheKey, BTreeMap<String, String>), String> {
     let input_files = paths::expand(root, &rendered.inputs, true).map_err(|e| format!("cannot expand inputs: {e}"))?;
     let mut inputs = BTreeMap::new();
@@ -159,7 +164,8 @@ pub fn instance_key(
         Runner::Local => "local".into(),
         Runner::Docker => "docker".into(),
     };
-    key.image_id.clone_from(&task.image);
+    // The image's id, not its tag: a rebuilt image reruns the task.
+    key.image_id = task.image.as_ref().map(|image| image_ids.get(image).cloned().unwrap_or_else(|| image.clone()));
     if let Some(cpus) = task.cpus {
         key.resources.insert("cpus".into(), cpus.to_string());
     }
@@ -231,7 +237,7 @@ pub async fn execute(shared: Arc<RunShared>, job: Job) -> JobResult {
         let task_index = job.task;
         tokio::task::spawn_blocking(move || {
             let names = shared.workflow.secrets.clone();
-            instance_key(&shared.workflow, &shared.root, &shared.index, &names, &shared.workflow.tasks[task_index], &rendered, &deps)
+            instance_key(&shared.workflow, &shared.root, &shared.index, &names, &shared.workflow.tasks[task_index], &rendered, &deps, &shared.image_ids)
         })
         .await
     };
@@ -338,27 +344,40 @@ pub async fn execute(shared: Arc<RunShared>, job: Job) -> JobResult {
         attempt += 1;
         let attempt_started = now_ms();
         let attempt_clock = Instant::now();
-        let spec = ProcessSpec {
-            command: command.clone(),
-            env: process_env(&shared, &rendered, &job.id),
-            cwd: cwd.clone(),
-            log_path: log_path.clone(),
-            timeout: task.timeout,
-            kill_grace: shared.kill_grace,
-            masks: masks.clone(),
-            log_limit: shared.log_limit,
-            stdin: None,
-            instance_token: format!("{}/{}/{attempt}", shared.run_id, job.node.index()),
+        let attempt_outcome = if task.runner == Runner::Docker {
+            run_container(&shared, task, &rendered, &job, &log_path, &masks).await
+        } else {
+            let spec = ProcessSpec {
+                command: command.clone(),
+                env: process_env(&shared, &rendered, &job.id),
+                cwd: cwd.clone(),
+                log_path: log_path.clone(),
+                timeout: task.timeout,
+                kill_grace: shared.kill_grace,
+                masks: masks.clone(),
+                log_limit: shared.log_limit,
+                stdin: None,
+                instance_token: format!("{}/{}/{attempt}", shared.run_id, job.node.index()),
+            };
+            let report = super::local::run(spec, shared.cancel.clone(), Some(Arc::clone(&job.activity))).await;
+            let mut text = report.outcome.to_string();
+            if report.log_truncated {
+                text.push_str(" (log truncated)");
+            }
+            let status = match report.outcome {
+                ProcessOutcome::Exited { code: 0 } => InstanceStatus::Succeeded,
+                ProcessOutcome::TimedOut { .. } => InstanceStatus::TimedOut,
+                ProcessOutcome::Cancelled => InstanceStatus::Cancelled,
+                _ => InstanceStatus::Failed,
+            };
+            let exit_code = match report.outcome {
+                ProcessOutcome::Exited { code } => Some(code),
+                _ => None,
+            };
+            AttemptOutcome { status, exit_code, text }
         };
-        let report = super::local::run(spec, shared.cancel.clone(), Some(Arc::clone(&job.activity))).await;
-        let exit_code = match report.outcome {
-            ProcessOutcome::Exited { code } => Some(code),
-            _ => None,
-        };
-        let mut outcome_text = report.outcome.to_string();
-        if report.log_truncated {
-            outcome_text.push_str(" (log truncated)");
-        }
+        let exit_code = attempt_outcome.exit_code;
+        let outcome_text = attempt_outcome.text.clone();
         result.attempts.push(AttemptRecord {
             attempt,
             started_unix_ms: attempt_started,
@@ -367,20 +386,16 @@ pub async fn execute(shared: Arc<RunShared>, job: Job) -> JobResult {
             outcome: outcome_text.clone(),
         });
         result.exit_code = exit_code;
-        if report.outcome.is_success() {
+        if attempt_outcome.status == InstanceStatus::Succeeded {
             result.status = InstanceStatus::Succeeded;
             result.message = None;
             break;
         }
-        result.status = match report.outcome {
-            ProcessOutcome::TimedOut { .. } => InstanceStatus::TimedOut,
-            ProcessOutcome::Cancelled => InstanceStatus::Cancelled,
-            _ => InstanceStatus::Failed,
-        };
+        result.status = attempt_outcome.status;
         result.message = Some(outcome_text.clone());
-        let retryable = match report.outcome {
-            ProcessOutcome::TimedOut { .. } => task.retry.on_timeout,
-            ProcessOutcome::Cancelled => false,
+        let retryable = match attempt_outcome.status {
+            InstanceStatus::TimedOut => task.retry.on_timeout,
+            InstanceStatus::Cancelled => false,
             _ => task.retry.on_failure,
         };
         if attempt >= attempts || !retryable || shared.cancel.is_cancelled() {
@@ -421,6 +436,64 @@ pub async fn execute(shared: Arc<RunShared>, job: Job) -> JobResult {
     release(&shared);
     result.duration = started.elapsed();
     result
+}
+
+/// How one attempt ended.
+struct AttemptOutcome {
+    status: InstanceStatus,
+    exit_code: Option<i32>,
+    text: String,
+}
+
+/// Runs one attempt of a `runner: docker` instance: the repository is the
+/// container's `/workspace`.
+async fn run_container(shared: &RunShared, task: &Task, rendered: &RenderedInstance, job: &Job, log_path: &Path, masks: &[String]) -> AttemptOutcome {
+    let failed = |text: String| AttemptOutcome { status: InstanceStatus::Failed, exit_code: None, text };
+    let Some(docker) = &shared.docker else {
+        return failed("the Docker engine is not connected".into());
+    };
+    let image = task.image.clone().unwrap_or_default();
+    let image = shared.image_ids.get(&image).cloned().unwrap_or(image);
+    let script = rendered.command.clone().unwrap_or_default();
+    let mut command = match &task.kind {
+        TaskKind::Shell { shell: Some(shell), .. } => shell.clone(),
+        _ => vec!["sh".to_owned(), "-c".to_owned()],
+    };
+    command.push(script);
+    let mut spec = super::docker::ContainerSpec::new(image, command, shared.root.clone(), shared.run_id.clone(), log_path.to_path_buf());
+    // Only what the task declares: the caller's PATH/HOME mean nothing in the image.
+    let mut env: BTreeMap<String, String> = shared.workflow.env.clone();
+    env.extend(rendered.env.clone());
+    env.extend(shared.secrets.iter().cloned());
+    env.insert("CCFLOW_RUN_ID".into(), shared.run_id.clone());
+    env.insert("CCFLOW_INSTANCE".into(), job.id.clone());
+    spec.env = env.into_iter().collect();
+    if let Some(workdir) = &rendered.workdir {
+        spec.workdir = format!("{}/{}", super::docker::WORKSPACE_TARGET, workdir.trim_start_matches("./"));
+    }
+    spec.network.clone_from(&task.network);
+    spec.cpus = task.cpus;
+    spec.memory = task.memory.as_deref().and_then(crate::workflow::resolve::parse_memory);
+    spec.labels.insert(super::docker::INSTANCE_LABEL.to_owned(), job.id.clone());
+    spec.masks = masks.to_vec();
+    spec.timeout = task.timeout;
+    spec.kill_grace = shared.kill_grace;
+    let report = docker.run(spec, shared.cancel.clone(), Some(Arc::clone(&job.activity))).await;
+    use super::docker::ContainerOutcome;
+    let text = match &report.outcome {
+        ContainerOutcome::OomKilled => format!("killed: out of memory (limit {})", task.memory.clone().unwrap_or_default()),
+        other => other.to_string(),
+    };
+    match report.outcome {
+        ContainerOutcome::Exited { code } => AttemptOutcome {
+            status: if code == 0 { InstanceStatus::Succeeded } else { InstanceStatus::Failed },
+            exit_code: i32::try_from(code).ok(),
+            text,
+        },
+        ContainerOutcome::TimedOut { .. } => AttemptOutcome { status: InstanceStatus::TimedOut, exit_code: None, text },
+        ContainerOutcome::Cancelled => AttemptOutcome { status: InstanceStatus::Cancelled, exit_code: None, text },
+        _ => failed(text),
+    }
 }
 
 /// Expands and hashes the outputs, and saves the cache entry (pre- and,
