@@ -214,7 +214,8 @@ async fn supervise(
         let _ = done_sender.send(());
         (outcome, orphans)
     };
-    let ((outcome, orphans), drained) = tokio::join!(waiting, pump(output, &mut sink, done_receiver));
+    let ((outcome, orphans), drained) =
+        tokio::join!(waiting, pump(output, &mut sink, done_receiver));
     guard.armed = false;
     if !drained {
         tracing::warn!(
@@ -241,7 +242,7 @@ async fn wait(
         }
     };
     let stopped = tokio::select! {
-        status = child.wait() => return exit_outcome(status),
+        status = child.wait() => return exit_outcome(&status),
         () = timeout => ProcessOutcome::TimedOut { after: spec.timeout.unwrap_or_default() },
         () = cancel.cancelled() => ProcessOutcome::Cancelled,
     };
@@ -257,7 +258,7 @@ async fn wait(
     stopped
 }
 
-fn exit_outcome(status: io::Result<ExitStatus>) -> ProcessOutcome {
+fn exit_outcome(status: &io::Result<ExitStatus>) -> ProcessOutcome {
     match status {
         Ok(status) => match (status.code(), status.signal()) {
             (Some(code), _) => ProcessOutcome::Exited { code },
@@ -272,11 +273,7 @@ fn exit_outcome(status: io::Result<ExitStatus>) -> ProcessOutcome {
 
 /// Streams the output pipe into the sink until EOF, or until [`DRAIN_GRACE`]
 /// after `done` fires. Returns whether EOF was reached.
-async fn pump(
-    mut output: pipe::Receiver,
-    sink: &mut LogSink,
-    done: oneshot::Receiver<()>,
-) -> bool {
+async fn pump(mut output: pipe::Receiver, sink: &mut LogSink, done: oneshot::Receiver<()>) -> bool {
     let mut buffer = vec![0_u8; READ_CHUNK];
     let deadline = async {
         let _ = done.await;
@@ -302,14 +299,20 @@ async fn pump(
 /// How the process will be started, before any fd is opened.
 enum Plan {
     Direct(DirectCommand),
-    Shell { interpreter: Vec<String>, script: String },
+    Shell {
+        interpreter: Vec<String>,
+        script: String,
+    },
 }
 
 /// Starts the process. Errors are the outcome to report.
 fn spawn(spec: &ProcessSpec) -> Result<Spawned, ProcessOutcome> {
     if !spec.cwd.is_dir() {
         let reason = if spec.cwd.exists() {
-            format!("working directory `{}` is not a directory", spec.cwd.display())
+            format!(
+                "working directory `{}` is not a directory",
+                spec.cwd.display()
+            )
         } else {
             format!("working directory `{}` does not exist", spec.cwd.display())
         };
@@ -359,9 +362,7 @@ fn program_script(command: &CommandLine) -> String {
 
 fn program_name(command: &CommandLine) -> String {
     match command {
-        CommandLine::Shell { interpreter, .. } => {
-            interpreter.first().cloned().unwrap_or_default()
-        }
+        CommandLine::Shell { interpreter, .. } => interpreter.first().cloned().unwrap_or_default(),
         CommandLine::Auto { script } => match shellwords::parse(script) {
             Some(direct) => direct.argv.first().cloned().unwrap_or_default(),
             None => "sh".to_owned(),
@@ -383,9 +384,7 @@ impl SpawnError {
             // Worded after the shell's exit code 127, which is what `sh -c`
             // would have reported.
             Self::NotFound => "command not found (exit code 127 under a shell)".to_owned(),
-            Self::PermissionDenied => {
-                "permission denied (exit code 126 under a shell)".to_owned()
-            }
+            Self::PermissionDenied => "permission denied (exit code 126 under a shell)".to_owned(),
             Self::NotExecutableFormat => "exec format error".to_owned(),
             Self::Redirection { path, error } => {
                 format!("cannot open redirection `{}`: {error}", path.display())
@@ -424,9 +423,11 @@ fn spawn_shell(
     let mut command = Command::new(resolved);
     command.arg0(program).args(flags).arg(script);
     let (output, writer) = output_pipe().map_err(|e| failed(SpawnError::Other(e)))?;
-    let stderr = writer.try_clone().map_err(|e| failed(SpawnError::Other(e)))?;
+    let stderr = writer
+        .try_clone()
+        .map_err(|e| failed(SpawnError::Other(e)))?;
     command.stdout(writer).stderr(stderr);
-    let stdin = configure_stdin(&mut command, spec, None).map_err(failed)?;
+    let stdin = configure_stdin(&mut command, spec, None);
     start(command, spec, output, stdin, None).map_err(failed)
 }
 
@@ -474,7 +475,7 @@ fn spawn_direct(spec: &ProcessSpec, direct: &DirectCommand) -> Result<Spawned, S
             command.stdout(writer).stderr(copy);
         }
     }
-    let stdin = configure_stdin(&mut command, spec, stdin_file)?;
+    let stdin = configure_stdin(&mut command, spec, stdin_file);
     start(command, spec, output, stdin, shell_pwd(spec))
 }
 
@@ -501,19 +502,19 @@ fn configure_stdin(
     command: &mut Command,
     spec: &ProcessSpec,
     redirected: Option<std::fs::File>,
-) -> Result<Option<Vec<u8>>, SpawnError> {
+) -> Option<Vec<u8>> {
     match (redirected, &spec.stdin) {
         (Some(file), _) => {
             command.stdin(file);
-            Ok(None)
+            None
         }
         (None, Some(bytes)) => {
             command.stdin(Stdio::piped());
-            Ok(Some(bytes.clone()))
+            Some(bytes.clone())
         }
         (None, None) => {
             command.stdin(Stdio::null());
-            Ok(None)
+            None
         }
     }
 }
@@ -573,7 +574,9 @@ fn output_pipe() -> io::Result<(pipe::Receiver, OwnedFd)> {
     // SAFETY: fcntl on a valid fd we own.
     let flags = unsafe { libc::fcntl(read.as_raw_fd(), libc::F_GETFL) };
     // SAFETY: as above.
-    if flags < 0 || unsafe { libc::fcntl(read.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+    if flags < 0
+        || unsafe { libc::fcntl(read.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0
+    {
         return Err(io::Error::last_os_error());
     }
     let receiver = pipe::Receiver::from_owned_fd_unchecked(read)?;

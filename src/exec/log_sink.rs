@@ -10,6 +10,7 @@
 //! [`LAST_LINE_INTERVAL`], so a task printing gigabytes costs a memcpy of at
 //! most [`TAIL_CAPACITY`] bytes per chunk.
 
+use std::fmt::Write as _;
 use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -87,6 +88,7 @@ impl LogSink {
 
     /// Flushes held-back bytes, writes the truncation marker and publishes
     /// the final latest line.
+    #[must_use]
     pub fn finish(mut self) -> LogSummary {
         if let Some(mut masker) = self.masker.take() {
             masker.push(&[], true, |piece| self.emit(piece));
@@ -97,10 +99,11 @@ impl LogSink {
             if self.last_byte.is_some_and(|byte| byte != b'\n') {
                 marker.push('\n');
             }
-            marker.push_str(&format!(
-                "[ccflow: log truncated at {} bytes, {} more bytes dropped]\n",
+            let _ = writeln!(
+                marker,
+                "[ccflow: log truncated at {} bytes, {} more bytes dropped]",
                 self.limit, self.dropped
-            ));
+            );
             self.write(marker.as_bytes());
             file_bytes += marker.len() as u64;
         }
@@ -155,7 +158,11 @@ struct Masker {
 impl Masker {
     fn new(masks: &[String]) -> Option<Self> {
         // An empty secret would match everywhere; it protects nothing.
-        let masks: Vec<&str> = masks.iter().map(String::as_str).filter(|m| !m.is_empty()).collect();
+        let masks: Vec<&str> = masks
+            .iter()
+            .map(String::as_str)
+            .filter(|m| !m.is_empty())
+            .collect();
         let longest = masks.iter().map(|m| m.len()).max()?;
         let matcher = AhoCorasick::builder()
             .match_kind(MatchKind::LeftmostLongest)
@@ -215,7 +222,8 @@ impl LastLine {
     fn push(&mut self, bytes: &[u8]) {
         if bytes.len() >= TAIL_CAPACITY {
             self.tail.clear();
-            self.tail.extend_from_slice(&bytes[bytes.len() - TAIL_CAPACITY..]);
+            self.tail
+                .extend_from_slice(&bytes[bytes.len() - TAIL_CAPACITY..]);
         } else {
             if self.tail.len() + bytes.len() > 2 * TAIL_CAPACITY {
                 let excess = self.tail.len() + bytes.len() - TAIL_CAPACITY;
@@ -295,7 +303,9 @@ mod tests {
         let mut masker = Masker::new(&masks).expect("non-empty masks");
         let mut out = Vec::new();
         for chunk in chunks {
-            masker.push(chunk.as_bytes(), false, |piece| out.extend_from_slice(piece));
+            masker.push(chunk.as_bytes(), false, |piece| {
+                out.extend_from_slice(piece)
+            });
         }
         masker.push(&[], true, |piece| out.extend_from_slice(piece));
         String::from_utf8(out).expect("utf-8")
@@ -304,10 +314,22 @@ mod tests {
     #[test]
     fn masks_within_and_across_chunks() {
         assert_eq!(mask_all(&["hunter2"], &["pw=hunter2\n"]), "pw=***\n");
-        assert_eq!(mask_all(&["hunter2"], &["pw=hun", "ter2 and hunter2"]), "pw=*** and ***");
-        assert_eq!(mask_all(&["hunter2"], &["h", "u", "n", "t", "e", "r", "2", "!"]), "***!");
-        assert_eq!(mask_all(&["abc", "abcdef"], &["xabcdefx abcx"]), "x***x ***x");
-        assert_eq!(mask_all(&["secret"], &["no secrets? secre", "t"]), "no ***s? ***");
+        assert_eq!(
+            mask_all(&["hunter2"], &["pw=hun", "ter2 and hunter2"]),
+            "pw=*** and ***"
+        );
+        assert_eq!(
+            mask_all(&["hunter2"], &["h", "u", "n", "t", "e", "r", "2", "!"]),
+            "***!"
+        );
+        assert_eq!(
+            mask_all(&["abc", "abcdef"], &["xabcdefx abcx"]),
+            "x***x ***x"
+        );
+        assert_eq!(
+            mask_all(&["secret"], &["no secrets? secre", "t"]),
+            "no ***s? ***"
+        );
         assert_eq!(mask_all(&["zz"], &["z", "", "a"]), "za");
     }
 

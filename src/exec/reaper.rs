@@ -105,8 +105,8 @@ pub async fn cleanup(pgid: u32, token: &str) -> usize {
             let Some(stat) = ProcStat::read(pid) else {
                 continue;
             };
-            let ours = stat.pgrp == pgid
-                || (!stat.zombie && environ_contains(pid, needle.as_bytes()));
+            let ours =
+                stat.pgrp == pgid || (!stat.zombie && environ_contains(pid, needle.as_bytes()));
             if !ours {
                 continue;
             }
@@ -134,9 +134,7 @@ pub async fn cleanup(pgid: u32, token: &str) -> usize {
 }
 
 fn is_live_child(pid: u32) -> bool {
-    live_children()
-        .lock()
-        .is_ok_and(|live| live.contains(&pid))
+    live_children().lock().is_ok_and(|live| live.contains(&pid))
 }
 
 fn kill(pid: u32, signal: i32) {
@@ -172,7 +170,10 @@ pub fn own_children() -> Vec<u32> {
         let mut path = thread.path();
         path.push("children");
         if let Ok(list) = std::fs::read_to_string(&path) {
-            pids.extend(list.split_ascii_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+            pids.extend(
+                list.split_ascii_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
         }
     }
     pids

@@ -67,7 +67,10 @@ impl Fixture {
     /// Pids a script wrote, one per line, into `work/NAME`.
     fn pids(&self, name: &str) -> Vec<u32> {
         let text = std::fs::read_to_string(self.work().join(name)).expect("read pid file");
-        let pids: Vec<u32> = text.lines().map(|l| l.trim().parse().expect("pid")).collect();
+        let pids: Vec<u32> = text
+            .lines()
+            .map(|l| l.trim().parse().expect("pid"))
+            .collect();
         assert!(!pids.is_empty(), "no pid in `{name}`");
         pids
     }
@@ -107,7 +110,9 @@ async fn exit_codes_are_reported() {
 async fn bash_interpreter_with_pipefail() {
     let fixture = Fixture::new();
     let command = CommandLine::Shell {
-        interpreter: ["bash", "-eo", "pipefail", "-c"].map(str::to_owned).to_vec(),
+        interpreter: ["bash", "-eo", "pipefail", "-c"]
+            .map(str::to_owned)
+            .to_vec(),
         script: "false | true".to_owned(),
     };
     let report = run_spec(fixture.spec(command)).await;
@@ -136,7 +141,11 @@ async fn timeout_kills_the_process_tree() {
             after: Duration::from_millis(300)
         }
     );
-    assert!(report.duration < Duration::from_secs(2), "{:?}", report.duration);
+    assert!(
+        report.duration < Duration::from_secs(2),
+        "{:?}",
+        report.duration
+    );
     assert!(report.orphans_killed >= 2, "{report:?}");
     assert_gone(&fixture.pids("pids"));
 }
@@ -144,13 +153,26 @@ async fn timeout_kills_the_process_tree() {
 #[tokio::test]
 async fn sigterm_ignored_is_killed_after_grace() {
     let fixture = Fixture::new();
-    let mut spec = fixture.spec(shell("trap '' TERM; sleep 1000 & echo $! > pids; wait; wait"));
+    let mut spec = fixture.spec(shell(
+        "trap '' TERM; sleep 1000 & echo $! > pids; wait; wait",
+    ));
     spec.timeout = Some(Duration::from_millis(200));
     spec.kill_grace = Duration::from_millis(400);
     let report = run_spec(spec).await;
-    assert!(matches!(report.outcome, ProcessOutcome::TimedOut { .. }), "{report:?}");
-    assert!(report.duration >= Duration::from_millis(600), "{:?}", report.duration);
-    assert!(report.duration < Duration::from_secs(3), "{:?}", report.duration);
+    assert!(
+        matches!(report.outcome, ProcessOutcome::TimedOut { .. }),
+        "{report:?}"
+    );
+    assert!(
+        report.duration >= Duration::from_millis(600),
+        "{:?}",
+        report.duration
+    );
+    assert!(
+        report.duration < Duration::from_secs(3),
+        "{:?}",
+        report.duration
+    );
     assert_gone(&fixture.pids("pids"));
 }
 
@@ -210,7 +232,11 @@ async fn escaped_daemons_are_killed() {
     assert_eq!(pids.len(), 4, "{pids:?}");
     assert_gone(&pids);
     assert!(report.orphans_killed >= 4, "{report:?}");
-    assert!(report.duration < Duration::from_secs(2), "{:?}", report.duration);
+    assert!(
+        report.duration < Duration::from_secs(2),
+        "{:?}",
+        report.duration
+    );
 }
 
 #[tokio::test]
@@ -262,7 +288,10 @@ async fn command_not_found_direct_and_shell() {
 
     let report = run_spec(fixture.spec(shell("no-such-command-ccflow --flag"))).await;
     assert_eq!(report.outcome, ProcessOutcome::Exited { code: 127 });
-    assert_eq!(report.outcome.to_string(), "exited with code 127 (command not found)");
+    assert_eq!(
+        report.outcome.to_string(),
+        "exited with code 127 (command not found)"
+    );
     assert!(fixture.log().contains("not found"), "{}", fixture.log());
 
     let missing_shell = CommandLine::Shell {
@@ -282,7 +311,10 @@ async fn unwritable_log_is_a_spawn_failure() {
     let mut spec = fixture.spec(shell("touch ran"));
     spec.log_path = fixture.work().join("no-dir").join("task.log");
     let report = run_spec(spec).await;
-    assert!(matches!(report.outcome, ProcessOutcome::SpawnFailed { .. }), "{report:?}");
+    assert!(
+        matches!(report.outcome, ProcessOutcome::SpawnFailed { .. }),
+        "{report:?}"
+    );
     assert!(!fixture.work().join("ran").exists());
 }
 
@@ -303,7 +335,9 @@ async fn secrets_are_masked_in_log_and_last_line() {
 #[tokio::test]
 async fn last_line_tracks_latest_output() {
     let fixture = Fixture::new();
-    let spec = fixture.spec(shell("echo first; sleep 0.2; echo '  second line  '; sleep 1000"));
+    let spec = fixture.spec(shell(
+        "echo first; sleep 0.2; echo '  second line  '; sleep 1000",
+    ));
     let last_line = Arc::new(Mutex::new(String::new()));
     let cancel = CancellationToken::new();
     let task = tokio::spawn(run(spec, cancel.clone(), Some(Arc::clone(&last_line))));
@@ -317,7 +351,9 @@ async fn last_line_tracks_latest_output() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gigabyte_of_output_is_truncated_without_hanging() {
     let fixture = Fixture::new();
-    let mut spec = fixture.spec(shell("head -c 1000000000 /dev/zero | tr '\\0' a; echo tail"));
+    let mut spec = fixture.spec(shell(
+        "head -c 1000000000 /dev/zero | tr '\\0' a; echo tail",
+    ));
     spec.log_limit = 100_000;
     let report = run_spec(spec).await;
     assert_eq!(report.outcome, ProcessOutcome::Exited { code: 0 });
@@ -427,7 +463,11 @@ fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
             if path.is_dir() {
                 stack.push(path);
             } else {
-                let relative = path.strip_prefix(dir).expect("prefix").display().to_string();
+                let relative = path
+                    .strip_prefix(dir)
+                    .expect("prefix")
+                    .display()
+                    .to_string();
                 files.push((relative, std::fs::read(&path).expect("read")));
             }
         }
@@ -436,7 +476,10 @@ fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
     files
 }
 
-async fn run_in_fresh_dir(command: CommandLine, token: &str) -> (ProcessOutcome, String, Vec<(String, Vec<u8>)>) {
+async fn run_in_fresh_dir(
+    command: CommandLine,
+    token: &str,
+) -> (ProcessOutcome, String, Vec<(String, Vec<u8>)>) {
     let fixture = Fixture::new();
     populate(&fixture.work());
     let mut spec = fixture.spec(command);
@@ -453,7 +496,10 @@ async fn run_in_fresh_dir(command: CommandLine, token: &str) -> (ProcessOutcome,
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_exec_matches_sh() {
     for script in EQUIVALENT {
-        assert!(shellwords::parse(script).is_some(), "not direct: {script:?}");
+        assert!(
+            shellwords::parse(script).is_some(),
+            "not direct: {script:?}"
+        );
         let token = token();
         let direct = run_in_fresh_dir(auto(script), &token).await;
         let via_shell = run_in_fresh_dir(shell(script), &token).await;
@@ -487,7 +533,6 @@ async fn overhead() {
             .await;
         let elapsed = started.elapsed();
         assert_eq!(failures, 0);
-        #[expect(clippy::cast_precision_loss, reason = "a printed figure")]
         let per_task = elapsed.as_secs_f64() * 1000.0 / f64::from(count);
         println!("{label}: {count} tasks at -j2 in {elapsed:?}, {per_task:.3} ms per task");
     }

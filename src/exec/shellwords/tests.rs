@@ -4,7 +4,9 @@
 use super::*;
 
 fn argv(script: &str) -> Vec<String> {
-    parse(script).unwrap_or_else(|| panic!("{script:?} should be direct")).argv
+    parse(script)
+        .unwrap_or_else(|| panic!("{script:?} should be direct"))
+        .argv
 }
 
 #[test]
@@ -33,7 +35,10 @@ fn redirections() {
 
     let parsed = parse("cmd 2>&1 >>log").expect("direct");
     assert_eq!(parsed.stdout, Some((PathBuf::from("log"), true)));
-    assert!(!parsed.stderr_to_stdout, "2>&1 before > points stderr at the log");
+    assert!(
+        !parsed.stderr_to_stdout,
+        "2>&1 before > points stderr at the log"
+    );
 
     let parsed = parse("cmd 2>&1").expect("direct");
     assert_eq!(parsed.stdout, None);
