@@ -55,7 +55,9 @@ pub struct ProcessSpec {
     pub env: Vec<(String, String)>,
     /// Working directory; must exist.
     pub cwd: PathBuf,
-    /// stdout and stderr, interleaved; created or truncated.
+    /// stdout and stderr, interleaved; created or truncated at the first
+    /// byte of output. A task that prints nothing leaves no file (see
+    /// [`super::log_sink`]).
     pub log_path: PathBuf,
     pub timeout: Option<Duration>,
     /// Time between SIGTERM and SIGKILL when stopping the process group.
@@ -119,17 +121,7 @@ pub async fn run(
         pid: None,
         log_error: None,
     };
-    let sink = match LogSink::create(&spec.log_path, spec.log_limit, &spec.masks, last_line) {
-        Ok(sink) => sink,
-        Err(error) => {
-            report.outcome = ProcessOutcome::SpawnFailed {
-                program: program_name(&spec.command),
-                reason: format!("cannot create the log file: {error}"),
-            };
-            report.duration = started.elapsed();
-            return report;
-        }
-    };
+    let sink = LogSink::new(&spec.log_path, spec.log_limit, &spec.masks, last_line);
     if cancel.is_cancelled() {
         finish_log(&mut report, sink.finish());
         report.duration = started.elapsed();

@@ -4,8 +4,8 @@
 //! background jobs (`sleep 1000 &`). Daemons leave the group (`setsid`, double
 //! fork), so ccflow also becomes a child subreaper ([`init`]): any orphaned
 //! descendant is re-parented to ccflow instead of init. After a task's main
-//! process ends, [`cleanup`] looks at ccflow's own children — cheap, a few
-//! small `/proc/self/task/*/children` reads — and kills those that belong to
+//! process ends, [`cleanup`] looks at ccflow's own children — cheap, one
+//! small `/proc/self/task/PID/children` read — and kills those that belong to
 //! the task: members of its process group, or processes whose environment
 //! carries the task's `CCFLOW_INSTANCE_TOKEN`. Only those specific pids are
 //! reaped with `waitpid(pid)`: `waitpid(-1)` would steal exit statuses tokio
@@ -158,11 +158,18 @@ fn try_reap(pid: u32) -> bool {
     result != 0
 }
 
-/// Pids of ccflow's direct children. Orphans are re-parented to some live
-/// thread of the subreaper, so every thread's list is read.
+/// Pids of the children that orphans are re-parented to. The kernel hands an
+/// orphan to the first live thread of the subreaper, which is the main thread
+/// as long as it runs, so one small read usually suffices; when the main
+/// thread is gone every thread's list is read.
 #[must_use]
 pub fn own_children() -> Vec<u32> {
     let mut pids = Vec::new();
+    let leader = std::process::id();
+    if let Ok(list) = std::fs::read_to_string(format!("/proc/self/task/{leader}/children")) {
+        parse_pids(&list, &mut pids);
+        return pids;
+    }
     let Ok(threads) = std::fs::read_dir("/proc/self/task") else {
         return pids;
     };
@@ -170,13 +177,17 @@ pub fn own_children() -> Vec<u32> {
         let mut path = thread.path();
         path.push("children");
         if let Ok(list) = std::fs::read_to_string(&path) {
-            pids.extend(
-                list.split_ascii_whitespace()
-                    .filter_map(|p| p.parse::<u32>().ok()),
-            );
+            parse_pids(&list, &mut pids);
         }
     }
     pids
+}
+
+fn parse_pids(list: &str, pids: &mut Vec<u32>) {
+    pids.extend(
+        list.split_ascii_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok()),
+    );
 }
 
 /// The fields of `/proc/PID/stat` cleanup needs. They survive in zombies.

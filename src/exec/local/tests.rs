@@ -60,8 +60,9 @@ impl Fixture {
         }
     }
 
+    /// The log; a task without output leaves none, which reads as empty.
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("task.log")).expect("read log")
+        std::fs::read_to_string(self.dir.path().join("task.log")).unwrap_or_default()
     }
 
     /// Pids a script wrote, one per line, into `work/NAME`.
@@ -306,16 +307,25 @@ async fn command_not_found_direct_and_shell() {
 }
 
 #[tokio::test]
-async fn unwritable_log_is_a_spawn_failure() {
+async fn unwritable_log_is_reported_and_the_task_still_runs() {
     let fixture = Fixture::new();
-    let mut spec = fixture.spec(shell("touch ran"));
+    let mut spec = fixture.spec(shell("touch ran; echo output"));
     spec.log_path = fixture.work().join("no-dir").join("task.log");
     let report = run_spec(spec).await;
-    assert!(
-        matches!(report.outcome, ProcessOutcome::SpawnFailed { .. }),
-        "{report:?}"
-    );
-    assert!(!fixture.work().join("ran").exists());
+    assert!(report.outcome.is_success(), "{report:?}");
+    let error = report.log_error.expect("a log error");
+    assert!(error.contains("no-dir/task.log"), "{error}");
+    assert!(fixture.work().join("ran").exists());
+}
+
+#[tokio::test]
+async fn silent_task_leaves_no_log() {
+    let fixture = Fixture::new();
+    std::fs::write(fixture.dir.path().join("task.log"), "stale").expect("write");
+    let report = run_spec(fixture.spec(auto("/bin/true"))).await;
+    assert!(report.outcome.is_success());
+    assert_eq!(report.log_bytes, 0);
+    assert!(!fixture.dir.path().join("task.log").exists());
 }
 
 #[tokio::test]
@@ -535,5 +545,34 @@ async fn overhead() {
         assert_eq!(failures, 0);
         let per_task = elapsed.as_secs_f64() * 1000.0 / f64::from(count);
         println!("{label}: {count} tasks at -j2 in {elapsed:?}, {per_task:.3} ms per task");
+    }
+    // The floor: bare tokio spawn + wait of the same program, same runtime.
+    let started = Instant::now();
+    let failures = futures_util::stream::iter(0..1000)
+        .map(|_| async {
+            tokio::process::Command::new("/bin/true")
+                .status()
+                .await
+                .map_or(true, |status| !status.success())
+        })
+        .buffer_unordered(2)
+        .filter(|failed| std::future::ready(*failed))
+        .count()
+        .await;
+    assert_eq!(failures, 0);
+    let per_task = started.elapsed().as_secs_f64();
+    println!("bare tokio spawn: 1000 tasks at -j2, {per_task:.3} ms per task");
+    // The same work by xargs, measured in the same run for a fair reference
+    // on a loaded machine.
+    for (label, tail) in [("xargs direct", "true"), ("xargs sh -c", "sh -c true")] {
+        let started = Instant::now();
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("seq 1000 | xargs -P 2 -I{{}} {tail}"))
+            .status()
+            .expect("xargs");
+        assert!(status.success());
+        let per_task = started.elapsed().as_secs_f64();
+        println!("{label}: 1000 tasks at -P2, {per_task:.3} ms per task");
     }
 }
