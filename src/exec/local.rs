@@ -209,14 +209,14 @@ async fn supervise(
     let ((outcome, orphans), drained) =
         tokio::join!(waiting, pump(output, &mut sink, done_receiver));
     guard.armed = false;
-    if !drained {
+    if !drained.eof {
         tracing::warn!(
             pid,
-            "the output pipe of a finished task is still open, held by a process that cannot be attributed to it"
+            "the output pipe of a finished task is still open; its output is no longer read"
         );
     }
     report.outcome = outcome;
-    report.orphans_killed = orphans;
+    report.orphans_killed = orphans + drained.holders_killed;
     finish_log(report, sink.finish());
 }
 
@@ -263,29 +263,68 @@ fn exit_outcome(status: &io::Result<ExitStatus>) -> ProcessOutcome {
     }
 }
 
-/// Streams the output pipe into the sink until EOF, or until [`DRAIN_GRACE`]
-/// after `done` fires. Returns whether EOF was reached.
-async fn pump(mut output: pipe::Receiver, sink: &mut LogSink, done: oneshot::Receiver<()>) -> bool {
+/// How reading the output pipe ended.
+struct Drained {
+    /// EOF was reached: no process holds the pipe any more.
+    eof: bool,
+    /// Processes killed because they still held the pipe after the task.
+    holders_killed: usize,
+}
+
+/// Streams the output pipe into the sink until EOF. Once `done` fires (the
+/// task and everything attributable to it are gone), only a process that
+/// escaped without the instance token can keep the pipe open: after
+/// [`DRAIN_GRACE`] those holders are found by the pipe's inode and killed, and
+/// reading stops after one more grace period whatever happens.
+async fn pump(
+    mut output: pipe::Receiver,
+    sink: &mut LogSink,
+    done: oneshot::Receiver<()>,
+) -> Drained {
     let mut buffer = vec![0_u8; READ_CHUNK];
-    let deadline = async {
-        let _ = done.await;
-        tokio::time::sleep(DRAIN_GRACE).await;
-    };
-    tokio::pin!(deadline);
-    loop {
-        // The deadline is polled first so that a writer that never stops
-        // cannot starve it.
-        tokio::select! {
-            biased;
-            () = &mut deadline => return false,
-            read = output.read(&mut buffer) => match read {
-                Ok(0) => return true,
-                Ok(n) => sink.feed(&buffer[..n]),
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return true,
-            },
+    let mut holders_killed = 0;
+    let mut done = Some(done);
+    for round in 0..2 {
+        let deadline = async {
+            if let Some(done) = done.take() {
+                let _ = done.await;
+            }
+            tokio::time::sleep(DRAIN_GRACE).await;
+        };
+        tokio::pin!(deadline);
+        loop {
+            // The deadline is polled first so that a writer that never stops
+            // cannot starve it.
+            tokio::select! {
+                biased;
+                () = &mut deadline => break,
+                read = output.read(&mut buffer) => match read {
+                    Ok(0) => return Drained { eof: true, holders_killed },
+                    Ok(n) => sink.feed(&buffer[..n]),
+                    Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => return Drained { eof: true, holders_killed },
+                },
+            }
+        }
+        if round == 0 {
+            if let Some(inode) = pipe_inode(&output) {
+                holders_killed = reaper::kill_pipe_holders(inode).await;
+            }
         }
     }
+    Drained {
+        eof: false,
+        holders_killed,
+    }
+}
+
+fn pipe_inode(output: &pipe::Receiver) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: the fd stays owned by `output`; ManuallyDrop keeps the
+    // temporary File from closing it.
+    let file =
+        std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(output.as_raw_fd()) });
+    file.metadata().ok().map(|meta| meta.ino())
 }
 
 /// How the process will be started, before any fd is opened.

@@ -11,8 +11,11 @@
 //! reaped with `waitpid(pid)`: `waitpid(-1)` would steal exit statuses tokio
 //! (and other modules) wait for.
 //!
-//! Not covered: a descendant that escapes the group *and* wipes its
-//! environment (`setsid env -i ...`) cannot be attributed to a task; and an
+//! A descendant that escapes the group *and* wipes its environment
+//! (`setsid env -i ...`) carries no token; if it still holds the task's output
+//! pipe, [`kill_pipe_holders`] finds it by the pipe's inode (a full `/proc`
+//! scan, done only in that case). Not covered: such a process that also
+//! closed its output, which nothing ties to its task any more; and an
 //! escaped daemon that exits by itself before the scan stays a zombie (no
 //! longer running) until ccflow exits, since its owner cannot be proven.
 
@@ -131,6 +134,53 @@ pub async fn cleanup(pgid: u32, token: &str) -> usize {
         // Killed processes need a moment to die and re-parent their children.
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+}
+
+/// Kills every process holding an fd on the pipe with inode `inode` and
+/// reaps those that are ccflow's children. Scans all of `/proc`, so it is
+/// only called when a finished task's output pipe stays open. Returns how
+/// many processes were killed.
+pub async fn kill_pipe_holders(inode: u64) -> usize {
+    let target = format!("pipe:[{inode}]");
+    let own = std::process::id();
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut holders = Vec::new();
+    for process in processes.flatten() {
+        let Some(pid) = process
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == own {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(process.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|link| link.as_os_str() == target.as_str())
+        });
+        if holds {
+            kill(pid, libc::SIGKILL);
+            holders.push(pid);
+        }
+    }
+    // Holders re-parented to ccflow must be reaped; others belong to init.
+    let mut unreaped: Vec<u32> = holders
+        .iter()
+        .copied()
+        .filter(|&pid| own_children().contains(&pid))
+        .collect();
+    let deadline = Instant::now() + CLEANUP_DEADLINE;
+    while !unreaped.is_empty() && Instant::now() < deadline {
+        unreaped.retain(|&pid| !try_reap(pid));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    holders.len()
 }
 
 fn is_live_child(pid: u32) -> bool {
