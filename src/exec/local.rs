@@ -450,7 +450,12 @@ fn spawn_shell(
         });
     };
     let failed = |error: SpawnError| error.into_outcome(program);
-    let resolved = resolve_program(program, spec).map_err(failed)?;
+    let resolved = match resolve_program(program, spec) {
+        // POSIX guarantees /bin/sh even when the task's PATH does not lead
+        // to it (an empty or custom PATH).
+        Err(SpawnError::NotFound) if program == "sh" => PathBuf::from("/bin/sh"),
+        other => other.map_err(failed)?,
+    };
     let mut command = Command::new(resolved);
     command.arg0(program).args(flags).arg(script);
     let (output, writer) = output_pipe().map_err(|e| failed(SpawnError::Other(e)))?;

@@ -160,6 +160,10 @@ enum Token {
 /// exactly equivalent to `sh -c script`; `None` otherwise.
 #[must_use]
 pub fn parse(script: &str) -> Option<DirectCommand> {
+    // YAML block scalars (`run: |`) end in a newline; blank lines around a
+    // single command change nothing in sh. A continuation (`\` before the
+    // trimmed newline) is left to fail below rather than be reinterpreted.
+    let script = script.trim_matches('\n');
     let tokens = tokenize(script)?;
     let mut argv = Vec::new();
     let mut stdin = None;

@@ -108,6 +108,15 @@ async fn exit_codes_are_reported() {
 }
 
 #[tokio::test]
+async fn sh_is_found_without_path() {
+    let fixture = Fixture::new();
+    let mut spec = fixture.spec(auto("exit 4"));
+    spec.env = Vec::new();
+    let report = run_spec(spec).await;
+    assert_eq!(report.outcome, ProcessOutcome::Exited { code: 4 });
+}
+
+#[tokio::test]
 async fn bash_interpreter_with_pipefail() {
     let fixture = Fixture::new();
     let command = CommandLine::Shell {
@@ -452,6 +461,8 @@ const EQUIVALENT: &[&str] = &[
     "ls input.txt missing-file > out.txt",
     "2>&1 ls missing-file",
     "wc -c input.txt",
+    "cat input.txt\n",
+    "\nwc -l input.txt\n\n",
     "sort input.txt",
     "printenv PATH CCFLOW_INSTANCE_TOKEN HOME",
     "printenv PWD",

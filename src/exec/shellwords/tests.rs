@@ -23,6 +23,7 @@ fn words_quotes_and_escapes() {
     assert_eq!(argv("p héllo 日本"), ["p", "héllo", "日本"]);
     assert_eq!(argv("make CC=gcc -j4"), ["make", "CC=gcc", "-j4"]);
     assert_eq!(argv("true"), ["true"]);
+    assert_eq!(argv("\ncargo test\n\n"), ["cargo", "test"]);
 }
 
 #[test]
@@ -104,6 +105,8 @@ fn scripts_that_need_a_shell() {
         "ls \"unterminated",
         "ls \\",
         "ls\nls",
+        "ls \\\n",
+        "\n\n",
         "ls\r",
         "ls>out",
         "''",
