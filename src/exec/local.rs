@@ -121,7 +121,7 @@ pub async fn run(
         pid: None,
         log_error: None,
     };
-    let sink = LogSink::new(&spec.log_path, spec.log_limit, &spec.masks, last_line);
+    let mut sink = LogSink::new(&spec.log_path, spec.log_limit, &spec.masks, last_line);
     if cancel.is_cancelled() {
         finish_log(&mut report, sink.finish());
         report.duration = started.elapsed();
@@ -130,6 +130,8 @@ pub async fn run(
     match spawn(&spec) {
         Ok(spawned) => supervise(spawned, &spec, cancel, sink, &mut report).await,
         Err(outcome) => {
+            // The log says why nothing ran, as a shell would have printed it.
+            sink.feed(format!("ccflow: {outcome}\n").as_bytes());
             report.outcome = outcome;
             finish_log(&mut report, sink.finish());
         }

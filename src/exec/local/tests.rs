@@ -311,6 +311,10 @@ async fn command_not_found_direct_and_shell() {
     };
     assert_eq!(program, "no-such-command-ccflow");
     assert!(reason.starts_with("command not found"), "{reason}");
+    assert_eq!(
+        fixture.log(),
+        format!("ccflow: failed to start `no-such-command-ccflow`: {reason}\n")
+    );
 
     let report = run_spec(fixture.spec(shell("no-such-command-ccflow --flag"))).await;
     assert_eq!(report.outcome, ProcessOutcome::Exited { code: 127 });
