@@ -55,7 +55,9 @@ pub struct ProcessSpec {
     pub env: Vec<(String, String)>,
     /// Working directory; must exist.
     pub cwd: PathBuf,
-    /// stdout and stderr, interleaved; created or truncated.
+    /// stdout and stderr, interleaved; created or truncated at the first
+    /// byte of output. A task that prints nothing leaves no file (see
+    /// [`super::log_sink`]).
     pub log_path: PathBuf,
     pub timeout: Option<Duration>,
     /// Time between SIGTERM and SIGKILL when stopping the process group.
@@ -119,17 +121,7 @@ pub async fn run(
         pid: None,
         log_error: None,
     };
-    let sink = match LogSink::create(&spec.log_path, spec.log_limit, &spec.masks, last_line) {
-        Ok(sink) => sink,
-        Err(error) => {
-            report.outcome = ProcessOutcome::SpawnFailed {
-                program: program_name(&spec.command),
-                reason: format!("cannot create the log file: {error}"),
-            };
-            report.duration = started.elapsed();
-            return report;
-        }
-    };
+    let mut sink = LogSink::new(&spec.log_path, spec.log_limit, &spec.masks, last_line);
     if cancel.is_cancelled() {
         finish_log(&mut report, sink.finish());
         report.duration = started.elapsed();
@@ -138,6 +130,8 @@ pub async fn run(
     match spawn(&spec) {
         Ok(spawned) => supervise(spawned, &spec, cancel, sink, &mut report).await,
         Err(outcome) => {
+            // The log says why nothing ran, as a shell would have printed it.
+            sink.feed(format!("ccflow: {outcome}\n").as_bytes());
             report.outcome = outcome;
             finish_log(&mut report, sink.finish());
         }
@@ -214,16 +208,17 @@ async fn supervise(
         let _ = done_sender.send(());
         (outcome, orphans)
     };
-    let ((outcome, orphans), drained) = tokio::join!(waiting, pump(output, &mut sink, done_receiver));
+    let ((outcome, orphans), drained) =
+        tokio::join!(waiting, pump(output, &mut sink, done_receiver));
     guard.armed = false;
-    if !drained {
+    if !drained.eof {
         tracing::warn!(
             pid,
-            "the output pipe of a finished task is still open, held by a process that cannot be attributed to it"
+            "the output pipe of a finished task is still open; its output is no longer read"
         );
     }
     report.outcome = outcome;
-    report.orphans_killed = orphans;
+    report.orphans_killed = orphans + drained.holders_killed;
     finish_log(report, sink.finish());
 }
 
@@ -241,7 +236,7 @@ async fn wait(
         }
     };
     let stopped = tokio::select! {
-        status = child.wait() => return exit_outcome(status),
+        status = child.wait() => return exit_outcome(&status),
         () = timeout => ProcessOutcome::TimedOut { after: spec.timeout.unwrap_or_default() },
         () = cancel.cancelled() => ProcessOutcome::Cancelled,
     };
@@ -257,7 +252,7 @@ async fn wait(
     stopped
 }
 
-fn exit_outcome(status: io::Result<ExitStatus>) -> ProcessOutcome {
+fn exit_outcome(status: &io::Result<ExitStatus>) -> ProcessOutcome {
     match status {
         Ok(status) => match (status.code(), status.signal()) {
             (Some(code), _) => ProcessOutcome::Exited { code },
@@ -270,46 +265,87 @@ fn exit_outcome(status: io::Result<ExitStatus>) -> ProcessOutcome {
     }
 }
 
-/// Streams the output pipe into the sink until EOF, or until [`DRAIN_GRACE`]
-/// after `done` fires. Returns whether EOF was reached.
+/// How reading the output pipe ended.
+struct Drained {
+    /// EOF was reached: no process holds the pipe any more.
+    eof: bool,
+    /// Processes killed because they still held the pipe after the task.
+    holders_killed: usize,
+}
+
+/// Streams the output pipe into the sink until EOF. Once `done` fires (the
+/// task and everything attributable to it are gone), only a process that
+/// escaped without the instance token can keep the pipe open: after
+/// [`DRAIN_GRACE`] those holders are found by the pipe's inode and killed, and
+/// reading stops after one more grace period whatever happens.
 async fn pump(
     mut output: pipe::Receiver,
     sink: &mut LogSink,
     done: oneshot::Receiver<()>,
-) -> bool {
+) -> Drained {
     let mut buffer = vec![0_u8; READ_CHUNK];
-    let deadline = async {
-        let _ = done.await;
-        tokio::time::sleep(DRAIN_GRACE).await;
-    };
-    tokio::pin!(deadline);
-    loop {
-        // The deadline is polled first so that a writer that never stops
-        // cannot starve it.
-        tokio::select! {
-            biased;
-            () = &mut deadline => return false,
-            read = output.read(&mut buffer) => match read {
-                Ok(0) => return true,
-                Ok(n) => sink.feed(&buffer[..n]),
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return true,
-            },
+    let mut holders_killed = 0;
+    let mut done = Some(done);
+    for round in 0..2 {
+        let deadline = async {
+            if let Some(done) = done.take() {
+                let _ = done.await;
+            }
+            tokio::time::sleep(DRAIN_GRACE).await;
+        };
+        tokio::pin!(deadline);
+        loop {
+            // The deadline is polled first so that a writer that never stops
+            // cannot starve it.
+            tokio::select! {
+                biased;
+                () = &mut deadline => break,
+                read = output.read(&mut buffer) => match read {
+                    Ok(0) => return Drained { eof: true, holders_killed },
+                    Ok(n) => sink.feed(&buffer[..n]),
+                    Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => return Drained { eof: true, holders_killed },
+                },
+            }
+        }
+        if round == 0 {
+            if let Some(inode) = pipe_inode(&output) {
+                holders_killed = reaper::kill_pipe_holders(inode).await;
+            }
         }
     }
+    Drained {
+        eof: false,
+        holders_killed,
+    }
+}
+
+fn pipe_inode(output: &pipe::Receiver) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: the fd stays owned by `output`; ManuallyDrop keeps the
+    // temporary File from closing it.
+    let file =
+        std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(output.as_raw_fd()) });
+    file.metadata().ok().map(|meta| meta.ino())
 }
 
 /// How the process will be started, before any fd is opened.
 enum Plan {
     Direct(DirectCommand),
-    Shell { interpreter: Vec<String>, script: String },
+    Shell {
+        interpreter: Vec<String>,
+        script: String,
+    },
 }
 
 /// Starts the process. Errors are the outcome to report.
 fn spawn(spec: &ProcessSpec) -> Result<Spawned, ProcessOutcome> {
     if !spec.cwd.is_dir() {
         let reason = if spec.cwd.exists() {
-            format!("working directory `{}` is not a directory", spec.cwd.display())
+            format!(
+                "working directory `{}` is not a directory",
+                spec.cwd.display()
+            )
         } else {
             format!("working directory `{}` does not exist", spec.cwd.display())
         };
@@ -359,9 +395,7 @@ fn program_script(command: &CommandLine) -> String {
 
 fn program_name(command: &CommandLine) -> String {
     match command {
-        CommandLine::Shell { interpreter, .. } => {
-            interpreter.first().cloned().unwrap_or_default()
-        }
+        CommandLine::Shell { interpreter, .. } => interpreter.first().cloned().unwrap_or_default(),
         CommandLine::Auto { script } => match shellwords::parse(script) {
             Some(direct) => direct.argv.first().cloned().unwrap_or_default(),
             None => "sh".to_owned(),
@@ -383,9 +417,7 @@ impl SpawnError {
             // Worded after the shell's exit code 127, which is what `sh -c`
             // would have reported.
             Self::NotFound => "command not found (exit code 127 under a shell)".to_owned(),
-            Self::PermissionDenied => {
-                "permission denied (exit code 126 under a shell)".to_owned()
-            }
+            Self::PermissionDenied => "permission denied (exit code 126 under a shell)".to_owned(),
             Self::NotExecutableFormat => "exec format error".to_owned(),
             Self::Redirection { path, error } => {
                 format!("cannot open redirection `{}`: {error}", path.display())
@@ -420,13 +452,20 @@ fn spawn_shell(
         });
     };
     let failed = |error: SpawnError| error.into_outcome(program);
-    let resolved = resolve_program(program, spec).map_err(failed)?;
+    let resolved = match resolve_program(program, spec) {
+        // POSIX guarantees /bin/sh even when the task's PATH does not lead
+        // to it (an empty or custom PATH).
+        Err(SpawnError::NotFound) if program == "sh" => PathBuf::from("/bin/sh"),
+        other => other.map_err(failed)?,
+    };
     let mut command = Command::new(resolved);
     command.arg0(program).args(flags).arg(script);
     let (output, writer) = output_pipe().map_err(|e| failed(SpawnError::Other(e)))?;
-    let stderr = writer.try_clone().map_err(|e| failed(SpawnError::Other(e)))?;
+    let stderr = writer
+        .try_clone()
+        .map_err(|e| failed(SpawnError::Other(e)))?;
     command.stdout(writer).stderr(stderr);
-    let stdin = configure_stdin(&mut command, spec, None).map_err(failed)?;
+    let stdin = configure_stdin(&mut command, spec, None);
     start(command, spec, output, stdin, None).map_err(failed)
 }
 
@@ -474,7 +513,7 @@ fn spawn_direct(spec: &ProcessSpec, direct: &DirectCommand) -> Result<Spawned, S
             command.stdout(writer).stderr(copy);
         }
     }
-    let stdin = configure_stdin(&mut command, spec, stdin_file)?;
+    let stdin = configure_stdin(&mut command, spec, stdin_file);
     start(command, spec, output, stdin, shell_pwd(spec))
 }
 
@@ -501,19 +540,19 @@ fn configure_stdin(
     command: &mut Command,
     spec: &ProcessSpec,
     redirected: Option<std::fs::File>,
-) -> Result<Option<Vec<u8>>, SpawnError> {
+) -> Option<Vec<u8>> {
     match (redirected, &spec.stdin) {
         (Some(file), _) => {
             command.stdin(file);
-            Ok(None)
+            None
         }
         (None, Some(bytes)) => {
             command.stdin(Stdio::piped());
-            Ok(Some(bytes.clone()))
+            Some(bytes.clone())
         }
         (None, None) => {
             command.stdin(Stdio::null());
-            Ok(None)
+            None
         }
     }
 }
@@ -573,7 +612,9 @@ fn output_pipe() -> io::Result<(pipe::Receiver, OwnedFd)> {
     // SAFETY: fcntl on a valid fd we own.
     let flags = unsafe { libc::fcntl(read.as_raw_fd(), libc::F_GETFL) };
     // SAFETY: as above.
-    if flags < 0 || unsafe { libc::fcntl(read.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+    if flags < 0
+        || unsafe { libc::fcntl(read.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0
+    {
         return Err(io::Error::last_os_error());
     }
     let receiver = pipe::Receiver::from_owned_fd_unchecked(read)?;

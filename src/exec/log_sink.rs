@@ -9,9 +9,15 @@
 //! the latest line is found in a small tail buffer at most every
 //! [`LAST_LINE_INTERVAL`], so a task printing gigabytes costs a memcpy of at
 //! most [`TAIL_CAPACITY`] bytes per chunk.
+//!
+//! The file is created lazily, at the first byte of output: creating a file
+//! costs more than spawning a process on a busy ext4 (~1 ms measured here),
+//! and most tiny tasks print nothing. A task without output leaves no log
+//! file (a stale one from an earlier attempt is removed).
 
+use std::fmt::Write as _;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,7 +46,8 @@ pub struct LogSummary {
 
 /// The log file of one task instance plus its masking and limit state.
 pub struct LogSink {
-    file: Option<fs_err::File>,
+    path: PathBuf,
+    file: LogFile,
     limit: u64,
     kept: u64,
     dropped: u64,
@@ -51,19 +58,17 @@ pub struct LogSink {
 }
 
 impl LogSink {
-    /// Creates (or truncates) the log file at `path`.
-    ///
-    /// # Errors
-    /// When the file cannot be created.
-    pub fn create(
+    /// A sink writing to `path`, created (or truncated) at the first output.
+    #[must_use]
+    pub fn new(
         path: &Path,
         limit: u64,
         masks: &[String],
         last_line: Option<Arc<Mutex<String>>>,
-    ) -> std::io::Result<Self> {
-        let file = fs_err::File::create(path)?;
-        Ok(Self {
-            file: Some(file),
+    ) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            file: LogFile::NotYet,
             limit,
             kept: 0,
             dropped: 0,
@@ -71,7 +76,7 @@ impl LogSink {
             masker: Masker::new(masks),
             last_line: last_line.map(LastLine::new),
             error: None,
-        })
+        }
     }
 
     /// Feeds one chunk of raw output.
@@ -87,6 +92,7 @@ impl LogSink {
 
     /// Flushes held-back bytes, writes the truncation marker and publishes
     /// the final latest line.
+    #[must_use]
     pub fn finish(mut self) -> LogSummary {
         if let Some(mut masker) = self.masker.take() {
             masker.push(&[], true, |piece| self.emit(piece));
@@ -97,15 +103,27 @@ impl LogSink {
             if self.last_byte.is_some_and(|byte| byte != b'\n') {
                 marker.push('\n');
             }
-            marker.push_str(&format!(
-                "[ccflow: log truncated at {} bytes, {} more bytes dropped]\n",
+            let _ = writeln!(
+                marker,
+                "[ccflow: log truncated at {} bytes, {} more bytes dropped]",
                 self.limit, self.dropped
-            ));
+            );
             self.write(marker.as_bytes());
             file_bytes += marker.len() as u64;
         }
         if let Some(last_line) = &mut self.last_line {
             last_line.publish();
+        }
+        if matches!(self.file, LogFile::NotYet) {
+            match std::fs::remove_file(&self.path) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                    self.error = Some(format!(
+                        "cannot remove the stale log `{}`: {error}",
+                        self.path.display()
+                    ));
+                }
+                _ => {}
+            }
         }
         LogSummary {
             file_bytes,
@@ -134,15 +152,31 @@ impl LogSink {
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        if let Some(file) = &mut self.file {
+        if matches!(self.file, LogFile::NotYet) {
+            self.file = match fs_err::File::create(&self.path) {
+                Ok(file) => LogFile::Open(file),
+                Err(error) => {
+                    self.error = Some(error.to_string());
+                    LogFile::Failed
+                }
+            };
+        }
+        if let LogFile::Open(file) = &mut self.file {
             if let Err(error) = file.write_all(bytes) {
                 // Keep draining the pipe so the task is not disturbed; the
                 // report carries the error.
                 self.error = Some(error.to_string());
-                self.file = None;
+                self.file = LogFile::Failed;
             }
         }
     }
+}
+
+/// The log file's lifecycle; see the module docs for why it is lazy.
+enum LogFile {
+    NotYet,
+    Open(fs_err::File),
+    Failed,
 }
 
 /// Streaming replacement of secret values by [`MASK`].
@@ -155,7 +189,11 @@ struct Masker {
 impl Masker {
     fn new(masks: &[String]) -> Option<Self> {
         // An empty secret would match everywhere; it protects nothing.
-        let masks: Vec<&str> = masks.iter().map(String::as_str).filter(|m| !m.is_empty()).collect();
+        let masks: Vec<&str> = masks
+            .iter()
+            .map(String::as_str)
+            .filter(|m| !m.is_empty())
+            .collect();
         let longest = masks.iter().map(|m| m.len()).max()?;
         let matcher = AhoCorasick::builder()
             .match_kind(MatchKind::LeftmostLongest)
@@ -215,7 +253,8 @@ impl LastLine {
     fn push(&mut self, bytes: &[u8]) {
         if bytes.len() >= TAIL_CAPACITY {
             self.tail.clear();
-            self.tail.extend_from_slice(&bytes[bytes.len() - TAIL_CAPACITY..]);
+            self.tail
+                .extend_from_slice(&bytes[bytes.len() - TAIL_CAPACITY..]);
         } else {
             if self.tail.len() + bytes.len() > 2 * TAIL_CAPACITY {
                 let excess = self.tail.len() + bytes.len() - TAIL_CAPACITY;
@@ -295,7 +334,9 @@ mod tests {
         let mut masker = Masker::new(&masks).expect("non-empty masks");
         let mut out = Vec::new();
         for chunk in chunks {
-            masker.push(chunk.as_bytes(), false, |piece| out.extend_from_slice(piece));
+            masker.push(chunk.as_bytes(), false, |piece| {
+                out.extend_from_slice(piece)
+            });
         }
         masker.push(&[], true, |piece| out.extend_from_slice(piece));
         String::from_utf8(out).expect("utf-8")
@@ -304,10 +345,22 @@ mod tests {
     #[test]
     fn masks_within_and_across_chunks() {
         assert_eq!(mask_all(&["hunter2"], &["pw=hunter2\n"]), "pw=***\n");
-        assert_eq!(mask_all(&["hunter2"], &["pw=hun", "ter2 and hunter2"]), "pw=*** and ***");
-        assert_eq!(mask_all(&["hunter2"], &["h", "u", "n", "t", "e", "r", "2", "!"]), "***!");
-        assert_eq!(mask_all(&["abc", "abcdef"], &["xabcdefx abcx"]), "x***x ***x");
-        assert_eq!(mask_all(&["secret"], &["no secrets? secre", "t"]), "no ***s? ***");
+        assert_eq!(
+            mask_all(&["hunter2"], &["pw=hun", "ter2 and hunter2"]),
+            "pw=*** and ***"
+        );
+        assert_eq!(
+            mask_all(&["hunter2"], &["h", "u", "n", "t", "e", "r", "2", "!"]),
+            "***!"
+        );
+        assert_eq!(
+            mask_all(&["abc", "abcdef"], &["xabcdefx abcx"]),
+            "x***x ***x"
+        );
+        assert_eq!(
+            mask_all(&["secret"], &["no secrets? secre", "t"]),
+            "no ***s? ***"
+        );
         assert_eq!(mask_all(&["zz"], &["z", "", "a"]), "za");
     }
 
@@ -331,7 +384,7 @@ mod tests {
     fn limit_keeps_prefix_and_writes_marker() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("log");
-        let mut sink = LogSink::create(&path, 10, &["SECRET".to_owned()], None).expect("create");
+        let mut sink = LogSink::new(&path, 10, &["SECRET".to_owned()], None);
         sink.feed(b"12345SEC");
         sink.feed(b"RET67890abcdef");
         let summary = sink.finish();
@@ -343,5 +396,16 @@ mod tests {
         assert!(summary.truncated);
         assert_eq!(summary.output_bytes, 19);
         assert_eq!(summary.file_bytes, text.len() as u64);
+    }
+
+    #[test]
+    fn no_output_leaves_no_file_and_removes_a_stale_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("log");
+        std::fs::write(&path, "stale").expect("write");
+        let summary = LogSink::new(&path, 10, &[], None).finish();
+        assert!(!path.exists());
+        assert_eq!(summary.file_bytes, 0);
+        assert!(summary.error.is_none());
     }
 }

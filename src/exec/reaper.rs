@@ -4,15 +4,18 @@
 //! background jobs (`sleep 1000 &`). Daemons leave the group (`setsid`, double
 //! fork), so ccflow also becomes a child subreaper ([`init`]): any orphaned
 //! descendant is re-parented to ccflow instead of init. After a task's main
-//! process ends, [`cleanup`] looks at ccflow's own children — cheap, a few
-//! small `/proc/self/task/*/children` reads — and kills those that belong to
+//! process ends, [`cleanup`] looks at ccflow's own children — cheap, one
+//! small `/proc/self/task/PID/children` read — and kills those that belong to
 //! the task: members of its process group, or processes whose environment
 //! carries the task's `CCFLOW_INSTANCE_TOKEN`. Only those specific pids are
 //! reaped with `waitpid(pid)`: `waitpid(-1)` would steal exit statuses tokio
 //! (and other modules) wait for.
 //!
-//! Not covered: a descendant that escapes the group *and* wipes its
-//! environment (`setsid env -i ...`) cannot be attributed to a task; and an
+//! A descendant that escapes the group *and* wipes its environment
+//! (`setsid env -i ...`) carries no token; if it still holds the task's output
+//! pipe, [`kill_pipe_holders`] finds it by the pipe's inode (a full `/proc`
+//! scan, done only in that case). Not covered: such a process that also
+//! closed its output, which nothing ties to its task any more; and an
 //! escaped daemon that exits by itself before the scan stays a zombie (no
 //! longer running) until ccflow exits, since its owner cannot be proven.
 
@@ -105,8 +108,8 @@ pub async fn cleanup(pgid: u32, token: &str) -> usize {
             let Some(stat) = ProcStat::read(pid) else {
                 continue;
             };
-            let ours = stat.pgrp == pgid
-                || (!stat.zombie && environ_contains(pid, needle.as_bytes()));
+            let ours =
+                stat.pgrp == pgid || (!stat.zombie && environ_contains(pid, needle.as_bytes()));
             if !ours {
                 continue;
             }
@@ -133,10 +136,55 @@ pub async fn cleanup(pgid: u32, token: &str) -> usize {
     }
 }
 
+/// Kills every process holding an fd on the pipe with inode `inode` and
+/// reaps those that are ccflow's children. Scans all of `/proc`, so it is
+/// only called when a finished task's output pipe stays open. Returns how
+/// many processes were killed.
+pub async fn kill_pipe_holders(inode: u64) -> usize {
+    let target = format!("pipe:[{inode}]");
+    let own = std::process::id();
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut holders = Vec::new();
+    for process in processes.flatten() {
+        let Some(pid) = process
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == own {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(process.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|link| link.as_os_str() == target.as_str())
+        });
+        if holds {
+            kill(pid, libc::SIGKILL);
+            holders.push(pid);
+        }
+    }
+    // Holders re-parented to ccflow must be reaped; others belong to init.
+    let mut unreaped: Vec<u32> = holders
+        .iter()
+        .copied()
+        .filter(|&pid| own_children().contains(&pid))
+        .collect();
+    let deadline = Instant::now() + CLEANUP_DEADLINE;
+    while !unreaped.is_empty() && Instant::now() < deadline {
+        unreaped.retain(|&pid| !try_reap(pid));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    holders.len()
+}
+
 fn is_live_child(pid: u32) -> bool {
-    live_children()
-        .lock()
-        .is_ok_and(|live| live.contains(&pid))
+    live_children().lock().is_ok_and(|live| live.contains(&pid))
 }
 
 fn kill(pid: u32, signal: i32) {
@@ -160,11 +208,18 @@ fn try_reap(pid: u32) -> bool {
     result != 0
 }
 
-/// Pids of ccflow's direct children. Orphans are re-parented to some live
-/// thread of the subreaper, so every thread's list is read.
+/// Pids of the children that orphans are re-parented to. The kernel hands an
+/// orphan to the first live thread of the subreaper, which is the main thread
+/// as long as it runs, so one small read usually suffices; when the main
+/// thread is gone every thread's list is read.
 #[must_use]
 pub fn own_children() -> Vec<u32> {
     let mut pids = Vec::new();
+    let leader = std::process::id();
+    if let Ok(list) = std::fs::read_to_string(format!("/proc/self/task/{leader}/children")) {
+        parse_pids(&list, &mut pids);
+        return pids;
+    }
     let Ok(threads) = std::fs::read_dir("/proc/self/task") else {
         return pids;
     };
@@ -172,10 +227,17 @@ pub fn own_children() -> Vec<u32> {
         let mut path = thread.path();
         path.push("children");
         if let Ok(list) = std::fs::read_to_string(&path) {
-            pids.extend(list.split_ascii_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+            parse_pids(&list, &mut pids);
         }
     }
     pids
+}
+
+fn parse_pids(list: &str, pids: &mut Vec<u32>) {
+    pids.extend(
+        list.split_ascii_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok()),
+    );
 }
 
 /// The fields of `/proc/PID/stat` cleanup needs. They survive in zombies.

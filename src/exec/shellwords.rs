@@ -33,14 +33,89 @@ pub struct DirectCommand {
 /// so such scripts always go through the shell. `true` and `false` without
 /// arguments behave identically either way and are allowed (see [`parse`]).
 const SHELL_ONLY_NAMES: &[&str] = &[
-    "!", ".", ":", "[", "[[", "]]", "{", "}", "alias", "bg", "bind", "break", "builtin", "caller",
-    "case", "cd", "coproc", "command", "compgen", "complete", "compopt", "continue", "declare", "dirs",
-    "disown", "do", "done", "echo", "elif", "else", "enable", "esac", "eval", "exec", "exit",
-    "export", "false", "fc", "fg", "fi", "for", "function", "getopts", "hash", "help", "history",
-    "if", "in", "jobs", "kill", "let", "local", "logout", "mapfile", "popd", "printf", "pushd",
-    "pwd", "read", "readarray", "readonly", "return", "select", "set", "shift", "shopt", "source",
-    "suspend", "test", "then", "time", "times", "trap", "true", "type", "typeset", "ulimit",
-    "umask", "unalias", "unset", "until", "wait", "while",
+    "!",
+    ".",
+    ":",
+    "[",
+    "[[",
+    "]]",
+    "{",
+    "}",
+    "alias",
+    "bg",
+    "bind",
+    "break",
+    "builtin",
+    "caller",
+    "case",
+    "cd",
+    "coproc",
+    "command",
+    "compgen",
+    "complete",
+    "compopt",
+    "continue",
+    "declare",
+    "dirs",
+    "disown",
+    "do",
+    "done",
+    "echo",
+    "elif",
+    "else",
+    "enable",
+    "esac",
+    "eval",
+    "exec",
+    "exit",
+    "export",
+    "false",
+    "fc",
+    "fg",
+    "fi",
+    "for",
+    "function",
+    "getopts",
+    "hash",
+    "help",
+    "history",
+    "if",
+    "in",
+    "jobs",
+    "kill",
+    "let",
+    "local",
+    "logout",
+    "mapfile",
+    "popd",
+    "printf",
+    "pushd",
+    "pwd",
+    "read",
+    "readarray",
+    "readonly",
+    "return",
+    "select",
+    "set",
+    "shift",
+    "shopt",
+    "source",
+    "suspend",
+    "test",
+    "then",
+    "time",
+    "times",
+    "trap",
+    "true",
+    "type",
+    "typeset",
+    "ulimit",
+    "umask",
+    "unalias",
+    "unset",
+    "until",
+    "wait",
+    "while",
 ];
 
 /// Characters that, unquoted, make the shell do something other than build
@@ -49,8 +124,23 @@ const SHELL_ONLY_NAMES: &[&str] = &[
 fn needs_shell(c: char) -> bool {
     matches!(
         c,
-        '$' | '`' | '*' | '?' | '[' | ']' | '~' | ';' | '&' | '|' | '(' | ')' | '{' | '}' | '!'
-            | '#' | '\n' | '\r'
+        '$' | '`'
+            | '*'
+            | '?'
+            | '['
+            | ']'
+            | '~'
+            | ';'
+            | '&'
+            | '|'
+            | '('
+            | ')'
+            | '{'
+            | '}'
+            | '!'
+            | '#'
+            | '\n'
+            | '\r'
     )
 }
 
@@ -70,6 +160,10 @@ enum Token {
 /// exactly equivalent to `sh -c script`; `None` otherwise.
 #[must_use]
 pub fn parse(script: &str) -> Option<DirectCommand> {
+    // YAML block scalars (`run: |`) end in a newline; blank lines around a
+    // single command change nothing in sh. A continuation (`\` before the
+    // trimmed newline) is left to fail below rather than be reinterpreted.
+    let script = script.trim_matches('\n');
     let tokens = tokenize(script)?;
     let mut argv = Vec::new();
     let mut stdin = None;

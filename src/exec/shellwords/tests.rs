@@ -4,7 +4,9 @@
 use super::*;
 
 fn argv(script: &str) -> Vec<String> {
-    parse(script).unwrap_or_else(|| panic!("{script:?} should be direct")).argv
+    parse(script)
+        .unwrap_or_else(|| panic!("{script:?} should be direct"))
+        .argv
 }
 
 #[test]
@@ -21,6 +23,7 @@ fn words_quotes_and_escapes() {
     assert_eq!(argv("p héllo 日本"), ["p", "héllo", "日本"]);
     assert_eq!(argv("make CC=gcc -j4"), ["make", "CC=gcc", "-j4"]);
     assert_eq!(argv("true"), ["true"]);
+    assert_eq!(argv("\ncargo test\n\n"), ["cargo", "test"]);
 }
 
 #[test]
@@ -33,7 +36,10 @@ fn redirections() {
 
     let parsed = parse("cmd 2>&1 >>log").expect("direct");
     assert_eq!(parsed.stdout, Some((PathBuf::from("log"), true)));
-    assert!(!parsed.stderr_to_stdout, "2>&1 before > points stderr at the log");
+    assert!(
+        !parsed.stderr_to_stdout,
+        "2>&1 before > points stderr at the log"
+    );
 
     let parsed = parse("cmd 2>&1").expect("direct");
     assert_eq!(parsed.stdout, None);
@@ -99,6 +105,8 @@ fn scripts_that_need_a_shell() {
         "ls \"unterminated",
         "ls \\",
         "ls\nls",
+        "ls \\\n",
+        "\n\n",
         "ls\r",
         "ls>out",
         "''",
