@@ -115,7 +115,11 @@ pub fn logs(args: &LogsArgs, ctx: &Ctx) -> CommandResult {
     };
     if let Some(log) = &instance.log {
         let path = dir.join(log);
-        let bytes = fs_err::read(&path).map_err(|e| CommandError::usage(e.to_string()))?;
+        // A task that printed nothing leaves no log file.
+        let bytes = if path.exists() { fs_err::read(&path).map_err(|e| CommandError::usage(e.to_string()))? } else { Vec::new() };
+        if bytes.is_empty() {
+            eprintln!("(`{}` printed nothing)", args.instance);
+        }
         use std::io::Write as _;
         let _ = std::io::stdout().write_all(&bytes);
         return Ok(ExitStatus::Success);
