@@ -143,6 +143,12 @@ fn merge_text(
     theirs: &Side,
 ) -> Result<Option<Vec<u8>>, WorkspaceError> {
     let root = repo.path().to_owned();
+    // A private handle on the repository: the in-memory backend stays
+    // attached to the object database it is added to, and must not swallow
+    // the writes of the caller's handle (commits made afterwards would
+    // otherwise exist only in memory).
+    let repo =
+        Repository::open(&root).map_err(WorkspaceError::git("open the repository", &root))?;
     let odb = repo
         .odb()
         .map_err(WorkspaceError::git("open the object database", &root))?;
@@ -173,9 +179,7 @@ fn merge_text(
     let result = repo
         .merge_file_from_index(&base_entry, &ours_entry, &theirs_entry, None)
         .map_err(WorkspaceError::git(format!("merge `{path}`"), &root))?;
-    Ok(result
-        .is_automergeable()
-        .then(|| result.content().to_vec()))
+    Ok(result.is_automergeable().then(|| result.content().to_vec()))
 }
 
 /// Applies `patch` onto the working tree of the snapshot's repository.
@@ -293,9 +297,8 @@ fn write_atomically(target: &Path, side: &Side) -> Result<(), WorkspaceError> {
             .map(|metadata| metadata.permissions().mode() & 0o7777);
         write_file(&temporary, side, previous)
     };
-    let renamed = written.and_then(|()| {
-        fs_err::rename(&temporary, target).map_err(WorkspaceError::from)
-    });
+    let renamed =
+        written.and_then(|()| fs_err::rename(&temporary, target).map_err(WorkspaceError::from));
     if renamed.is_err() {
         let _ = std::fs::remove_file(&temporary);
     }
@@ -342,14 +345,16 @@ pub fn commit_to_branch(
         }
     }
     let existing = match repo.find_reference(&ref_name) {
-        Ok(reference) => Some(
-            reference
-                .peel_to_commit()
-                .map_err(WorkspaceError::git(format!("read the branch `{branch}`"), &root))?,
-        ),
+        Ok(reference) => Some(reference.peel_to_commit().map_err(WorkspaceError::git(
+            format!("read the branch `{branch}`"),
+            &root,
+        ))?),
         Err(error) if error.code() == git2::ErrorCode::NotFound => None,
         Err(error) => {
-            return Err(WorkspaceError::git(format!("read the branch `{branch}`"), &root)(error))
+            return Err(WorkspaceError::git(
+                format!("read the branch `{branch}`"),
+                &root,
+            )(error))
         }
     };
     let parent = match existing.clone() {
@@ -443,8 +448,13 @@ pub fn commit_to_branch(
         Some(previous) => repo
             .reference_matching(&ref_name, commit, true, previous.id(), &log_message)
             .map(|_| ()),
-        None => repo.reference(&ref_name, commit, false, &log_message).map(|_| ()),
+        None => repo
+            .reference(&ref_name, commit, false, &log_message)
+            .map(|_| ()),
     }
-    .map_err(WorkspaceError::git(format!("move the branch `{branch}`"), &root))?;
+    .map_err(WorkspaceError::git(
+        format!("move the branch `{branch}`"),
+        &root,
+    ))?;
     Ok(commit)
 }

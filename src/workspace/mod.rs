@@ -29,9 +29,7 @@ pub use apply::{apply, commit_to_branch, ApplyOutcome};
 pub use error::WorkspaceError;
 pub use patch::{diff, paths_outside, ChangeKind, FileChange, Patch};
 pub use snapshot::{snapshot, Snapshot};
-pub use worktree::{
-    cleanup_stale, cleanup_stale_with, create_worktree, remove_worktree, Worktree,
-};
+pub use worktree::{cleanup_stale, cleanup_stale_with, create_worktree, remove_worktree, Worktree};
 
 /// Path components that never take part in a snapshot, a diff or an apply:
 /// ccflow's own state directory (cache, run records, the worktrees themselves).

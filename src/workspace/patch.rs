@@ -118,9 +118,10 @@ pub(crate) fn read_disk_file(path: &Path) -> Result<Option<(Vec<u8>, u32)>, Work
 pub fn diff(snapshot: &Snapshot, worktree: &Worktree) -> Result<Patch, WorkspaceError> {
     let repo = Repository::open(&worktree.path)
         .map_err(WorkspaceError::git("open the worktree", &worktree.path))?;
-    let tree = repo
-        .find_tree(snapshot.tree)
-        .map_err(WorkspaceError::git("find the snapshot tree", &worktree.path))?;
+    let tree = repo.find_tree(snapshot.tree).map_err(WorkspaceError::git(
+        "find the snapshot tree",
+        &worktree.path,
+    ))?;
     let mut options = DiffOptions::new();
     options
         .include_untracked(true)
@@ -175,8 +176,8 @@ pub fn diff(snapshot: &Snapshot, worktree: &Worktree) -> Result<Patch, Workspace
             (Some((old_blob, old_mode)), Some((content, mode))) => {
                 // The stat data can flag a file whose bytes are unchanged;
                 // the content hash decides.
-                let same_content = Oid::hash_object(ObjectType::Blob, &content)
-                    .is_ok_and(|id| id == old_blob);
+                let same_content =
+                    Oid::hash_object(ObjectType::Blob, &content).is_ok_and(|id| id == old_blob);
                 let kind = match (same_content, mode == old_mode) {
                     (true, true) => continue,
                     (true, false) if mode != MODE_SYMLINK && old_mode != MODE_SYMLINK => {
@@ -225,7 +226,10 @@ pub fn diff(snapshot: &Snapshot, worktree: &Worktree) -> Result<Patch, Workspace
 /// outside outputs" error. Globs are repository-relative globset patterns
 /// where `*` stops at `/` and `**` crosses it; a pattern without any glob
 /// character also covers everything below it (`src` allows `src/lib.rs`).
-pub fn paths_outside(patch: &Patch, allowed_globs: &[String]) -> Result<Vec<String>, WorkspaceError> {
+pub fn paths_outside(
+    patch: &Patch,
+    allowed_globs: &[String],
+) -> Result<Vec<String>, WorkspaceError> {
     let mut builder = GlobSetBuilder::new();
     let mut directories = Vec::new();
     for pattern in allowed_globs {
@@ -273,7 +277,9 @@ impl Patch {
                 + self
                     .files
                     .iter()
-                    .map(|file| 64 + file.path.len() + file.new_content.as_ref().map_or(0, Vec::len))
+                    .map(|file| {
+                        64 + file.path.len() + file.new_content.as_ref().map_or(0, Vec::len)
+                    })
                     .sum::<usize>(),
         );
         out.extend_from_slice(MAGIC);
@@ -289,9 +295,15 @@ impl Patch {
                 ChangeKind::ModeChanged => 3,
             });
             put_option(&mut out, file.new_content.as_deref());
-            put_option(&mut out, file.new_mode.map(u32::to_le_bytes).as_ref().map(|b| &b[..]));
+            put_option(
+                &mut out,
+                file.new_mode.map(u32::to_le_bytes).as_ref().map(|b| &b[..]),
+            );
             put_option(&mut out, file.old_blob.as_ref().map(Oid::as_bytes));
-            put_option(&mut out, file.old_mode.map(u32::to_le_bytes).as_ref().map(|b| &b[..]));
+            put_option(
+                &mut out,
+                file.old_mode.map(u32::to_le_bytes).as_ref().map(|b| &b[..]),
+            );
         }
         out
     }
@@ -399,7 +411,9 @@ struct Reader<'bytes> {
 impl<'bytes> Reader<'bytes> {
     fn take(&mut self, count: usize) -> Result<&'bytes [u8], WorkspaceError> {
         if count > self.bytes.len() {
-            return Err(WorkspaceError::CorruptPatch { reason: "truncated" });
+            return Err(WorkspaceError::CorruptPatch {
+                reason: "truncated",
+            });
         }
         let (head, rest) = self.bytes.split_at(count);
         self.bytes = rest;
@@ -412,14 +426,16 @@ impl<'bytes> Reader<'bytes> {
 
     fn u64(&mut self) -> Result<u64, WorkspaceError> {
         let raw = self.take(8)?;
-        let array = <[u8; 8]>::try_from(raw)
-            .map_err(|_| WorkspaceError::CorruptPatch { reason: "truncated" })?;
+        let array = <[u8; 8]>::try_from(raw).map_err(|_| WorkspaceError::CorruptPatch {
+            reason: "truncated",
+        })?;
         Ok(u64::from_le_bytes(array))
     }
 
     fn bytes(&mut self) -> Result<&'bytes [u8], WorkspaceError> {
-        let length = usize::try_from(self.u64()?)
-            .map_err(|_| WorkspaceError::CorruptPatch { reason: "truncated" })?;
+        let length = usize::try_from(self.u64()?).map_err(|_| WorkspaceError::CorruptPatch {
+            reason: "truncated",
+        })?;
         self.take(length)
     }
 

@@ -44,12 +44,12 @@ pub(crate) fn open_repository(path: &Path) -> Result<(Repository, PathBuf), Work
         path: path.to_owned(),
         source,
     })?;
-    let root = repo
-        .workdir()
-        .map(Path::to_owned)
-        .ok_or_else(|| WorkspaceError::BareRepository {
-            path: path.to_owned(),
-        })?;
+    let root =
+        repo.workdir()
+            .map(Path::to_owned)
+            .ok_or_else(|| WorkspaceError::BareRepository {
+                path: path.to_owned(),
+            })?;
     Ok((repo, root))
 }
 
@@ -80,19 +80,24 @@ pub fn snapshot(repo_root: &Path, run_id: &str) -> Result<Snapshot, WorkspaceErr
         .index()
         .map_err(WorkspaceError::git("read the index", &root))?;
     let mut skip_state = |path: &Path, _spec: &[u8]| -> i32 { i32::from(is_state_path(path)) };
+    // The pathspec must not be empty: libgit2 then reports a null matched
+    // pathspec to the callback, which git2 0.20 dereferences (a segfault).
+    let everything = ["*"];
     // `add_all` adds new and modified files (honouring .gitignore, while files
     // already tracked stay in even if ignored); `update_all` drops entries
     // whose files were deleted.
     index
-        .add_all(
-            std::iter::empty::<&str>(),
-            IndexAddOption::DEFAULT,
-            Some(&mut skip_state),
-        )
-        .map_err(WorkspaceError::git("add the working files to the snapshot", &root))?;
+        .add_all(everything, IndexAddOption::DEFAULT, Some(&mut skip_state))
+        .map_err(WorkspaceError::git(
+            "add the working files to the snapshot",
+            &root,
+        ))?;
     index
-        .update_all(std::iter::empty::<&str>(), Some(&mut skip_state))
-        .map_err(WorkspaceError::git("remove deleted files from the snapshot", &root))?;
+        .update_all(everything, Some(&mut skip_state))
+        .map_err(WorkspaceError::git(
+            "remove deleted files from the snapshot",
+            &root,
+        ))?;
     // Entries tracked under a state directory (a user committed one by
     // mistake) are dropped too: worktrees must not see ccflow's state.
     let tracked_state: Vec<PathBuf> = index
@@ -103,9 +108,10 @@ pub fn snapshot(repo_root: &Path, run_id: &str) -> Result<Snapshot, WorkspaceErr
         })
         .collect();
     for path in tracked_state {
-        index
-            .remove_path(&path)
-            .map_err(WorkspaceError::git("drop `.ccflow/` from the snapshot", &root))?;
+        index.remove_path(&path).map_err(WorkspaceError::git(
+            "drop `.ccflow/` from the snapshot",
+            &root,
+        ))?;
     }
     let tree_id = index
         .write_tree_to(&repo)
@@ -120,8 +126,7 @@ pub fn snapshot(repo_root: &Path, run_id: &str) -> Result<Snapshot, WorkspaceErr
         Ok(head) => head.peel_to_commit().ok(),
         Err(_) => None,
     };
-    let signature =
-        ccflow_signature().map_err(WorkspaceError::git("make a signature", &root))?;
+    let signature = ccflow_signature().map_err(WorkspaceError::git("make a signature", &root))?;
     let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
     let commit = repo
         .commit(
@@ -134,7 +139,10 @@ pub fn snapshot(repo_root: &Path, run_id: &str) -> Result<Snapshot, WorkspaceErr
         )
         .map_err(WorkspaceError::git("commit the snapshot", &root))?;
     repo.reference(&ref_name, commit, true, "ccflow: snapshot")
-        .map_err(WorkspaceError::git(format!("create the ref `{ref_name}`"), &root))?;
+        .map_err(WorkspaceError::git(
+            format!("create the ref `{ref_name}`"),
+            &root,
+        ))?;
 
     Ok(Snapshot {
         repo_root: root,

@@ -58,12 +58,11 @@ pub fn create_worktree(
         });
     }
     let git_name = format!("{WORKTREE_NAME_PREFIX}{run}-{instance}");
-    let repo = Repository::open(&snapshot.repo_root).map_err(|source| {
-        WorkspaceError::NotARepository {
+    let repo =
+        Repository::open(&snapshot.repo_root).map_err(|source| WorkspaceError::NotARepository {
             path: snapshot.repo_root.clone(),
             source,
-        }
-    })?;
+        })?;
     let root = snapshot.repo_root.as_path();
 
     // libgit2 refuses an existing directory; an empty one (made by the
@@ -89,12 +88,12 @@ pub fn create_worktree(
         .find_commit(snapshot.commit)
         .map_err(WorkspaceError::git("find the snapshot commit", root))?;
     let temp_branch_name = format!("{TEMP_BRANCH_PREFIX}{run}/{instance}");
-    let temp_branch = repo
-        .branch(&temp_branch_name, &commit, true)
-        .map_err(WorkspaceError::git(
-            format!("create the branch `{temp_branch_name}`"),
-            root,
-        ))?;
+    let temp_branch =
+        repo.branch(&temp_branch_name, &commit, true)
+            .map_err(WorkspaceError::git(
+                format!("create the branch `{temp_branch_name}`"),
+                root,
+            ))?;
     let mut options = WorktreeAddOptions::new();
     options.reference(Some(temp_branch.get()));
     let added = repo.worktree(&git_name, dir, Some(&options));
@@ -111,10 +110,8 @@ pub fn create_worktree(
                     .join(RUN_MARKER_FILE),
                 &snapshot.run_id,
             )?;
-            let checkout = Repository::open(dir).map_err(WorkspaceError::git(
-                "open the new worktree",
-                dir,
-            ))?;
+            let checkout =
+                Repository::open(dir).map_err(WorkspaceError::git("open the new worktree", dir))?;
             checkout
                 .set_head_detached(snapshot.commit)
                 .map_err(WorkspaceError::git("detach the worktree's HEAD", dir))
@@ -209,9 +206,9 @@ pub fn cleanup_stale_with(
             .join("worktrees")
             .join(name)
             .join(RUN_MARKER_FILE);
-        let run = std::fs::read_to_string(&marker).ok().or_else(|| {
-            run_of_path(worktrees_dir, worktree.path()).map(str::to_owned)
-        });
+        let run = std::fs::read_to_string(&marker)
+            .ok()
+            .or_else(|| run_of_path(worktrees_dir, worktree.path()).map(str::to_owned));
         let stale = match run {
             Some(run) => !is_live(&run),
             // Unknown run (a crash between `add` and the marker): only an
@@ -251,7 +248,9 @@ pub fn cleanup_stale_with(
             .references_glob(&pattern)
             .map_err(WorkspaceError::git("list ccflow refs", &root))?;
         for reference in references.flatten() {
-            let Some(name) = reference.name() else { continue };
+            let Some(name) = reference.name() else {
+                continue;
+            };
             let run = name
                 .strip_prefix(SNAPSHOT_REF_PREFIX)
                 .or_else(|| {
@@ -273,7 +272,10 @@ pub fn cleanup_stale_with(
                 .and_then(|mut reference| reference.delete())
                 .map(|()| true)
         };
-        if deleted.map_err(WorkspaceError::git(format!("delete the ref `{name}`"), &root))? {
+        if deleted.map_err(WorkspaceError::git(
+            format!("delete the ref `{name}`"),
+            &root,
+        ))? {
             removed += 1;
         }
     }
