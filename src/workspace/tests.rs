@@ -337,6 +337,51 @@ fn diff_finds_every_kind_of_change() {
 }
 
 #[test]
+fn diff_ignores_what_the_agent_did_to_its_index() {
+    let repo = repo_with(&[("a.txt", "a\n"), ("b.txt", "b\n"), ("c.txt", "c\n")]);
+    let snapshot = snapshot(repo.path(), "run13").unwrap();
+    let (_worktree, patch) = agent_patch(&snapshot, "0", |path| {
+        git(path, &["rm", "-q", "--cached", "a.txt"]);
+        write(path, "a.txt", "a, edited\n");
+        write(path, "b.txt", "b, staged then reverted\n");
+        git(path, &["add", "b.txt"]);
+        write(path, "b.txt", "b\n");
+        write(path, "c.txt", "c, staged\n");
+        git(path, &["add", "c.txt"]);
+        write(path, "c.txt", "c, staged then edited\n");
+    });
+    let summary: Vec<(&str, ChangeKind, bool, Option<&[u8]>)> = patch
+        .files
+        .iter()
+        .map(|file| {
+            (
+                file.path.as_str(),
+                file.kind,
+                file.old_blob.is_some(),
+                file.new_content.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (
+                "a.txt",
+                ChangeKind::Modified,
+                true,
+                Some(&b"a, edited\n"[..])
+            ),
+            (
+                "c.txt",
+                ChangeKind::Modified,
+                true,
+                Some(&b"c, staged then edited\n"[..])
+            ),
+        ]
+    );
+}
+
+#[test]
 fn unchanged_worktree_gives_an_empty_patch() {
     let repo = repo_with(&[("a.txt", "a\n")]);
     let snapshot = snapshot(repo.path(), "run4").unwrap();
@@ -463,8 +508,11 @@ fn non_overlapping_edits_of_one_file_both_land() {
     let (_second_tree, second) = agent_patch(&snapshot, "1", edit("line 11\n", "line eleven\n"));
     // The user edits the middle meanwhile.
     write(root, "file.txt", original.replace("line 6\n", "line six\n"));
+    let objects_before = git(root, &["count-objects"]);
     applied_paths(apply(&snapshot, &first).unwrap());
     applied_paths(apply(&snapshot, &second).unwrap());
+    // The merges hash their inputs in memory: the user's `.git` gains nothing.
+    assert_eq!(git(root, &["count-objects"]), objects_before);
     assert_eq!(
         read(root, "file.txt"),
         original
