@@ -9,7 +9,8 @@
 //! - [`diff`] turns the worktree's files into a [`Patch`] against the snapshot;
 //! - [`apply`] merges a patch into the working tree (all-or-nothing per patch),
 //!   [`commit_to_branch`] commits it on a branch instead;
-//! - [`remove_worktree`] and [`cleanup_stale`] remove what runs leave behind.
+//! - [`remove_worktree`], [`release_snapshot`] and [`cleanup_stale`] remove
+//!   what runs leave behind.
 //!
 //! This module knows nothing about workflows, tasks or the cache: it takes
 //! paths, run ids and globs, and the caller decides when to call what. Calls
@@ -28,7 +29,7 @@ mod tests;
 pub use apply::{apply, commit_to_branch, ApplyOutcome};
 pub use error::WorkspaceError;
 pub use patch::{diff, paths_outside, ChangeKind, FileChange, Patch};
-pub use snapshot::{snapshot, Snapshot};
+pub use snapshot::{release_snapshot, snapshot, Snapshot};
 pub use worktree::{cleanup_stale, cleanup_stale_with, create_worktree, remove_worktree, Worktree};
 
 /// Path components that never take part in a snapshot, a diff or an apply:

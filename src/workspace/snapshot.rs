@@ -152,6 +152,18 @@ pub fn snapshot(repo_root: &Path, run_id: &str) -> Result<Snapshot, WorkspaceErr
     })
 }
 
+/// Ends a snapshot's life at the end of its run: deletes its ref, so that
+/// `git gc` may collect the commit once no worktree uses it. Idempotent.
+pub fn release_snapshot(snapshot: &Snapshot) -> Result<(), WorkspaceError> {
+    let (repo, root) = open_repository(&snapshot.repo_root)?;
+    delete_snapshot_ref(&repo, &snapshot.run_id)
+        .map(|_| ())
+        .map_err(WorkspaceError::git(
+            format!("delete the ref `{}`", snapshot.ref_name()),
+            &root,
+        ))
+}
+
 /// Deletes the snapshot ref of a run (the commit becomes unreachable and is
 /// eventually collected by git). A missing ref is not an error.
 pub(crate) fn delete_snapshot_ref(repo: &Repository, run_id: &str) -> Result<bool, git2::Error> {
