@@ -4,6 +4,7 @@
 //! the "ours" side, so it is merged, never overwritten, and only the files of
 //! the patch are ever written.
 
+use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -194,11 +195,23 @@ pub fn apply(snapshot: &Snapshot, patch: &Patch) -> Result<ApplyOutcome, Workspa
     let (repo, root) = open_repository(&snapshot.repo_root)?;
     let mut plan = Vec::with_capacity(patch.files.len());
     let mut conflicts = Vec::new();
+    // A file the patch deletes may make room for a directory of the same
+    // name, and the reverse (removals run before writes); should the removal
+    // itself conflict, the whole patch does anyway.
+    let deleted: BTreeSet<&str> = patch
+        .files
+        .iter()
+        .filter(|change| change.kind == ChangeKind::Deleted)
+        .map(|change| change.path.as_str())
+        .collect();
     for change in &patch.files {
         validate_path(&change.path)?;
         let target = root.join(&change.path);
-        if blocked_by_non_directory(&root, &change.path) || target.is_dir() && !target.is_symlink()
-        {
+        let directory_in_the_way = target.is_dir()
+            && !target.is_symlink()
+            && !(change.kind != ChangeKind::Deleted
+                && only_deleted_files(&root, &target, &deleted));
+        if blocked_by_non_directory(&root, &change.path, &deleted) || directory_in_the_way {
             conflicts.push(change.path.clone());
             continue;
         }
@@ -240,22 +253,49 @@ pub fn apply(snapshot: &Snapshot, patch: &Patch) -> Result<ApplyOutcome, Workspa
 }
 
 /// Whether a parent of `path` exists as something other than a real
-/// directory (a file, or a symlink that could lead outside the repository).
-fn blocked_by_non_directory(root: &Path, path: &str) -> bool {
+/// directory (a file, or a symlink that could lead outside the repository)
+/// that the patch does not delete.
+fn blocked_by_non_directory(root: &Path, path: &str, deleted: &BTreeSet<&str>) -> bool {
     let mut current = root.to_path_buf();
-    let mut components = Path::new(path).components().peekable();
+    let mut prefix = String::new();
+    let mut components = path.split('/').peekable();
     while let Some(component) = components.next() {
         if components.peek().is_none() {
             break;
         }
         current.push(component);
+        if !prefix.is_empty() {
+            prefix.push('/');
+        }
+        prefix.push_str(component);
         match std::fs::symlink_metadata(&current) {
             Ok(metadata) if metadata.is_dir() => {}
-            Ok(_) => return true,
+            Ok(_) => return !deleted.contains(prefix.as_str()),
             Err(_) => return false,
         }
     }
     false
+}
+
+/// Whether every file below `directory` is deleted by the patch, so that a
+/// file may take the directory's place.
+fn only_deleted_files(root: &Path, directory: &Path, deleted: &BTreeSet<&str>) -> bool {
+    let Ok(entries) = std::fs::read_dir(directory) else {
+        return false;
+    };
+    entries.into_iter().all(|entry| {
+        let Ok(entry) = entry else { return false };
+        let path = entry.path();
+        match entry.file_type() {
+            Ok(file_type) if file_type.is_dir() => only_deleted_files(root, &path, deleted),
+            Ok(_) => path
+                .strip_prefix(root)
+                .ok()
+                .and_then(Path::to_str)
+                .is_some_and(|relative| deleted.contains(relative)),
+            Err(_) => false,
+        }
+    })
 }
 
 /// Removes the directories that a deletion left empty, up to (not including)

@@ -94,7 +94,16 @@ pub(crate) fn validate_path(path: &str) -> Result<(), WorkspaceError> {
 pub(crate) fn read_disk_file(path: &Path) -> Result<Option<(Vec<u8>, u32)>, WorkspaceError> {
     let metadata = match fs_err::symlink_metadata(path) {
         Ok(metadata) => metadata,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        // A parent that is now a file (a directory replaced by a file of the
+        // same name) means there is no file here either.
+        Err(error)
+            if matches!(
+                error.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            return Ok(None)
+        }
         Err(error) => return Err(error.into()),
     };
     if metadata.file_type().is_symlink() {

@@ -572,6 +572,33 @@ fn apply_handles_deletions_modes_symlinks_and_binary() {
 }
 
 #[test]
+fn a_file_and_a_directory_may_swap_places() {
+    let repo = repo_with(&[
+        ("becomes_dir", "file\n"),
+        ("becomes_file/inner/a.txt", "a\n"),
+    ]);
+    let root = repo.path();
+    let snapshot = snapshot(root, "run14").unwrap();
+    let (_worktree, patch) = agent_patch(&snapshot, "0", |path| {
+        fs_err::remove_file(path.join("becomes_dir")).unwrap();
+        write(path, "becomes_dir/child.txt", "child\n");
+        fs_err::remove_dir_all(path.join("becomes_file")).unwrap();
+        write(path, "becomes_file", "now a file\n");
+    });
+    assert_eq!(
+        applied_paths(apply(&snapshot, &patch).unwrap()),
+        [
+            "becomes_dir",
+            "becomes_dir/child.txt",
+            "becomes_file",
+            "becomes_file/inner/a.txt"
+        ]
+    );
+    assert_eq!(read(root, "becomes_dir/child.txt"), "child\n");
+    assert_eq!(read(root, "becomes_file"), "now a file\n");
+}
+
+#[test]
 fn binary_edited_on_both_sides_conflicts_and_delete_of_edited_file_conflicts() {
     let repo = repo_with(&[("notes.txt", "a\n")]);
     let root = repo.path();

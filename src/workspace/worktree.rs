@@ -121,7 +121,15 @@ pub fn create_worktree(
     let deleted = repo
         .find_branch(&temp_branch_name, BranchType::Local)
         .and_then(|mut branch| branch.delete());
-    result?;
+    if let Err(error) = result {
+        // Leave nothing half-made behind; what cannot be removed now,
+        // `cleanup_stale` removes later.
+        if let Ok(partial) = repo.find_worktree(&git_name) {
+            let _ = prune(&partial);
+        }
+        let _ = std::fs::remove_dir_all(dir);
+        return Err(error);
+    }
     deleted.map_err(WorkspaceError::git(
         format!("delete the branch `{temp_branch_name}`"),
         root,
