@@ -29,6 +29,9 @@ pub enum WorkspaceError {
     /// A file operation failed (the `fs_err` error names the path).
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// The directory for a new worktree already holds files.
+    #[error("create a worktree at `{path}`: the directory exists and is not empty")]
+    WorktreeDirectoryExists { path: PathBuf },
     /// A run id or branch name that git refuses as a reference name.
     #[error("use `{name}` as a git reference name")]
     InvalidRefName { name: String },
@@ -74,6 +77,10 @@ impl WorkspaceError {
             Self::BranchCheckedOut { .. } => {
                 Some("pick another branch, or check out a different branch first".to_owned())
             }
+            Self::WorktreeDirectoryExists { .. } => Some(
+                "a crashed run may have left it: `cleanup_stale` removes worktrees of runs that are not alive"
+                    .to_owned(),
+            ),
             Self::CorruptPatch { .. } => {
                 Some("the cache entry is damaged: rerun with `--no-cache`".to_owned())
             }

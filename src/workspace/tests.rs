@@ -267,6 +267,14 @@ fn worktree_is_a_detached_checkout_equal_to_the_snapshot() {
     assert_eq!(git(root, &["branch", "--list"]).trim(), "* main");
     assert!(git(root, &["worktree", "list"]).contains(&*dir.to_string_lossy()));
 
+    // A second worktree at the same place is refused, the first one intact.
+    let error = create_worktree(&snapshot, &dir, "1").unwrap_err();
+    assert!(
+        matches!(error, WorkspaceError::WorktreeDirectoryExists { .. }),
+        "{error:?}"
+    );
+    assert!(dir.join("a.txt").exists());
+
     remove_worktree(root, &worktree).unwrap();
     assert!(!dir.exists());
     assert!(!git(root, &["worktree", "list"]).contains(&*dir.to_string_lossy()));

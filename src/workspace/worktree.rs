@@ -70,6 +70,11 @@ pub fn create_worktree(
     if dir.is_dir() && fs_err::read_dir(dir)?.next().is_none() {
         fs_err::remove_dir(dir)?;
     }
+    if fs_err::symlink_metadata(dir).is_ok() {
+        return Err(WorkspaceError::WorktreeDirectoryExists {
+            path: dir.to_owned(),
+        });
+    }
     if let Some(parent) = dir.parent() {
         fs_err::create_dir_all(parent)?;
     }
