@@ -78,7 +78,7 @@ impl WorkspaceError {
                 Some("pick another branch, or check out a different branch first".to_owned())
             }
             Self::WorktreeDirectoryExists { .. } => Some(
-                "a crashed run may have left it: `cleanup_stale` removes worktrees of runs that are not alive"
+                "a crashed run may have left it: remove the directory, or let the next run clean up"
                     .to_owned(),
             ),
             Self::CorruptPatch { .. } => {

@@ -281,6 +281,36 @@ fn worktree_is_a_detached_checkout_equal_to_the_snapshot() {
 }
 
 #[test]
+fn worktrees_can_be_created_and_diffed_from_parallel_threads() {
+    let repo = repo_with(&[("a.txt", "a\n"), ("dir/b.txt", "b\n")]);
+    let root = repo.path();
+    let snapshot = snapshot(root, "parallel").unwrap();
+    let patches: Vec<Patch> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|index| {
+                let snapshot = &snapshot;
+                scope.spawn(move || {
+                    agent_patch(snapshot, &index.to_string(), |path| {
+                        write(path, &format!("out/{index}.txt"), format!("{index}\n"));
+                    })
+                    .1
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| handle.join().unwrap())
+            .collect()
+    });
+    for (index, patch) in patches.iter().enumerate() {
+        assert_eq!(patch.paths(), [format!("out/{index}.txt")]);
+    }
+    let listed = git(root, &["worktree", "list"]);
+    assert_eq!(listed.lines().count(), 9, "{listed}");
+    assert_eq!(git(root, &["branch", "--list"]).trim(), "* main");
+}
+
+#[test]
 fn diff_finds_every_kind_of_change() {
     let repo = repo_with(&[
         ("keep.txt", "same\n"),
