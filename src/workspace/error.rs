@@ -32,6 +32,9 @@ pub enum WorkspaceError {
     /// The directory for a new worktree already holds files.
     #[error("create a worktree at `{path}`: the directory exists and is not empty")]
     WorktreeDirectoryExists { path: PathBuf },
+    /// A worktree of that name is registered and its checkout exists.
+    #[error("create the worktree `{name}`: a worktree of that name exists")]
+    WorktreeNameTaken { name: String },
     /// A run id or branch name that git refuses as a reference name.
     #[error("use `{name}` as a git reference name")]
     InvalidRefName { name: String },

@@ -266,6 +266,12 @@ fn worktree_is_a_detached_checkout_equal_to_the_snapshot() {
     // No temporary branch is left behind, and the user's repo is unchanged.
     assert_eq!(git(root, &["branch", "--list"]).trim(), "* main");
     assert!(git(root, &["worktree", "list"]).contains(&*dir.to_string_lossy()));
+    // git sees a healthy linked worktree: prune keeps it, status works in it.
+    git(root, &["worktree", "prune"]);
+    let listed = git(root, &["worktree", "list", "--porcelain"]);
+    assert!(listed.contains(&*dir.to_string_lossy()), "{listed}");
+    assert!(!listed.contains("prunable"), "{listed}");
+    assert!(!listed.contains("locked"), "{listed}");
 
     // A second worktree at the same place is refused, the first one intact.
     let error = create_worktree(&snapshot, &dir, "1").unwrap_err();

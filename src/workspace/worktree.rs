@@ -1,10 +1,22 @@
 //! Checkouts of a snapshot for agents: linked git worktrees detached at the
 //! snapshot commit (so `git status` and `git diff` work inside them), their
 //! removal, and the cleanup of what crashed runs left behind.
+//!
+//! The worktrees are registered by writing git's linked-worktree layout
+//! (`.git/worktrees/<name>/{gitdir,commondir,HEAD}` and a `.git` file in the
+//! checkout, see gitrepository-layout(5)) rather than with libgit2's
+//! `git_worktree_add`: that one can only start from a branch, and creating,
+//! checking and deleting a temporary branch per worktree races when several
+//! worktrees are made at once ("already checked out", reflog directories
+//! removed under a sibling). Writing the files touches no ref at all, so
+//! worktrees can be created from parallel threads or processes.
 
+use std::ffi::OsStr;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
-use git2::{BranchType, ErrorCode, Repository, WorktreeAddOptions, WorktreePruneOptions};
+use git2::build::CheckoutBuilder;
+use git2::Repository;
 
 use super::snapshot::{delete_snapshot_ref, open_repository, SNAPSHOT_REF_PREFIX};
 use super::{Snapshot, WorkspaceError};
@@ -12,9 +24,6 @@ use super::{Snapshot, WorkspaceError};
 /// Prefix of the git worktree names ccflow registers; worktrees without it
 /// belong to the user and are never touched.
 const WORKTREE_NAME_PREFIX: &str = "ccflow-";
-/// Branches that exist only while a worktree is being created (libgit2 can
-/// only add a worktree on a branch; the worktree is detached right after).
-const TEMP_BRANCH_PREFIX: &str = "ccflow-tmp/";
 /// File in the worktree's git admin directory recording its run id, read by
 /// [`cleanup_stale`].
 const RUN_MARKER_FILE: &str = "ccflow-run";
@@ -28,7 +37,7 @@ pub struct Worktree {
     pub name: String,
 }
 
-/// Replaces what git refuses in a worktree or ref component.
+/// Replaces what git refuses in a worktree name.
 fn sanitize(part: &str) -> String {
     part.chars()
         .map(|character| {
@@ -41,6 +50,11 @@ fn sanitize(part: &str) -> String {
         .collect::<String>()
         .trim_start_matches('.')
         .to_owned()
+}
+
+/// The admin directory of worktree `name`.
+fn admin_dir(repo: &Repository, name: &str) -> PathBuf {
+    repo.commondir().join("worktrees").join(name)
 }
 
 /// Checks the snapshot out at `dir` (which must not exist, or be empty) as a
@@ -58,15 +72,10 @@ pub fn create_worktree(
         });
     }
     let git_name = format!("{WORKTREE_NAME_PREFIX}{run}-{instance}");
-    let repo =
-        Repository::open(&snapshot.repo_root).map_err(|source| WorkspaceError::NotARepository {
-            path: snapshot.repo_root.clone(),
-            source,
-        })?;
-    let root = snapshot.repo_root.as_path();
+    let (repo, _root) = open_repository(&snapshot.repo_root)?;
 
-    // libgit2 refuses an existing directory; an empty one (made by the
-    // caller) is fine to replace.
+    // An empty directory (made by the caller) is fine; anything else may be
+    // someone's files and is refused rather than overwritten.
     if dir.is_dir() && fs_err::read_dir(dir)?.next().is_none() {
         fs_err::remove_dir(dir)?;
     }
@@ -75,103 +84,94 @@ pub fn create_worktree(
             path: dir.to_owned(),
         });
     }
-    if let Some(parent) = dir.parent() {
-        fs_err::create_dir_all(parent)?;
-    }
-    // A stale admin entry of the same name (its directory gone) would make
-    // the add fail; prune it first.
-    if let Ok(stale) = repo.find_worktree(&git_name) {
-        if stale.validate().is_err() {
-            prune(&stale).map_err(WorkspaceError::git(
-                format!("prune the stale worktree `{git_name}`"),
-                root,
-            ))?;
+    let admin = admin_dir(&repo, &git_name);
+    fs_err::create_dir_all(admin.parent().unwrap_or(&admin))?;
+    match fs_err::create_dir(&admin) {
+        Ok(()) => {}
+        // A leftover entry whose checkout is gone is replaced; a live one
+        // means the name is taken.
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            if checkout_of(&admin).is_some_and(|checkout| checkout.exists()) {
+                return Err(WorkspaceError::WorktreeNameTaken { name: git_name });
+            }
+            fs_err::remove_dir_all(&admin)?;
+            fs_err::create_dir(&admin)?;
         }
+        Err(error) => return Err(error.into()),
     }
 
-    let commit = repo
-        .find_commit(snapshot.commit)
-        .map_err(WorkspaceError::git("find the snapshot commit", root))?;
-    let temp_branch_name = format!("{TEMP_BRANCH_PREFIX}{run}/{instance}");
-    let temp_branch =
-        repo.branch(&temp_branch_name, &commit, true)
-            .map_err(WorkspaceError::git(
-                format!("create the branch `{temp_branch_name}`"),
-                root,
-            ))?;
-    let mut options = WorktreeAddOptions::new();
-    options.reference(Some(temp_branch.get()));
-    let added = repo.worktree(&git_name, dir, Some(&options));
-    let result = added
-        .map_err(WorkspaceError::git(
-            format!("add the worktree `{}`", dir.display()),
-            root,
-        ))
-        .and_then(|_| {
-            fs_err::write(
-                repo.commondir()
-                    .join("worktrees")
-                    .join(&git_name)
-                    .join(RUN_MARKER_FILE),
-                &snapshot.run_id,
-            )?;
-            let checkout =
-                Repository::open(dir).map_err(WorkspaceError::git("open the new worktree", dir))?;
-            checkout
-                .set_head_detached(snapshot.commit)
-                .map_err(WorkspaceError::git("detach the worktree's HEAD", dir))
-        });
-    // The temporary branch goes whatever happened; once HEAD is detached it
-    // is no longer checked out anywhere.
-    let deleted = repo
-        .find_branch(&temp_branch_name, BranchType::Local)
-        .and_then(|mut branch| branch.delete());
-    if let Err(error) = result {
+    let made = register_and_check_out(snapshot, &admin, dir);
+    if let Err(error) = made {
         // Leave nothing half-made behind; what cannot be removed now,
         // `cleanup_stale` removes later.
-        if let Ok(partial) = repo.find_worktree(&git_name) {
-            let _ = prune(&partial);
-        }
         let _ = std::fs::remove_dir_all(dir);
+        let _ = std::fs::remove_dir_all(&admin);
         return Err(error);
     }
-    deleted.map_err(WorkspaceError::git(
-        format!("delete the branch `{temp_branch_name}`"),
-        root,
-    ))?;
     Ok(Worktree {
         path: dir.to_owned(),
         name: git_name,
     })
 }
 
-fn prune(worktree: &git2::Worktree) -> Result<(), git2::Error> {
-    worktree.prune(Some(
-        WorktreePruneOptions::new()
-            .valid(true)
-            .locked(false)
-            .working_tree(true),
-    ))
+fn register_and_check_out(
+    snapshot: &Snapshot,
+    admin: &Path,
+    dir: &Path,
+) -> Result<(), WorkspaceError> {
+    // `locked` keeps a concurrent `git worktree prune` off the entry while
+    // it is incomplete, as `git worktree add` does.
+    fs_err::write(admin.join("locked"), "initializing")?;
+    fs_err::write(admin.join(RUN_MARKER_FILE), &snapshot.run_id)?;
+    fs_err::create_dir_all(dir)?;
+    let checkout_dir = fs_err::canonicalize(dir)?;
+    let admin = fs_err::canonicalize(admin)?;
+    let mut dot_git = b"gitdir: ".to_vec();
+    dot_git.extend_from_slice(admin.as_os_str().as_bytes());
+    dot_git.push(b'\n');
+    fs_err::write(checkout_dir.join(".git"), dot_git)?;
+    let mut gitdir = checkout_dir.join(".git").into_os_string().into_vec();
+    gitdir.push(b'\n');
+    fs_err::write(admin.join("gitdir"), gitdir)?;
+    fs_err::write(admin.join("commondir"), "../..\n")?;
+    fs_err::write(admin.join("HEAD"), format!("{}\n", snapshot.commit))?;
+
+    let checkout = Repository::open(&checkout_dir)
+        .map_err(WorkspaceError::git("open the new worktree", &checkout_dir))?;
+    // The commit must be looked up through the worktree's own handle:
+    // libgit2 refuses to check out an object of another repository object.
+    let commit = checkout
+        .find_commit(snapshot.commit)
+        .map_err(WorkspaceError::git(
+            "find the snapshot commit",
+            &checkout_dir,
+        ))?;
+    // Writes the files and the worktree's index (with stat data, which makes
+    // the later `diff` fast).
+    checkout
+        .checkout_tree(commit.as_object(), Some(CheckoutBuilder::new().force()))
+        .map_err(WorkspaceError::git("check out the snapshot", &checkout_dir))?;
+    fs_err::remove_file(admin.join("locked"))?;
+    Ok(())
+}
+
+/// The checkout directory an admin entry points at (from its `gitdir` file).
+fn checkout_of(admin: &Path) -> Option<PathBuf> {
+    let content = std::fs::read(admin.join("gitdir")).ok()?;
+    let line = content.strip_suffix(b"\n").unwrap_or(&content);
+    let dot_git = Path::new(OsStr::from_bytes(line));
+    dot_git.parent().map(Path::to_owned)
 }
 
 /// Deletes a worktree's directory and its git admin entry.
 pub fn remove_worktree(snapshot_repo: &Path, worktree: &Worktree) -> Result<(), WorkspaceError> {
-    let (repo, root) = open_repository(snapshot_repo)?;
-    if worktree.path.exists() {
+    let (repo, _root) = open_repository(snapshot_repo)?;
+    if fs_err::symlink_metadata(&worktree.path).is_ok() {
         fs_err::remove_dir_all(&worktree.path)?;
     }
-    match repo.find_worktree(&worktree.name) {
-        Ok(registered) => prune(&registered).map_err(WorkspaceError::git(
-            format!("prune the worktree `{}`", worktree.name),
-            &root,
-        ))?,
-        Err(error) if error.code() == ErrorCode::NotFound => {}
-        Err(error) => {
-            return Err(WorkspaceError::git(
-                format!("find the worktree `{}`", worktree.name),
-                &root,
-            )(error))
-        }
+    let admin = admin_dir(&repo, &worktree.name);
+    if admin.exists() {
+        fs_err::remove_dir_all(&admin)?;
     }
     // The per-run folder goes with its last worktree; failing to remove a
     // non-empty folder is expected.
@@ -192,10 +192,9 @@ pub fn cleanup_stale(
 }
 
 /// Removes the leftovers of runs for which `is_live` is false: ccflow
-/// worktrees (directory and git admin entry), folders under `worktrees_dir`
-/// (one per run id), snapshot refs and temporary branches. The user's own
-/// worktrees and refs are never touched. Returns how many worktrees, folders
-/// and refs were removed.
+/// worktrees (checkout and git admin entry), folders under `worktrees_dir`
+/// (one per run id) and snapshot refs. The user's own worktrees and refs are
+/// never touched. Returns how many worktrees, folders and refs were removed.
 pub fn cleanup_stale_with(
     repo_root: &Path,
     worktrees_dir: &Path,
@@ -204,39 +203,38 @@ pub fn cleanup_stale_with(
     let (repo, root) = open_repository(repo_root)?;
     let mut removed = 0;
 
-    let names = repo
-        .worktrees()
-        .map_err(WorkspaceError::git("list worktrees", &root))?;
-    for name in names.iter().flatten() {
-        if !name.starts_with(WORKTREE_NAME_PREFIX) {
-            continue;
-        }
-        let Ok(worktree) = repo.find_worktree(name) else {
-            continue;
-        };
-        let marker = repo
-            .commondir()
-            .join("worktrees")
-            .join(name)
-            .join(RUN_MARKER_FILE);
-        let run = std::fs::read_to_string(&marker)
-            .ok()
-            .or_else(|| run_of_path(worktrees_dir, worktree.path()).map(str::to_owned));
-        let stale = match run {
-            Some(run) => !is_live(&run),
-            // Unknown run (a crash between `add` and the marker): only an
-            // entry whose checkout is gone is surely dead.
-            None => worktree.validate().is_err(),
-        };
-        if stale {
-            if worktree.path().exists() {
-                fs_err::remove_dir_all(worktree.path())?;
+    let admin_root = repo.commondir().join("worktrees");
+    if admin_root.is_dir() {
+        for entry in fs_err::read_dir(&admin_root)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if !name.starts_with(WORKTREE_NAME_PREFIX) {
+                continue;
             }
-            prune(&worktree).map_err(WorkspaceError::git(
-                format!("prune the worktree `{name}`"),
-                &root,
-            ))?;
-            removed += 1;
+            let admin = entry.path();
+            let checkout = checkout_of(&admin);
+            let run = std::fs::read_to_string(admin.join(RUN_MARKER_FILE))
+                .ok()
+                .or_else(|| {
+                    checkout
+                        .as_deref()
+                        .and_then(|path| run_of_path(worktrees_dir, path))
+                        .map(str::to_owned)
+                });
+            let stale = match run {
+                Some(run) => !is_live(&run),
+                // Unknown run (a crash before the marker was written): only
+                // an entry whose checkout is gone is surely dead.
+                None => !checkout.as_deref().is_some_and(Path::exists),
+            };
+            if stale {
+                if let Some(checkout) = checkout.filter(|path| path.exists()) {
+                    fs_err::remove_dir_all(checkout)?;
+                }
+                fs_err::remove_dir_all(&admin)?;
+                removed += 1;
+            }
         }
     }
 
@@ -252,45 +250,22 @@ pub fn cleanup_stale_with(
         }
     }
 
-    let mut stale_refs = Vec::new();
-    for pattern in [
-        format!("{SNAPSHOT_REF_PREFIX}*"),
-        format!("refs/heads/{TEMP_BRANCH_PREFIX}*"),
-    ] {
-        let references = repo
-            .references_glob(&pattern)
-            .map_err(WorkspaceError::git("list ccflow refs", &root))?;
-        for reference in references.flatten() {
-            let Some(name) = reference.name() else {
-                continue;
-            };
-            let run = name
-                .strip_prefix(SNAPSHOT_REF_PREFIX)
-                .or_else(|| {
-                    name.strip_prefix("refs/heads/")
-                        .and_then(|branch| branch.strip_prefix(TEMP_BRANCH_PREFIX))
-                        .and_then(|rest| rest.split('/').next())
-                })
-                .unwrap_or_default();
-            if !is_live(run) {
-                stale_refs.push((name.to_owned(), run.to_owned()));
-            }
-        }
-    }
-    for (name, run) in stale_refs {
-        let deleted = if name.starts_with(SNAPSHOT_REF_PREFIX) {
-            delete_snapshot_ref(&repo, &run)
-        } else {
-            repo.find_reference(&name)
-                .and_then(|mut reference| reference.delete())
-                .map(|()| true)
-        };
-        if deleted.map_err(WorkspaceError::git(
-            format!("delete the ref `{name}`"),
+    let references = repo
+        .references_glob(&format!("{SNAPSHOT_REF_PREFIX}*"))
+        .map_err(WorkspaceError::git("list ccflow refs", &root))?;
+    let stale_runs: Vec<String> = references
+        .flatten()
+        .filter_map(|reference| {
+            let run = reference.name()?.strip_prefix(SNAPSHOT_REF_PREFIX)?;
+            (!is_live(run)).then(|| run.to_owned())
+        })
+        .collect();
+    for run in stale_runs {
+        let deleted = delete_snapshot_ref(&repo, &run).map_err(WorkspaceError::git(
+            format!("delete the ref `{SNAPSHOT_REF_PREFIX}{run}`"),
             &root,
-        ))? {
-            removed += 1;
-        }
+        ))?;
+        removed += usize::from(deleted);
     }
     Ok(removed)
 }
