@@ -364,7 +364,9 @@ fn write_file(temporary: &Path, side: &Side, previous: Option<u32>) -> Result<()
 
 /// Commits `patch` on branch `branch` (created at the snapshot commit when
 /// missing), merging three-way with what earlier commits on the branch did to
-/// the same files. Never touches the working tree, the index or HEAD.
+/// the same files, and returns the branch's new tip. A patch that changes
+/// nothing on the branch makes no commit (the tip is returned as is). Never
+/// touches the working tree, the index or HEAD.
 pub fn commit_to_branch(
     snapshot: &Snapshot,
     branch: &str,
@@ -471,6 +473,18 @@ pub fn commit_to_branch(
     let tree_id = index
         .write_tree_to(&repo)
         .map_err(WorkspaceError::git("write the commit tree", &root))?;
+    // Nothing to record (an empty patch, or changes the branch already has):
+    // no empty commit, the branch just has to exist.
+    if tree_id == parent_tree.id() {
+        if existing.is_none() {
+            repo.reference(&ref_name, parent.id(), false, "ccflow: branch")
+                .map_err(WorkspaceError::git(
+                    format!("create the branch `{branch}`"),
+                    &root,
+                ))?;
+        }
+        return Ok(parent.id());
+    }
     let tree = repo
         .find_tree(tree_id)
         .map_err(WorkspaceError::git("read the commit tree", &root))?;

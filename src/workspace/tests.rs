@@ -768,6 +768,18 @@ fn commit_to_branch_commits_without_touching_the_working_tree() {
     assert_eq!(git(root, &["rev-parse", "HEAD"]), head_before);
     assert_eq!(read(root, "a.txt"), "1\n2\n3\n4\n5\n6\n7\n8\n");
 
+    // A patch the branch already holds makes no empty commit.
+    assert_eq!(
+        commit_to_branch(&snapshot, "ccflow/run10", &second, "again").unwrap(),
+        second_commit
+    );
+    let empty = commit_to_branch(&snapshot, "ccflow/empty", &Patch::default(), "x").unwrap();
+    assert_eq!(empty, snapshot.commit);
+    assert_eq!(
+        git(root, &["rev-parse", "ccflow/empty"]).trim(),
+        snapshot.commit.to_string()
+    );
+
     // The same lines again: the branch already has them changed.
     let (_third_tree, third) = agent_patch(&snapshot, "2", |path| {
         write(path, "a.txt", "uno\n2\n3\n4\n5\n6\n7\n8\n");
