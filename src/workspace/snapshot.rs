@@ -45,8 +45,9 @@ pub(crate) fn open_repository(path: &Path) -> Result<(Repository, PathBuf), Work
         source,
     })?;
     let root =
+        // Rebuilt from components to drop libgit2's trailing slash.
         repo.workdir()
-            .map(Path::to_owned)
+            .map(|workdir| workdir.components().collect::<PathBuf>())
             .ok_or_else(|| WorkspaceError::BareRepository {
                 path: path.to_owned(),
             })?;

@@ -178,7 +178,7 @@ fn snapshot_holds_working_files_and_leaves_head_and_index_alone() {
     assert_eq!(ref_target.trim(), snapshot.commit.to_string());
     let parent = git(root, &["rev-parse", &format!("{}^", snapshot.commit)]);
     assert_eq!(parent, head_before);
-    assert_eq!(snapshot.repo_root, root.canonicalize().unwrap().join(""));
+    assert_eq!(snapshot.repo_root, root.canonicalize().unwrap());
     release_snapshot(&snapshot).unwrap();
     release_snapshot(&snapshot).unwrap();
     assert_eq!(git(root, &["for-each-ref", "refs/ccflow"]), "");
@@ -258,6 +258,12 @@ fn worktree_is_a_detached_checkout_equal_to_the_snapshot() {
         .file_type()
         .is_symlink());
     assert_eq!(git(&dir, &["status", "--porcelain"]), "");
+    // The user's status does not show the state directory either.
+    assert_eq!(read(root, ".ccflow/.gitignore"), "*\n");
+    assert_eq!(
+        git(root, &["status", "--porcelain"]),
+        " M a.txt\n M run.sh\n?? link\n?? untracked/\n"
+    );
     assert_eq!(
         git(&dir, &["rev-parse", "HEAD"]).trim(),
         snapshot.commit.to_string()

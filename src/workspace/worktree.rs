@@ -84,6 +84,7 @@ pub fn create_worktree(
             path: dir.to_owned(),
         });
     }
+    ignore_state_dir(dir)?;
     let admin = admin_dir(&repo, &git_name);
     fs_err::create_dir_all(admin.parent().unwrap_or(&admin))?;
     match fs_err::create_dir(&admin) {
@@ -152,6 +153,24 @@ fn register_and_check_out(
         .checkout_tree(commit.as_object(), Some(CheckoutBuilder::new().force()))
         .map_err(WorkspaceError::git("check out the snapshot", &checkout_dir))?;
     fs_err::remove_file(admin.join("locked"))?;
+    Ok(())
+}
+
+/// Makes sure a checkout under a `.ccflow/` state directory is invisible to
+/// the user's `git status`: the state directory ignores itself with a
+/// `.gitignore` holding `*` (written here when nothing else made it yet).
+fn ignore_state_dir(dir: &Path) -> Result<(), WorkspaceError> {
+    let Some(state_dir) = dir
+        .ancestors()
+        .find(|ancestor| ancestor.file_name() == Some(OsStr::new(super::STATE_DIR_NAME)))
+    else {
+        return Ok(());
+    };
+    let gitignore = state_dir.join(".gitignore");
+    if fs_err::symlink_metadata(&gitignore).is_err() {
+        fs_err::create_dir_all(state_dir)?;
+        fs_err::write(&gitignore, "*\n")?;
+    }
     Ok(())
 }
 
