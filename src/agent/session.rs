@@ -122,6 +122,8 @@ pub struct SessionOutcome {
     pub killed: bool,
     /// The end of stderr (at most 4 KiB), for failure messages.
     pub stderr_tail: String,
+    /// The process id (also its process group id), when it started.
+    pub pid: Option<u32>,
 }
 
 /// Where a session's stderr is kept: beside the transcript, `.stderr` added.
@@ -158,6 +160,7 @@ pub async fn run_session(
         duration: Duration::ZERO,
         killed: false,
         stderr_tail: String::new(),
+        pid: None,
     };
     let spawn_failed = |error: String| SessionStatus::SpawnFailed {
         binary: spec.binary.clone(),
@@ -191,6 +194,7 @@ pub async fn run_session(
             return outcome;
         }
     };
+    outcome.pid = child.id();
     let pgid = child.id().and_then(|pid| i32::try_from(pid).ok());
 
     if let Some(mut stdin) = child.stdin.take() {
