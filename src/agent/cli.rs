@@ -60,7 +60,9 @@ const DEFAULT_PERMISSION_MODE: &str = "acceptEdits";
 /// `CCFLOW_CLAUDE`, else `claude` on `PATH`. A value with a `/` is a path;
 /// a bare name is looked up on `PATH`.
 pub fn find_claude(command: Option<&str>) -> Result<PathBuf, AgentError> {
-    let from_env = std::env::var("CCFLOW_CLAUDE").ok().filter(|value| !value.is_empty());
+    let from_env = std::env::var("CCFLOW_CLAUDE")
+        .ok()
+        .filter(|value| !value.is_empty());
     let (wanted, origin) = match (command, from_env.as_deref()) {
         (Some(command), _) => (command.to_owned(), "`agent.command`"),
         (None, Some(value)) => (value.to_owned(), "`CCFLOW_CLAUDE`"),
@@ -71,7 +73,11 @@ pub fn find_claude(command: Option<&str>) -> Result<PathBuf, AgentError> {
     };
     if wanted.contains('/') {
         let path = PathBuf::from(&wanted);
-        return if is_executable(&path) { Ok(path) } else { Err(not_found()) };
+        return if is_executable(&path) {
+            Ok(path)
+        } else {
+            Err(not_found())
+        };
     }
     let path_var = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path_var)
@@ -82,7 +88,8 @@ pub fn find_claude(command: Option<&str>) -> Result<PathBuf, AgentError> {
 
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+    std::fs::metadata(path)
+        .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
 }
 
 /// `claude --version` (e.g. `2.1.332 (Claude Code)`), run once per binary path
@@ -90,7 +97,11 @@ fn is_executable(path: &Path) -> bool {
 pub fn claude_version(bin: &Path) -> Result<String, AgentError> {
     static CACHE: OnceLock<Mutex<HashMap<PathBuf, String>>> = OnceLock::new();
     let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
-    if let Some(version) = cache.lock().unwrap_or_else(PoisonError::into_inner).get(bin) {
+    if let Some(version) = cache
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(bin)
+    {
         return Ok(version.clone());
     }
     let output = std::process::Command::new(bin)
@@ -164,7 +175,10 @@ pub fn build_args(opts: &AgentOptions, resume: Option<&str>, persist_session: bo
     if let Some(config) = &opts.mcp_config {
         flag("--mcp-config", config.clone());
     }
-    let mode = opts.permission_mode.as_deref().unwrap_or(DEFAULT_PERMISSION_MODE);
+    let mode = opts
+        .permission_mode
+        .as_deref()
+        .unwrap_or(DEFAULT_PERMISSION_MODE);
     flag("--permission-mode", mode.to_owned());
     if let Some(session) = resume {
         flag("--resume", session.to_owned());

@@ -323,8 +323,18 @@ pub async fn run_session(
         Some(Stop::TimedOut) => SessionStatus::TimedOut,
         Some(Stop::Idle) => SessionStatus::IdleTimeout,
         // A kill after the result does not make the exit status count.
-        Some(Stop::AfterResult) => classify(outcome.result.as_ref(), None, outcome.api_retries, malformed),
-        None => classify(outcome.result.as_ref(), exit_failure, outcome.api_retries, malformed),
+        Some(Stop::AfterResult) => classify(
+            outcome.result.as_ref(),
+            None,
+            outcome.api_retries,
+            malformed,
+        ),
+        None => classify(
+            outcome.result.as_ref(),
+            exit_failure,
+            outcome.api_retries,
+            malformed,
+        ),
     };
     outcome
 }
@@ -356,7 +366,11 @@ fn classify(
         "error_max_budget_usd" => return SessionStatus::MaxBudget,
         "success" => {}
         other => {
-            let details = if result.errors.is_empty() { text } else { result.errors.join("; ") };
+            let details = if result.errors.is_empty() {
+                text
+            } else {
+                result.errors.join("; ")
+            };
             return SessionStatus::Failed {
                 reason: format!("`{other}`: {details}"),
             };
@@ -364,7 +378,11 @@ fn classify(
     }
     if result.is_error {
         return SessionStatus::Failed {
-            reason: if text.is_empty() { "the result has `is_error: true`".to_owned() } else { text },
+            reason: if text.is_empty() {
+                "the result has `is_error: true`".to_owned()
+            } else {
+                text
+            },
         };
     }
     match exit_failure {
@@ -378,7 +396,11 @@ fn rate_limit_status(result: &ResultMessage) -> Option<u16> {
     if let Some(status) = result.api_error_status {
         return matches!(status, 429 | 529).then_some(status);
     }
-    let text = result.result.as_deref().unwrap_or_default().to_ascii_lowercase();
+    let text = result
+        .result
+        .as_deref()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     if text.contains("529") || text.contains("overloaded") {
         Some(529)
     } else if text.contains("429") || text.contains("rate limit") || text.contains("rate_limit") {
@@ -393,7 +415,8 @@ fn open_files(transcript: &Path) -> Result<(tokio::fs::File, std::fs::File), Str
         fs_err::create_dir_all(parent).map_err(|error| error.to_string())?;
     }
     let transcript_file = fs_err::File::create(transcript).map_err(|error| error.to_string())?;
-    let stderr_file = fs_err::File::create(stderr_path(transcript)).map_err(|error| error.to_string())?;
+    let stderr_file =
+        fs_err::File::create(stderr_path(transcript)).map_err(|error| error.to_string())?;
     Ok((
         tokio::fs::File::from_std(transcript_file.into_parts().0),
         stderr_file.into_parts().0,

@@ -31,7 +31,12 @@ impl Usage {
     }
 
     fn from_json(value: Option<&Value>) -> Usage {
-        let field = |name: &str| value.and_then(|usage| usage.get(name)).and_then(Value::as_u64).unwrap_or(0);
+        let field = |name: &str| {
+            value
+                .and_then(|usage| usage.get(name))
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+        };
         Usage {
             input: field("input_tokens"),
             output: field("output_tokens"),
@@ -177,7 +182,9 @@ pub fn parse_line(line: &str, line_number: usize) -> Result<StreamEvent, StreamE
     };
     let value: Value = serde_json::from_str(line).map_err(|error| malformed(error.to_string()))?;
     let Some(kind) = value.get("type").and_then(Value::as_str).map(str::to_owned) else {
-        return Err(malformed("not a JSON object with a string `type`".to_owned()));
+        return Err(malformed(
+            "not a JSON object with a string `type`".to_owned(),
+        ));
     };
     Ok(match kind.as_str() {
         "system" => parse_system(value),
@@ -196,10 +203,15 @@ pub fn parse_line(line: &str, line_number: usize) -> Result<StreamEvent, StreamE
                 .map(|blocks| {
                     blocks
                         .iter()
-                        .filter(|block| block.get("type").and_then(Value::as_str) == Some("tool_result"))
+                        .filter(|block| {
+                            block.get("type").and_then(Value::as_str) == Some("tool_result")
+                        })
                         .map(|block| {
                             let id = string(block, "tool_use_id").unwrap_or_default();
-                            let is_error = block.get("is_error").and_then(Value::as_bool).unwrap_or(false);
+                            let is_error = block
+                                .get("is_error")
+                                .and_then(Value::as_bool)
+                                .unwrap_or(false);
                             (id, is_error)
                         })
                         .collect()
@@ -222,13 +234,22 @@ fn parse_system(value: Value) -> StreamEvent {
             tools: value
                 .get("tools")
                 .and_then(Value::as_array)
-                .map(|tools| tools.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+                .map(|tools| {
+                    tools
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect()
+                })
                 .unwrap_or_default(),
         },
         "api_retry" => StreamEvent::ApiRetry {
             attempt: small(&value, "attempt").unwrap_or(0),
             max_retries: small(&value, "max_retries").unwrap_or(0),
-            retry_delay_ms: value.get("retry_delay_ms").and_then(Value::as_u64).unwrap_or(0),
+            retry_delay_ms: value
+                .get("retry_delay_ms")
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
             error_status: status(&value, "error_status"),
             error: string(&value, "error"),
         },
@@ -236,7 +257,10 @@ fn parse_system(value: Value) -> StreamEvent {
             tool_name: string(&value, "tool_name"),
             raw: value,
         },
-        _ => StreamEvent::System { subtype, raw: value },
+        _ => StreamEvent::System {
+            subtype,
+            raw: value,
+        },
     }
 }
 
@@ -260,18 +284,28 @@ fn parse_result(value: &Value) -> ResultMessage {
         .map(|errors| {
             errors
                 .iter()
-                .map(|error| error.as_str().map_or_else(|| error.to_string(), str::to_owned))
+                .map(|error| {
+                    error
+                        .as_str()
+                        .map_or_else(|| error.to_string(), str::to_owned)
+                })
                 .collect()
         })
         .unwrap_or_default();
     ResultMessage {
         subtype: string(value, "subtype").unwrap_or_default(),
-        is_error: value.get("is_error").and_then(Value::as_bool).unwrap_or(false),
+        is_error: value
+            .get("is_error")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
         num_turns: small(value, "num_turns").unwrap_or(0),
         result: string(value, "result"),
         session_id: string(value, "session_id"),
         usage: Usage::from_json(value.get("usage")),
-        total_cost_usd: value.get("total_cost_usd").and_then(Value::as_f64).unwrap_or(0.0),
+        total_cost_usd: value
+            .get("total_cost_usd")
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0),
         permission_denials: value
             .get("permission_denials")
             .and_then(Value::as_array)

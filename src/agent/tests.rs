@@ -48,12 +48,19 @@ fn env_for(mock: &MockServer, home: &Path, extra: &[(&str, &str)]) -> Vec<(Strin
         ("PATH".to_owned(), std::env::var("PATH").unwrap_or_default()),
         ("HOME".to_owned(), home.display().to_string()),
         ("LANG".to_owned(), "C.UTF-8".to_owned()),
-        ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC".to_owned(), "1".to_owned()),
+        (
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC".to_owned(),
+            "1".to_owned(),
+        ),
         ("DISABLE_AUTOUPDATER".to_owned(), "1".to_owned()),
         ("ANTHROPIC_BASE_URL".to_owned(), mock.base_url()),
         ("ANTHROPIC_API_KEY".to_owned(), "test-key".to_owned()),
     ];
-    env.extend(extra.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())));
+    env.extend(
+        extra
+            .iter()
+            .map(|(key, value)| ((*key).to_owned(), (*value).to_owned())),
+    );
     env
 }
 
@@ -70,7 +77,11 @@ impl Fixture {
     }
     fn work(&self) -> PathBuf {
         // The CLI reports the canonical path (`/tmp` may be a symlink).
-        self.dir.path().join("work").canonicalize().expect("canonical work dir")
+        self.dir
+            .path()
+            .join("work")
+            .canonicalize()
+            .expect("canonical work dir")
     }
     fn home(&self) -> PathBuf {
         self.dir.path().join("home")
@@ -78,7 +89,12 @@ impl Fixture {
     fn transcript(&self) -> PathBuf {
         self.dir.path().join("run/transcript.ndjson")
     }
-    fn spec(&self, binary: PathBuf, opts: &AgentOptions, env: Vec<(String, String)>) -> SessionSpec {
+    fn spec(
+        &self,
+        binary: PathBuf,
+        opts: &AgentOptions,
+        env: Vec<(String, String)>,
+    ) -> SessionSpec {
         SessionSpec {
             binary,
             args: build_args(opts, None, false),
@@ -118,7 +134,7 @@ fn alive(pid: u32) -> bool {
     // A reaped process has no /proc entry; a zombie would still have one,
     // so check its state too.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|stat| !stat.split_whitespace().nth(2).is_some_and(|state| state == "Z"))
+        .is_ok_and(|stat| stat.split_whitespace().nth(2) != Some("Z"))
 }
 
 // ---------------------------------------------------------------- units
@@ -169,7 +185,10 @@ fn build_args_maps_every_option_in_order() {
             "acceptEdits",
         ]
     );
-    assert!(!args.iter().any(|arg| arg == "ignored"), "the prompt goes on stdin");
+    assert!(
+        !args.iter().any(|arg| arg == "ignored"),
+        "the prompt goes on stdin"
+    );
 }
 
 #[test]
@@ -201,8 +220,14 @@ fn find_claude_names_the_install_commands_when_missing() {
     let error = find_claude(Some("/nonexistent/dir/claude")).expect_err("missing binary");
     let message = error.to_string();
     assert!(message.contains("/nonexistent/dir/claude"), "{message}");
-    assert!(message.contains("npm install -g @anthropic-ai/claude-code"), "{message}");
-    assert!(message.contains("pip install claude-agent-sdk"), "{message}");
+    assert!(
+        message.contains("npm install -g @anthropic-ai/claude-code"),
+        "{message}"
+    );
+    assert!(
+        message.contains("pip install claude-agent-sdk"),
+        "{message}"
+    );
     assert!(message.contains("CCFLOW_CLAUDE"), "{message}");
     let error = find_claude(Some("no-such-claude-binary-xyz")).expect_err("not on PATH");
     assert!(error.to_string().contains("no-such-claude-binary-xyz"));
@@ -229,12 +254,21 @@ fn parse_line_types_and_errors() {
         2,
     )
     .expect("retry");
-    assert!(matches!(retry, StreamEvent::ApiRetry { attempt: 2, error_status: Some(429), .. }));
+    assert!(matches!(
+        retry,
+        StreamEvent::ApiRetry {
+            attempt: 2,
+            error_status: Some(429),
+            ..
+        }
+    ));
     let unknown = parse_line(r#"{"type":"stream_event","x":1}"#, 3).expect("unknown kept");
     assert!(matches!(unknown, StreamEvent::Unknown { ref kind, .. } if kind == "stream_event"));
     let error = parse_line("{not json", 7).expect_err("malformed");
     assert_eq!(error.line, 7);
-    assert!(error.to_string().starts_with("malformed stream-json line 7"));
+    assert!(error
+        .to_string()
+        .starts_with("malformed stream-json line 7"));
     let error = parse_line("[1,2]", 9).expect_err("no type");
     assert_eq!(error.line, 9);
     let result = parse_line(
@@ -269,14 +303,24 @@ fn activity_shows_tools_relative_to_the_worktree() {
         1,
     )
     .expect("assistant");
-    assert_eq!(activity(&event, Path::new("/w")).as_deref(), Some("Edit src/lib.rs"));
+    assert_eq!(
+        activity(&event, Path::new("/w")).as_deref(),
+        Some("Edit src/lib.rs")
+    );
     let bash = parse_line(
         r#"{"type":"assistant","message":{"content":[{"type":"tool_use","id":"t","name":"Bash","input":{"command":"cargo check\necho done"}}]}}"#,
         1,
     )
     .expect("assistant");
-    assert_eq!(activity(&bash, Path::new("/w")).as_deref(), Some("Bash cargo check"));
-    let text = parse_line(r#"{"type":"assistant","message":{"content":[{"type":"text","text":"hi"}]}}"#, 1).expect("text");
+    assert_eq!(
+        activity(&bash, Path::new("/w")).as_deref(),
+        Some("Bash cargo check")
+    );
+    let text = parse_line(
+        r#"{"type":"assistant","message":{"content":[{"type":"text","text":"hi"}]}}"#,
+        1,
+    )
+    .expect("text");
     assert_eq!(activity(&text, Path::new("/w")), None);
 }
 
@@ -305,7 +349,9 @@ async fn real_cli_reads_then_edits_a_file_with_exact_usage_and_cost() {
     let Some(claude) = real_claude() else { return };
     let fixture = Fixture::new();
     std::fs::write(fixture.work().join("greeting.txt"), "hello world\n").expect("write");
-    let mock = MockServer::start(script(READ_EDIT_SCRIPT), 0).await.expect("mock");
+    let mock = MockServer::start(script(READ_EDIT_SCRIPT), 0)
+        .await
+        .expect("mock");
     let opts = AgentOptions {
         prompt: "Fix the greeting in greeting.txt".to_owned(),
         model: Some("sonnet".to_owned()),
@@ -333,14 +379,21 @@ async fn real_cli_reads_then_edits_a_file_with_exact_usage_and_cost() {
     // `sonnet` resolves to claude-sonnet-5-5 in CLI 2.1.332, priced per
     // million tokens at $2 input, $10 output, $2.50 cache write, $0.10 cache
     // read: 1800*2 + 350*10 + 2000*2.5 + 8000*0.1 = 12900 per million.
-    assert!((outcome.cost_usd - 0.0129).abs() < 1e-9, "cost {}", outcome.cost_usd);
+    assert!(
+        (outcome.cost_usd - 0.0129).abs() < 1e-9,
+        "cost {}",
+        outcome.cost_usd
+    );
     assert_eq!(mock.model_request_count(), 3);
     assert_eq!(mock.stats().per_rule.get("greeting"), Some(&3));
     assert!(outcome.session_id.is_some());
     assert_eq!(slot.lock().expect("slot").as_str(), "Edit greeting.txt");
     let transcript = std::fs::read_to_string(fixture.transcript()).expect("transcript");
     assert!(transcript.lines().count() >= 5, "{transcript}");
-    assert!(transcript.lines().last().is_some_and(|line| line.contains(r#""type":"result""#)));
+    assert!(transcript
+        .lines()
+        .last()
+        .is_some_and(|line| line.contains(r#""type":"result""#)));
     assert!(outcome.pid.is_some_and(|pid| !alive(pid)));
     mock.shutdown().await;
 }
@@ -370,7 +423,10 @@ async fn real_cli_retries_429_twice_then_succeeds() {
     let outcome = run_session(spec, CancellationToken::new(), None).await;
     assert_eq!(outcome.status, SessionStatus::Succeeded, "{outcome:#?}");
     assert_eq!(outcome.api_retries, 2);
-    assert_eq!(outcome.result.as_ref().and_then(|r| r.result.as_deref()), Some("after the rate limit"));
+    assert_eq!(
+        outcome.result.as_ref().and_then(|r| r.result.as_deref()),
+        Some("after the rate limit")
+    );
     let stats = mock.stats();
     assert_eq!(stats.model_requests, 3);
     assert_eq!(stats.faults_injected, 2);
@@ -379,7 +435,11 @@ async fn real_cli_retries_429_twice_then_succeeds() {
         .lines()
         .filter_map(|line| parse_line(line, 0).ok())
         .filter_map(|event| match event {
-            StreamEvent::ApiRetry { attempt, error_status, .. } => Some((attempt, error_status)),
+            StreamEvent::ApiRetry {
+                attempt,
+                error_status,
+                ..
+            } => Some((attempt, error_status)),
             _ => None,
         })
         .collect();
@@ -400,7 +460,12 @@ async fn real_cli_persistent_overload_is_rate_limited() {
         };
         // One internal retry keeps the test short (the default is 10, with backoff).
         let env = env_for(&mock, &fixture.home(), &[("CLAUDE_CODE_MAX_RETRIES", "1")]);
-        let outcome = run_session(fixture.spec(claude.clone(), &opts, env), CancellationToken::new(), None).await;
+        let outcome = run_session(
+            fixture.spec(claude.clone(), &opts, env),
+            CancellationToken::new(),
+            None,
+        )
+        .await;
         assert_eq!(
             outcome.status,
             SessionStatus::RateLimited {
@@ -444,7 +509,10 @@ async fn real_cli_turn_limit_is_max_turns() {
     )
     .await;
     assert_eq!(outcome.status, SessionStatus::MaxTurns, "{outcome:#?}");
-    assert_eq!(outcome.result.as_ref().map(|r| r.subtype.as_str()), Some("error_max_turns"));
+    assert_eq!(
+        outcome.result.as_ref().map(|r| r.subtype.as_str()),
+        Some("error_max_turns")
+    );
     assert_eq!(mock.model_request_count(), 1);
     mock.shutdown().await;
 }
@@ -465,7 +533,11 @@ async fn real_cli_hung_stream_is_idle_timeout_and_leaves_no_process() {
     let outcome = run_session(spec, CancellationToken::new(), None).await;
     assert_eq!(outcome.status, SessionStatus::IdleTimeout, "{outcome:#?}");
     assert!(outcome.killed);
-    assert!(outcome.duration < Duration::from_secs(10), "{:?}", outcome.duration);
+    assert!(
+        outcome.duration < Duration::from_secs(10),
+        "{:?}",
+        outcome.duration
+    );
     let pid = outcome.pid.expect("pid");
     assert!(!alive(pid), "claude {pid} survived");
     assert_eq!(processes_in(&fixture.work()), Vec::<u32>::new());
@@ -500,7 +572,10 @@ async fn real_cli_recovers_from_a_stream_cut_mid_turn() {
     )
     .await;
     assert_eq!(outcome.status, SessionStatus::Succeeded, "{outcome:#?}");
-    assert_eq!(outcome.result.as_ref().and_then(|r| r.result.as_deref()), Some("second try worked"));
+    assert_eq!(
+        outcome.result.as_ref().and_then(|r| r.result.as_deref()),
+        Some("second try worked")
+    );
     assert_eq!(mock.model_request_count(), 2);
     mock.shutdown().await;
 }
@@ -545,7 +620,12 @@ async fn hang_after_result_is_killed_and_still_succeeds() {
             pids.display()
         ),
     );
-    let outcome = run_session(stand_in_spec(&fixture, binary), CancellationToken::new(), None).await;
+    let outcome = run_session(
+        stand_in_spec(&fixture, binary),
+        CancellationToken::new(),
+        None,
+    )
+    .await;
     assert_eq!(outcome.status, SessionStatus::Succeeded, "{outcome:#?}");
     assert!(outcome.killed);
     assert!(outcome.duration < Duration::from_secs(5));
@@ -560,10 +640,7 @@ async fn hang_after_result_is_killed_and_still_succeeds() {
 #[tokio::test]
 async fn stand_in_outcomes_follow_the_failure_rule() {
     let cases: &[(&str, SessionStatus)] = &[
-        (
-            "exit 3\n",
-            SessionStatus::NoResult,
-        ),
+        ("exit 3\n", SessionStatus::NoResult),
         (
             &format!("echo '{SUCCESS_RESULT}'\nexit 1\n"),
             SessionStatus::Failed {
@@ -604,7 +681,12 @@ async fn stand_in_outcomes_follow_the_failure_rule() {
     for (body, expected) in cases {
         let fixture = Fixture::new();
         let binary = stand_in(&fixture, body);
-        let outcome = run_session(stand_in_spec(&fixture, binary), CancellationToken::new(), None).await;
+        let outcome = run_session(
+            stand_in_spec(&fixture, binary),
+            CancellationToken::new(),
+            None,
+        )
+        .await;
         assert_eq!(&outcome.status, expected, "script: {body}");
     }
 }
@@ -612,7 +694,10 @@ async fn stand_in_outcomes_follow_the_failure_rule() {
 #[tokio::test]
 async fn stand_in_idle_timeout_wall_timeout_and_cancel() {
     let fixture = Fixture::new();
-    let binary = stand_in(&fixture, "echo '{\"type\":\"system\",\"subtype\":\"init\"}'\nsleep 30\n");
+    let binary = stand_in(
+        &fixture,
+        "echo '{\"type\":\"system\",\"subtype\":\"init\"}'\nsleep 30\n",
+    );
 
     let mut spec = stand_in_spec(&fixture, binary.clone());
     spec.idle_timeout = Duration::from_millis(400);
@@ -650,14 +735,24 @@ async fn stand_in_receives_prompt_on_stdin_and_exact_env() {
     );
     let mut spec = stand_in_spec(&fixture, binary);
     spec.args = vec!["-p".to_owned(), "--verbose".to_owned()];
-    spec.env.push(("CCFLOW_TEST_MARK".to_owned(), "1".to_owned()));
+    spec.env
+        .push(("CCFLOW_TEST_MARK".to_owned(), "1".to_owned()));
     let outcome = run_session(spec, CancellationToken::new(), None).await;
     assert_eq!(outcome.status, SessionStatus::Succeeded);
-    assert_eq!(std::fs::read_to_string(out.with_extension("stdin")).expect("stdin"), "prompt");
-    assert_eq!(std::fs::read_to_string(out.with_extension("args")).expect("args"), "-p --verbose\n");
+    assert_eq!(
+        std::fs::read_to_string(out.with_extension("stdin")).expect("stdin"),
+        "prompt"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.with_extension("args")).expect("args"),
+        "-p --verbose\n"
+    );
     let env = std::fs::read_to_string(out.with_extension("env")).expect("env");
     assert!(env.contains("CCFLOW_TEST_MARK=1"));
-    assert!(!env.contains("CARGO_"), "the environment must not be inherited: {env}");
+    assert!(
+        !env.contains("CARGO_"),
+        "the environment must not be inherited: {env}"
+    );
 }
 
 #[tokio::test]

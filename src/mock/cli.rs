@@ -23,7 +23,10 @@ pub fn run_cli(script: &Path, port: u16) -> i32 {
         }
     };
     let thread = std::thread::spawn(move || {
-        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
             Ok(runtime) => runtime,
             Err(error) => {
                 eprintln!("error: failed to start the tokio runtime: {error}");
@@ -44,7 +47,10 @@ async fn serve(script: super::script::Script, port: u16) -> i32 {
             return 1;
         }
     };
-    let (mut terminate, mut interrupt) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    let (mut terminate, mut interrupt) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(terminate), Ok(interrupt)) => (terminate, interrupt),
         (Err(error), _) | (_, Err(error)) => {
             eprintln!("error: failed to install signal handlers: {error}");

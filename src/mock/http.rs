@@ -62,7 +62,9 @@ async fn read_line<R: AsyncBufRead + Unpin>(reader: &mut R) -> io::Result<Option
 
 /// Reads the next request on a connection; `Ok(None)` when the client closed it
 /// between requests.
-pub(crate) async fn read_request<R: AsyncBufRead + Unpin>(reader: &mut R) -> io::Result<Option<Request>> {
+pub(crate) async fn read_request<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+) -> io::Result<Option<Request>> {
     let request_line = loop {
         match read_line(reader).await? {
             None => return Ok(None),
@@ -72,7 +74,8 @@ pub(crate) async fn read_request<R: AsyncBufRead + Unpin>(reader: &mut R) -> io:
         }
     };
     let mut parts = request_line.split_whitespace();
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next()) else {
+    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
+    else {
         return Err(invalid("malformed request line"));
     };
     let mut headers = Vec::new();
@@ -111,7 +114,9 @@ pub(crate) async fn read_request<R: AsyncBufRead + Unpin>(reader: &mut R) -> io:
     if chunked {
         request.body = read_chunked(reader).await?;
     } else if let Some(length) = request.header("content-length") {
-        let length: usize = length.parse().map_err(|_| invalid("invalid content-length"))?;
+        let length: usize = length
+            .parse()
+            .map_err(|_| invalid("invalid content-length"))?;
         if length > MAX_BODY {
             return Err(invalid("request body too large"));
         }
@@ -129,7 +134,8 @@ async fn read_chunked<R: AsyncBufRead + Unpin>(reader: &mut R) -> io::Result<Vec
             return Err(invalid("connection closed inside a chunked body"));
         };
         let size_text = size_line.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_text, 16).map_err(|_| invalid("invalid chunk size"))?;
+        let size =
+            usize::from_str_radix(size_text, 16).map_err(|_| invalid("invalid chunk size"))?;
         if size == 0 {
             // Trailers, then the empty line.
             while let Some(line) = read_line(reader).await? {
@@ -179,7 +185,11 @@ pub(crate) async fn write_response<W: AsyncWrite + Unpin>(
         head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str(&format!("content-length: {}\r\n", body.len()));
-    head.push_str(if keep_alive { "connection: keep-alive\r\n\r\n" } else { "connection: close\r\n\r\n" });
+    head.push_str(if keep_alive {
+        "connection: keep-alive\r\n\r\n"
+    } else {
+        "connection: close\r\n\r\n"
+    });
     writer.write_all(head.as_bytes()).await?;
     writer.write_all(body).await?;
     writer.flush().await
@@ -197,18 +207,27 @@ pub(crate) async fn write_chunked_head<W: AsyncWrite + Unpin>(
         head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str("transfer-encoding: chunked\r\n");
-    head.push_str(if keep_alive { "connection: keep-alive\r\n\r\n" } else { "connection: close\r\n\r\n" });
+    head.push_str(if keep_alive {
+        "connection: keep-alive\r\n\r\n"
+    } else {
+        "connection: close\r\n\r\n"
+    });
     writer.write_all(head.as_bytes()).await?;
     writer.flush().await
 }
 
 /// Writes one chunk of a chunked response and flushes it, so that the client
 /// sees each SSE event as soon as it is written.
-pub(crate) async fn write_chunk<W: AsyncWrite + Unpin>(writer: &mut W, data: &[u8]) -> io::Result<()> {
+pub(crate) async fn write_chunk<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    data: &[u8],
+) -> io::Result<()> {
     if data.is_empty() {
         return Ok(());
     }
-    writer.write_all(format!("{:x}\r\n", data.len()).as_bytes()).await?;
+    writer
+        .write_all(format!("{:x}\r\n", data.len()).as_bytes())
+        .await?;
     writer.write_all(data).await?;
     writer.write_all(b"\r\n").await?;
     writer.flush().await

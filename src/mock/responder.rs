@@ -31,7 +31,12 @@ pub(crate) struct Reply {
 impl Reply {
     /// Renders `turn` with the template variables `vars`; `ids` numbers the
     /// message and tool_use ids so they are unique for the server's lifetime.
-    pub(crate) fn new(turn: &Turn, vars: &[(String, String)], model: &str, ids: &AtomicU64) -> Reply {
+    pub(crate) fn new(
+        turn: &Turn,
+        vars: &[(String, String)],
+        model: &str,
+        ids: &AtomicU64,
+    ) -> Reply {
         let mut has_tool = false;
         let blocks = turn
             .blocks()
@@ -41,9 +46,9 @@ impl Reply {
                 Block::ToolUse(tool) => {
                     has_tool = true;
                     Rendered::ToolUse {
-                        id: tool
-                            .id
-                            .unwrap_or_else(|| format!("toolu_mock_{}", ids.fetch_add(1, Ordering::Relaxed))),
+                        id: tool.id.unwrap_or_else(|| {
+                            format!("toolu_mock_{}", ids.fetch_add(1, Ordering::Relaxed))
+                        }),
                         name: tool.name,
                         input: template::render_value(&tool.input, vars),
                     }

@@ -214,7 +214,8 @@ impl Script {
             path: origin.to_path_buf(),
             message,
         };
-        let raw: RawScript = serde_json::from_value(value).map_err(|error| invalid(error.to_string()))?;
+        let raw: RawScript =
+            serde_json::from_value(value).map_err(|error| invalid(error.to_string()))?;
         if raw.rules.is_empty() && raw.default.is_none() {
             return Err(invalid("no `rules` and no `default` rule".to_owned()));
         }
@@ -244,8 +245,14 @@ impl Script {
 
 impl Rule {
     fn matches(&self, first_user: &str) -> bool {
-        let contains = self.contains.as_ref().is_none_or(|needle| first_user.contains(needle.as_str()));
-        let regex = self.regex.as_ref().is_none_or(|regex| regex.is_match(first_user));
+        let contains = self
+            .contains
+            .as_ref()
+            .is_none_or(|needle| first_user.contains(needle.as_str()));
+        let regex = self
+            .regex
+            .as_ref()
+            .is_none_or(|regex| regex.is_match(first_user));
         contains && regex
     }
 
@@ -273,7 +280,8 @@ fn compile_rule(raw: RawRule, fallback_name: String) -> Result<Rule, String> {
     let name = raw.name.unwrap_or(fallback_name);
     let regex = match &raw.regex {
         Some(pattern) => Some(
-            Regex::new(pattern).map_err(|error| format!("rule `{name}`: invalid `regex`: {error}"))?,
+            Regex::new(pattern)
+                .map_err(|error| format!("rule `{name}`: invalid `regex`: {error}"))?,
         ),
         None => None,
     };
@@ -290,11 +298,15 @@ fn compile_rule(raw: RawRule, fallback_name: String) -> Result<Rule, String> {
         let at = |problem: String| format!("rule `{name}`, turn {index}: {problem}");
         if let Some(status) = turn.error {
             if !(400..=599).contains(&status) {
-                return Err(at(format!("`error` must be an HTTP error status (400-599), got {status}")));
+                return Err(at(format!(
+                    "`error` must be an HTTP error status (400-599), got {status}"
+                )));
             }
         }
         if turn.times.is_some() && !turn.has_fault() {
-            return Err(at("`times` needs `error`, `hang` or `stop_after_events`".to_owned()));
+            return Err(at(
+                "`times` needs `error`, `hang` or `stop_after_events`".to_owned()
+            ));
         }
         let mut strings = Vec::new();
         for block in turn.blocks() {
@@ -305,7 +317,7 @@ fn compile_rule(raw: RawRule, fallback_name: String) -> Result<Rule, String> {
         }
         for text in strings {
             for variable in template::variables(&text) {
-                if !known.iter().any(|known| *known == variable) {
+                if !known.contains(&variable) {
                     return Err(at(format!(
                         "unknown template variable `{variable}` (known: {})",
                         known.join(", ")
@@ -338,7 +350,9 @@ fn yaml_to_json(yaml: &Yaml) -> Result<serde_json::Value, String> {
         Yaml::Boolean(value) => serde_json::Value::Bool(*value),
         Yaml::Integer(value) => serde_json::Value::from(*value),
         Yaml::Real(text) => {
-            let number: f64 = text.parse().map_err(|_| format!("invalid number `{text}`"))?;
+            let number: f64 = text
+                .parse()
+                .map_err(|_| format!("invalid number `{text}`"))?;
             serde_json::Number::from_f64(number)
                 .map(serde_json::Value::Number)
                 .ok_or_else(|| format!("invalid number `{text}`"))?

@@ -211,7 +211,14 @@ async fn respond_json(
     body: &serde_json::Value,
     keep_alive: bool,
 ) -> std::io::Result<After> {
-    http::write_response(writer, status, &json_headers(), body.to_string().as_bytes(), keep_alive).await?;
+    http::write_response(
+        writer,
+        status,
+        &json_headers(),
+        body.to_string().as_bytes(),
+        keep_alive,
+    )
+    .await?;
     Ok(After::KeepAlive)
 }
 
@@ -240,7 +247,11 @@ async fn handle(
             let body: serde_json::Value = match serde_json::from_slice(&request.body) {
                 Ok(body) => body,
                 Err(error) => {
-                    let body = error_body(400, Some(&format!("request body is not JSON: {error}")), &request_id);
+                    let body = error_body(
+                        400,
+                        Some(&format!("request body is not JSON: {error}")),
+                        &request_id,
+                    );
                     http::write_response(writer, 400, &json_headers(), &body, keep_alive).await?;
                     return Ok(After::KeepAlive);
                 }
@@ -249,7 +260,14 @@ async fn handle(
         }
         _ => {
             state.stats().other_requests += 1;
-            let body = error_body(404, Some(&format!("no route for `{} {}`", request.method, request.path)), &request_id);
+            let body = error_body(
+                404,
+                Some(&format!(
+                    "no route for `{} {}`",
+                    request.method, request.path
+                )),
+                &request_id,
+            );
             http::write_response(writer, 404, &json_headers(), &body, keep_alive).await?;
             Ok(After::KeepAlive)
         }
@@ -288,7 +306,12 @@ fn conversation(request: &Request, body: &serde_json::Value) -> Conversation {
         .and_then(serde_json::Value::as_array)
         .map(Vec::as_slice)
         .unwrap_or_default();
-    let role = |message: &serde_json::Value| message.get("role").and_then(serde_json::Value::as_str).map(str::to_owned);
+    let role = |message: &serde_json::Value| {
+        message
+            .get("role")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned)
+    };
     let first_user_texts = messages
         .iter()
         .find(|message| role(message).as_deref() == Some("user"))
@@ -307,13 +330,20 @@ fn conversation(request: &Request, body: &serde_json::Value) -> Conversation {
             all_texts.extend(texts(content));
         }
     }
-    let cwd = all_texts.iter().flat_map(|text| text.lines()).find_map(|line| {
-        let line = line.trim_start_matches([' ', '-']);
-        ["CWD: ", "Primary working directory: ", "Working directory: "]
+    let cwd = all_texts
+        .iter()
+        .flat_map(|text| text.lines())
+        .find_map(|line| {
+            let line = line.trim_start_matches([' ', '-']);
+            [
+                "CWD: ",
+                "Primary working directory: ",
+                "Working directory: ",
+            ]
             .iter()
             .find_map(|prefix| line.strip_prefix(prefix))
             .map(|rest| rest.trim().to_owned())
-    });
+        });
     let first_user = first_user_texts.join("\n");
     let key = request
         .header("x-claude-code-session-id")
@@ -325,7 +355,10 @@ fn conversation(request: &Request, body: &serde_json::Value) -> Conversation {
         })
         .unwrap_or_else(|| first_user.clone());
     Conversation {
-        prompt: first_user_texts.last().map(|text| text.trim().to_owned()).unwrap_or_default(),
+        prompt: first_user_texts
+            .last()
+            .map(|text| text.trim().to_owned())
+            .unwrap_or_default(),
         first_user,
         cwd,
         turn,
@@ -338,7 +371,10 @@ fn conversation(request: &Request, body: &serde_json::Value) -> Conversation {
 /// so they neither consume script turns nor change the session's cost.
 fn is_auxiliary(body: &serde_json::Value) -> bool {
     let max_tokens = body.get("max_tokens").and_then(serde_json::Value::as_u64);
-    let stream = body.get("stream").and_then(serde_json::Value::as_bool).unwrap_or(false);
+    let stream = body
+        .get("stream")
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(false);
     let has_tools = body
         .get("tools")
         .and_then(serde_json::Value::as_array)
@@ -346,7 +382,6 @@ fn is_auxiliary(body: &serde_json::Value) -> bool {
     max_tokens.is_some_and(|max| max <= 1) || (!stream && !has_tools)
 }
 
-#[expect(clippy::too_many_arguments, reason = "one request's whole context, passed down once")]
 async fn messages(
     state: &State,
     request: &Request,
@@ -357,7 +392,10 @@ async fn messages(
     cancel: &CancellationToken,
 ) -> std::io::Result<After> {
     let keep_alive = request.keep_alive;
-    let stream = body.get("stream").and_then(serde_json::Value::as_bool).unwrap_or(false);
+    let stream = body
+        .get("stream")
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(false);
     let model = body
         .get("model")
         .and_then(serde_json::Value::as_str)
@@ -370,7 +408,10 @@ async fn messages(
             ..Turn::default()
         };
         let reply = Reply::new(&turn, &[], &model, &state.ids);
-        return send_reply(&reply, &turn, stream, None, reader, writer, keep_alive, cancel).await;
+        return send_reply(
+            &reply, &turn, stream, None, reader, writer, keep_alive, cancel,
+        )
+        .await;
     }
     let conversation = conversation(request, body);
     state.stats().model_requests += 1;
@@ -402,7 +443,11 @@ async fn messages(
     let fault_now = turn.has_fault() && {
         let mut faults = state.faults.lock().unwrap_or_else(PoisonError::into_inner);
         let served = faults
-            .entry((conversation.key.clone(), rule.name.clone(), conversation.turn))
+            .entry((
+                conversation.key.clone(),
+                rule.name.clone(),
+                conversation.turn,
+            ))
             .or_default();
         let fault_now = turn.times.is_none_or(|times| *served < times);
         if fault_now {
@@ -443,11 +488,17 @@ async fn messages(
     vars.extend(rule.captures(&conversation.first_user));
     let reply = Reply::new(turn, &vars, &model, &state.ids);
     let fault = fault_now.then_some(turn);
-    send_reply(&reply, turn, stream, fault, reader, writer, keep_alive, cancel).await
+    send_reply(
+        &reply, turn, stream, fault, reader, writer, keep_alive, cancel,
+    )
+    .await
 }
 
 /// Sends a reply, applying the `hang` or `stop_after_events` fault when given.
-#[expect(clippy::too_many_arguments, reason = "one request's whole context, passed down once")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one request's whole context, passed down once"
+)]
 async fn send_reply(
     reply: &Reply,
     turn: &Turn,
@@ -468,7 +519,11 @@ async fn send_reply(
         respond_json(writer, 200, &reply.message_json(), keep_alive).await?;
         return Ok(After::KeepAlive);
     }
-    let content_type = if stream { "text/event-stream" } else { "application/json" };
+    let content_type = if stream {
+        "text/event-stream"
+    } else {
+        "application/json"
+    };
     let headers = [
         ("content-type", content_type.to_owned()),
         ("cache-control", "no-cache".to_owned()),
@@ -497,7 +552,10 @@ async fn send_reply(
 }
 
 /// Holds a hung response open until the client goes away or the server stops.
-async fn wait_for_close(reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>, cancel: &CancellationToken) {
+async fn wait_for_close(
+    reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+    cancel: &CancellationToken,
+) {
     let mut buffer = [0u8; 1024];
     loop {
         tokio::select! {

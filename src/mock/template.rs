@@ -41,7 +41,10 @@ pub(crate) fn render(text: &str, vars: &[(String, String)]) -> String {
 }
 
 /// Renders every string inside a JSON value.
-pub(crate) fn render_value(value: &serde_json::Value, vars: &[(String, String)]) -> serde_json::Value {
+pub(crate) fn render_value(
+    value: &serde_json::Value,
+    vars: &[(String, String)],
+) -> serde_json::Value {
     match value {
         serde_json::Value::String(text) => serde_json::Value::String(render(text, vars)),
         serde_json::Value::Array(items) => {

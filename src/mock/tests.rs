@@ -51,7 +51,10 @@ impl Response {
 }
 
 fn parse_response(raw: &[u8]) -> Response {
-    let split = raw.windows(4).position(|window| window == b"\r\n\r\n").expect("head");
+    let split = raw
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .expect("head");
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut lines = head.lines();
     let status = lines
@@ -78,8 +81,15 @@ fn parse_response(raw: &[u8]) -> Response {
     let mut body = Vec::new();
     let mut position = 0;
     let mut complete = false;
-    while let Some(end) = rest[position..].windows(2).position(|window| window == b"\r\n") {
-        let size = usize::from_str_radix(&String::from_utf8_lossy(&rest[position..position + end]), 16).expect("size");
+    while let Some(end) = rest[position..]
+        .windows(2)
+        .position(|window| window == b"\r\n")
+    {
+        let size = usize::from_str_radix(
+            &String::from_utf8_lossy(&rest[position..position + end]),
+            16,
+        )
+        .expect("size");
         position += end + 2;
         if size == 0 {
             complete = true;
@@ -97,9 +107,20 @@ fn parse_response(raw: &[u8]) -> Response {
 }
 
 /// Sends one request with `Connection: close` and reads the whole response.
-async fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
-    let mut head = format!("{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n", body.len());
+async fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
     for (key, value) in headers {
         head.push_str(&format!("{key}: {value}\r\n"));
     }
@@ -119,7 +140,10 @@ async fn messages(port: u16, body: &Value, session: &str) -> Response {
         port,
         "POST",
         "/v1/messages?beta=true",
-        &[("x-claude-code-session-id", session), ("content-type", "application/json")],
+        &[
+            ("x-claude-code-session-id", session),
+            ("content-type", "application/json"),
+        ],
         body.to_string().as_bytes(),
     )
     .await
@@ -167,7 +191,12 @@ const SCRIPT: &str = indoc! {r#"
 #[tokio::test]
 async fn streaming_reply_follows_the_messages_api_event_sequence() {
     let server = MockServer::start(script(SCRIPT), 0).await.expect("start");
-    let response = messages(server.port(), &conversation("Refactor src/lib.rs now", 0, true), "s1").await;
+    let response = messages(
+        server.port(),
+        &conversation("Refactor src/lib.rs now", 0, true),
+        "s1",
+    )
+    .await;
     assert_eq!(response.status, 200);
     assert_eq!(response.header("content-type"), Some("text/event-stream"));
     assert!(response.complete);
@@ -234,9 +263,19 @@ async fn errors_repeat_per_conversation_then_the_turn_is_served() {
     assert_eq!(message["content"][0]["text"], "done: Refactor a.rs");
     assert_eq!(message["stop_reason"], "end_turn");
     // Another conversation gets its own two errors.
-    assert_eq!(messages(server.port(), &body, "conversation-b").await.status, 429);
+    assert_eq!(
+        messages(server.port(), &body, "conversation-b")
+            .await
+            .status,
+        429
+    );
     // Past the last turn: a closing text, not a loop.
-    let past = messages(server.port(), &conversation("Refactor a.rs", 2, false), "conversation-a").await;
+    let past = messages(
+        server.port(),
+        &conversation("Refactor a.rs", 2, false),
+        "conversation-a",
+    )
+    .await;
     assert!(past.json()["content"][0]["text"]
         .as_str()
         .is_some_and(|text| text.contains("has no turn 2")));
@@ -248,44 +287,66 @@ async fn errors_repeat_per_conversation_then_the_turn_is_served() {
 
 #[tokio::test]
 async fn overload_and_server_errors_use_anthropic_error_types() {
-    let server = MockServer::start(
-        script("default:\n  turns:\n    - error: 529\n"),
-        0,
-    )
-    .await
-    .expect("start");
+    let server = MockServer::start(script("default:\n  turns:\n    - error: 529\n"), 0)
+        .await
+        .expect("start");
     let response = messages(server.port(), &conversation("x", 0, true), "s").await;
     assert_eq!(response.status, 529);
     assert_eq!(response.json()["error"]["type"], "overloaded_error");
     assert_eq!(response.header("retry-after"), None);
     server.shutdown().await;
-    let server = MockServer::start(script("default:\n  turns:\n    - error: 500\n      error_message: boom\n"), 0)
-        .await
-        .expect("start");
+    let server = MockServer::start(
+        script("default:\n  turns:\n    - error: 500\n      error_message: boom\n"),
+        0,
+    )
+    .await
+    .expect("start");
     let response = messages(server.port(), &conversation("x", 0, true), "s").await;
     assert_eq!(response.status, 500);
-    assert_eq!(response.json()["error"], json!({"type": "api_error", "message": "boom"}));
+    assert_eq!(
+        response.json()["error"],
+        json!({"type": "api_error", "message": "boom"})
+    );
     server.shutdown().await;
 }
 
 #[tokio::test]
 async fn auxiliary_requests_are_counted_apart_and_stats_are_served() {
-    let server = MockServer::start(script("rules:\n  - match: only-this\n    turns:\n      - text: hi\n"), 0)
-        .await
-        .expect("start");
+    let server = MockServer::start(
+        script("rules:\n  - match: only-this\n    turns:\n      - text: hi\n"),
+        0,
+    )
+    .await
+    .expect("start");
     let port = server.port();
-    let count = request(port, "POST", "/v1/messages/count_tokens", &[], br#"{"messages":[]}"#).await;
+    let count = request(
+        port,
+        "POST",
+        "/v1/messages/count_tokens",
+        &[],
+        br#"{"messages":[]}"#,
+    )
+    .await;
     assert_eq!(count.status, 200);
     assert!(count.json()["input_tokens"].is_u64());
-    let quota = json!({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "quota"}]});
-    assert_eq!(messages(port, &quota, "s").await.json()["usage"]["output_tokens"], 0);
+    let quota =
+        json!({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "quota"}]});
+    assert_eq!(
+        messages(port, &quota, "s").await.json()["usage"]["output_tokens"],
+        0
+    );
     let title = json!({"model": "m", "max_tokens": 512, "stream": false, "messages": [{"role": "user", "content": "title"}]});
     assert_eq!(messages(port, &title, "s").await.status, 200);
-    assert_eq!(request(port, "GET", "/api/hello", &[], b"").await.status, 404);
+    assert_eq!(
+        request(port, "GET", "/api/hello", &[], b"").await.status,
+        404
+    );
     let unmatched = messages(port, &conversation("something else", 0, true), "s").await;
     assert_eq!(unmatched.status, 400);
     assert_eq!(unmatched.json()["error"]["type"], "invalid_request_error");
-    let stats = request(port, "GET", "/__ccflow/stats", &[], b"").await.json();
+    let stats = request(port, "GET", "/__ccflow/stats", &[], b"")
+        .await
+        .json();
     let stats: MockStats = serde_json::from_value(stats).expect("stats JSON");
     assert_eq!(
         stats,
@@ -307,7 +368,9 @@ async fn auxiliary_requests_are_counted_apart_and_stats_are_served() {
 #[tokio::test]
 async fn keep_alive_and_chunked_request_bodies() {
     let server = MockServer::start(script(SCRIPT), 0).await.expect("start");
-    let mut stream = TcpStream::connect(("127.0.0.1", server.port())).await.expect("connect");
+    let mut stream = TcpStream::connect(("127.0.0.1", server.port()))
+        .await
+        .expect("connect");
     let body = conversation("hello", 0, false).to_string();
     let (first, second) = body.split_at(body.len() / 2);
     let chunked = format!(
@@ -355,9 +418,14 @@ async fn cut_stream_and_hang_faults() {
     assert!(!cut.complete, "a cut stream has no terminating chunk");
     assert_eq!(cut.events().len(), 3);
 
-    let mut stream = TcpStream::connect(("127.0.0.1", server.port())).await.expect("connect");
+    let mut stream = TcpStream::connect(("127.0.0.1", server.port()))
+        .await
+        .expect("connect");
     let body = conversation("hang", 0, true).to_string();
-    let head = format!("POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+    let head = format!(
+        "POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
     stream.write_all(head.as_bytes()).await.expect("write");
     let mut buffer = vec![0; 4096];
     let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer))
@@ -366,7 +434,9 @@ async fn cut_stream_and_hang_faults() {
         .expect("read");
     assert!(String::from_utf8_lossy(&buffer[..read]).starts_with("HTTP/1.1 200 OK"));
     assert!(
-        tokio::time::timeout(Duration::from_millis(300), stream.read(&mut buffer)).await.is_err(),
+        tokio::time::timeout(Duration::from_millis(300), stream.read(&mut buffer))
+            .await
+            .is_err(),
         "a hung response sends nothing after its headers"
     );
     // Shutdown closes the hung connection instead of waiting for the client.
@@ -383,13 +453,37 @@ async fn cut_stream_and_hang_faults() {
 fn script_errors_name_the_file_and_the_problem() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cases = [
-        ("unknown.yaml", "rules:\n  - matc: x\n    turns: [{text: a}]\n", "unknown field `matc`"),
-        ("var.yaml", "default:\n  turns:\n    - text: '{{fiel}}'\n", "unknown template variable `fiel`"),
-        ("regex.yaml", "rules:\n  - regex: '(unclosed'\n    turns: [{text: a}]\n", "invalid `regex`"),
+        (
+            "unknown.yaml",
+            "rules:\n  - matc: x\n    turns: [{text: a}]\n",
+            "unknown field `matc`",
+        ),
+        (
+            "var.yaml",
+            "default:\n  turns:\n    - text: '{{fiel}}'\n",
+            "unknown template variable `fiel`",
+        ),
+        (
+            "regex.yaml",
+            "rules:\n  - regex: '(unclosed'\n    turns: [{text: a}]\n",
+            "invalid `regex`",
+        ),
         ("empty.yaml", "", "the file is empty"),
-        ("none.yaml", "rules: []\n", "no `rules` and no `default` rule"),
-        ("times.yaml", "default:\n  turns:\n    - {text: a, times: 2}\n", "`times` needs"),
-        ("status.yaml", "default:\n  turns:\n    - {error: 200}\n", "HTTP error status"),
+        (
+            "none.yaml",
+            "rules: []\n",
+            "no `rules` and no `default` rule",
+        ),
+        (
+            "times.yaml",
+            "default:\n  turns:\n    - {text: a, times: 2}\n",
+            "`times` needs",
+        ),
+        (
+            "status.yaml",
+            "default:\n  turns:\n    - {error: 200}\n",
+            "HTTP error status",
+        ),
         ("syntax.yaml", "rules: [\n", "invalid mock script"),
         ("bad.json", "{\"rules\": ", "EOF"),
     ];
@@ -403,9 +497,16 @@ fn script_errors_name_the_file_and_the_problem() {
     let missing = load_script(&dir.path().join("missing.yaml")).expect_err("missing");
     assert!(missing.to_string().contains("missing.yaml"));
     let path = dir.path().join("ok.json");
-    std::fs::write(&path, r#"{"default": {"turns": [{"text": "hi", "usage": {"input_tokens": 3}}]}}"#).expect("write");
+    std::fs::write(
+        &path,
+        r#"{"default": {"turns": [{"text": "hi", "usage": {"input_tokens": 3}}]}}"#,
+    )
+    .expect("write");
     let loaded = load_script(&path).expect("JSON script");
-    assert_eq!(loaded.default.map(|rule| rule.turns[0].usage.input_tokens), Some(3));
+    assert_eq!(
+        loaded.default.map(|rule| rule.turns[0].usage.input_tokens),
+        Some(3)
+    );
 }
 
 #[test]
