@@ -777,3 +777,54 @@ fn claude_version_of_the_real_cli() {
     assert!(version.contains("Claude Code"), "{version}");
     assert_eq!(claude_version(&claude).expect("memoized"), version);
 }
+
+#[tokio::test]
+async fn real_cli_without_bare_still_gets_cwd_templated() {
+    let Some(claude) = real_claude() else { return };
+    let fixture = Fixture::new();
+    std::fs::write(fixture.work().join("notes.txt"), "one\n").expect("write");
+    let mock = MockServer::start(
+        script(indoc! {r#"
+            default:
+              turns:
+                - content:
+                    - tool_use:
+                        name: Edit
+                        input: { file_path: "{{cwd}}/notes.txt", old_string: "one", new_string: "two" }
+                - text: "edited"
+        "#}),
+        0,
+    )
+    .await
+    .expect("mock");
+    let opts = AgentOptions {
+        prompt: "edit notes".to_owned(),
+        bare: false,
+        ..AgentOptions::default()
+    };
+    let outcome = run_session(
+        fixture.spec(claude, &opts, env_for(&mock, &fixture.home(), &[])),
+        CancellationToken::new(),
+        None,
+    )
+    .await;
+    assert_eq!(outcome.status, SessionStatus::Succeeded, "{outcome:#?}");
+    let transcript = std::fs::read_to_string(fixture.transcript()).expect("transcript");
+    let results: Vec<(String, bool)> = transcript
+        .lines()
+        .filter_map(|line| parse_line(line, 0).ok())
+        .flat_map(|event| match event {
+            StreamEvent::User { tool_results } => tool_results,
+            _ => Vec::new(),
+        })
+        .collect();
+    assert_eq!(results.len(), 1, "{transcript}");
+    assert!(!results[0].1, "the Edit failed: {transcript}");
+    // The path was templated from the full prompt's `Primary working directory`.
+    assert_eq!(
+        std::fs::read_to_string(fixture.work().join("notes.txt")).expect("read"),
+        "two\n"
+    );
+    assert_eq!(mock.stats().per_rule.get("default"), Some(&2));
+    mock.shutdown().await;
+}
