@@ -211,7 +211,10 @@ pub async fn run_session(
         outcome.status = spawn_failed("stdout was not captured".to_owned());
         return outcome;
     };
-    let mut lines = BufReader::new(stdout).lines();
+    let mut stdout = BufReader::new(stdout);
+    // Kept across loop iterations: `read_until` may be interrupted by another
+    // `select!` branch after reading part of a line, which stays in here.
+    let mut buffer: Vec<u8> = Vec::new();
 
     let deadline = spec.timeout.map(|timeout| TokioInstant::now() + timeout);
     let mut last_output = TokioInstant::now();
@@ -246,8 +249,13 @@ pub async fn run_session(
                 // still hold stdout open, so the group goes too.
                 signal_group(pgid, libc::SIGKILL);
             }
-            line = lines.next_line(), if stdout_open => match line {
-                Ok(Some(line)) => {
+            read = stdout.read_until(b'\n', &mut buffer), if stdout_open => match read {
+                Ok(0) | Err(_) => stdout_open = false,
+                Ok(_) => {
+                    // Lossy: one stray non-UTF-8 byte must not stop the
+                    // reading (the CLI would then block on a full pipe).
+                    let line = String::from_utf8_lossy(&buffer).trim_end_matches(['\n', '\r']).to_owned();
+                    buffer.clear();
                     last_output = TokioInstant::now();
                     line_number += 1;
                     if let Err(error) = transcript.write_all(format!("{line}\n").as_bytes()).await {
@@ -279,7 +287,6 @@ pub async fn run_session(
                         }
                     }
                 }
-                Ok(None) | Err(_) => stdout_open = false,
             },
         }
     }

@@ -661,6 +661,10 @@ async fn stand_in_outcomes_follow_the_failure_rule() {
             },
         ),
         (
+            &format!("printf '\\377 junk\\n'\necho '{SUCCESS_RESULT}'\n"),
+            SessionStatus::Succeeded,
+        ),
+        (
             r#"echo '{"type":"result","subtype":"error_max_budget_usd","is_error":true}'"#,
             SessionStatus::MaxBudget,
         ),
