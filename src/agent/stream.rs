@@ -79,8 +79,13 @@ pub struct ResultMessage {
     pub result: Option<String>,
     /// The session id (for `--resume`).
     pub session_id: Option<String>,
-    /// Token usage summed over the session.
+    /// Token usage summed over the session: the sum of `modelUsage` when the
+    /// line has it (CLI 2.1.x zeroes `usage` on `error_max_budget_usd` while
+    /// `modelUsage`, which `total_cost_usd` is computed from, stays right),
+    /// else `usage`.
     pub usage: Usage,
+    /// `modelUsage`: usage per model name.
+    pub model_usage: std::collections::BTreeMap<String, Usage>,
     /// The CLI's own cost figure, from the usage the API reported.
     pub total_cost_usd: f64,
     /// Tool calls the permission mode refused.
@@ -124,6 +129,8 @@ pub enum StreamEvent {
     PermissionDenied {
         /// The tool, when given.
         tool_name: Option<String>,
+        /// Why, when given.
+        message: Option<String>,
         /// The whole line.
         raw: Value,
     },
@@ -255,6 +262,7 @@ fn parse_system(value: Value) -> StreamEvent {
         },
         "permission_denied" => StreamEvent::PermissionDenied {
             tool_name: string(&value, "tool_name"),
+            message: string(&value, "message"),
             raw: value,
         },
         _ => StreamEvent::System {
@@ -292,6 +300,37 @@ fn parse_result(value: &Value) -> ResultMessage {
                 .collect()
         })
         .unwrap_or_default();
+    let model_usage: std::collections::BTreeMap<String, Usage> = value
+        .get("modelUsage")
+        .and_then(Value::as_object)
+        .map(|models| {
+            models
+                .iter()
+                .map(|(model, usage)| {
+                    let field = |name: &str| usage.get(name).and_then(Value::as_u64).unwrap_or(0);
+                    let usage = Usage {
+                        input: field("inputTokens"),
+                        output: field("outputTokens"),
+                        cache_read: field("cacheReadInputTokens"),
+                        cache_creation: field("cacheCreationInputTokens"),
+                    };
+                    (model.clone(), usage)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let usage = if model_usage.is_empty() {
+        Usage::from_json(value.get("usage"))
+    } else {
+        model_usage
+            .values()
+            .fold(Usage::default(), |sum, usage| Usage {
+                input: sum.input + usage.input,
+                output: sum.output + usage.output,
+                cache_read: sum.cache_read + usage.cache_read,
+                cache_creation: sum.cache_creation + usage.cache_creation,
+            })
+    };
     ResultMessage {
         subtype: string(value, "subtype").unwrap_or_default(),
         is_error: value
@@ -301,7 +340,8 @@ fn parse_result(value: &Value) -> ResultMessage {
         num_turns: small(value, "num_turns").unwrap_or(0),
         result: string(value, "result"),
         session_id: string(value, "session_id"),
-        usage: Usage::from_json(value.get("usage")),
+        usage,
+        model_usage,
         total_cost_usd: value
             .get("total_cost_usd")
             .and_then(Value::as_f64)

@@ -832,3 +832,99 @@ async fn real_cli_without_bare_still_gets_cwd_templated() {
     assert_eq!(mock.stats().per_rule.get("default"), Some(&2));
     mock.shutdown().await;
 }
+
+#[tokio::test]
+async fn real_cli_budget_stop_is_max_budget_with_the_spent_usage() {
+    let Some(claude) = real_claude() else { return };
+    let fixture = Fixture::new();
+    let mock = MockServer::start(
+        script(indoc! {r#"
+            default:
+              turns:
+                - content: [ { tool_use: { name: Read, input: { file_path: "{{cwd}}/missing.txt" } } } ]
+                  usage: { input_tokens: 100000, output_tokens: 1000 }
+                - content: [ { tool_use: { name: Read, input: { file_path: "{{cwd}}/missing.txt" } } } ]
+                  usage: { input_tokens: 100000, output_tokens: 1000 }
+                - text: "done"
+        "#}),
+        0,
+    )
+    .await
+    .expect("mock");
+    let opts = AgentOptions {
+        prompt: "spend".to_owned(),
+        max_budget_usd: Some(0.1),
+        ..AgentOptions::default()
+    };
+    let outcome = run_session(
+        fixture.spec(claude, &opts, env_for(&mock, &fixture.home(), &[])),
+        CancellationToken::new(),
+        None,
+    )
+    .await;
+    assert_eq!(outcome.status, SessionStatus::MaxBudget, "{outcome:#?}");
+    // Default model claude-opus-5-5: 100000 * $4/M + 1000 * $20/M = $0.42,
+    // over the $0.10 budget after the first turn.
+    assert!(
+        (outcome.cost_usd - 0.42).abs() < 1e-9,
+        "{}",
+        outcome.cost_usd
+    );
+    assert_eq!(
+        outcome.usage,
+        Usage {
+            input: 100_000,
+            output: 1000,
+            cache_read: 0,
+            cache_creation: 0
+        }
+    );
+    assert_eq!(mock.model_request_count(), 1);
+    mock.shutdown().await;
+}
+
+#[tokio::test]
+async fn real_cli_permission_denials_are_reported() {
+    let Some(claude) = real_claude() else { return };
+    let fixture = Fixture::new();
+    let mock = MockServer::start(
+        script(indoc! {r#"
+            default:
+              turns:
+                - content: [ { tool_use: { name: Bash, input: { command: "echo hi > {{cwd}}/x.txt" } } } ]
+                - text: "could not"
+        "#}),
+        0,
+    )
+    .await
+    .expect("mock");
+    let opts = AgentOptions {
+        prompt: "write x".to_owned(),
+        permission_mode: Some("default".to_owned()),
+        ..AgentOptions::default()
+    };
+    let outcome = run_session(
+        fixture.spec(claude, &opts, env_for(&mock, &fixture.home(), &[])),
+        CancellationToken::new(),
+        None,
+    )
+    .await;
+    // The session itself succeeds; the denial is reported, not fatal.
+    assert_eq!(outcome.status, SessionStatus::Succeeded, "{outcome:#?}");
+    assert_eq!(
+        outcome.result.as_ref().map(|r| r.permission_denials.len()),
+        Some(1)
+    );
+    assert!(!fixture.work().join("x.txt").exists());
+    let transcript = std::fs::read_to_string(fixture.transcript()).expect("transcript");
+    let denied: Vec<Option<String>> = transcript
+        .lines()
+        .filter_map(|line| parse_line(line, 0).ok())
+        .filter_map(|event| match event {
+            StreamEvent::PermissionDenied { tool_name, .. } => Some(tool_name),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(denied, [Some("Bash".to_owned())]);
+    mock.shutdown().await;
+}
