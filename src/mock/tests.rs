@@ -516,3 +516,55 @@ fn run_cli_rejects_an_invalid_script_with_exit_2() {
     std::fs::write(&path, "rules: 3\n").expect("write");
     assert_eq!(run_cli(&path, 0), 2);
 }
+
+/// Not a test on its own: the body of the child process that
+/// `run_cli_serves_until_sigterm` starts (this test binary, filtered to this
+/// test, with `CCFLOW_MOCK_CLI_CHILD` naming the script).
+#[test]
+fn run_cli_child() {
+    if let Ok(script) = std::env::var("CCFLOW_MOCK_CLI_CHILD") {
+        std::process::exit(run_cli(Path::new(&script), 0));
+    }
+}
+
+#[test]
+fn run_cli_serves_until_sigterm() {
+    use std::io::{BufRead, Read, Write};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script_path = dir.path().join("mock.yaml");
+    std::fs::write(&script_path, "default:\n  turns:\n    - text: hi\n").expect("write");
+    let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", "mock::tests::run_cli_child", "--nocapture"])
+        .env("CCFLOW_MOCK_CLI_CHILD", &script_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    let port: u16 = loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).expect("read") > 0,
+            "no `listening on` line"
+        );
+        if let Some(rest) = line.trim().strip_prefix("listening on http://127.0.0.1:") {
+            break rest.parse().expect("port");
+        }
+    };
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .write_all(b"GET /__ccflow/stats HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .expect("write");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("read");
+    let response = parse_response(&raw);
+    assert_eq!(response.status, 200);
+    assert_eq!(response.json()["model_requests"], 0);
+    // SAFETY: kill(2) on the child's pid, which we have not reaped yet.
+    unsafe {
+        libc::kill(i32::try_from(child.id()).expect("pid"), libc::SIGTERM);
+    }
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(0));
+}
