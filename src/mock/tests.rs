@@ -568,3 +568,22 @@ fn run_cli_serves_until_sigterm() {
     let status = child.wait().expect("wait");
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test]
+async fn delays_hold_back_headers_and_events() {
+    let server = MockServer::start(
+        script("default:\n  turns:\n    - text: slow reply here\n      delay_ms: 200\n      event_delay_ms: 20\n"),
+        0,
+    )
+    .await
+    .expect("start");
+    let started = std::time::Instant::now();
+    let response = messages(server.port(), &conversation("x", 0, true), "s").await;
+    let elapsed = started.elapsed();
+    assert_eq!(response.status, 200);
+    let events = response.events().len();
+    // 200 ms before the headers, then 20 ms between each of the events.
+    let floor = Duration::from_millis(200 + 20 * (events as u64 - 1));
+    assert!(elapsed >= floor, "{elapsed:?} < {floor:?}");
+    server.shutdown().await;
+}
