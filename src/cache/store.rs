@@ -66,6 +66,8 @@ use super::CacheError;
 /// if the blob is new); larger ones are reflinked or streamed.
 const SMALL_FILE: u64 = 1024 * 1024;
 const MANIFEST_MAGIC: &str = "ccflow-manifest";
+/// A hit re-stamps its manifest's mtime (last use) only when older than this.
+const TOUCH_RESOLUTION: Duration = Duration::from_secs(600);
 /// Temp files older than this are leftovers of killed processes.
 const STALE_TEMP: Duration = Duration::from_secs(3600);
 
@@ -257,11 +259,14 @@ impl Store {
             .get(key)
             .map(|(_, bytes)| Arc::clone(bytes));
         let path = self.shared.entry_path(key);
-        let from_disk = unpublished.is_none();
+        let mut last_use = None;
         let bytes = match unpublished {
             Some(bytes) => bytes,
-            None => match fs_err::read(&path) {
-                Ok(bytes) => Arc::new(bytes),
+            None => match read_with_mtime(&path) {
+                Ok((bytes, modified)) => {
+                    last_use = Some(modified);
+                    Arc::new(bytes)
+                }
                 Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
                 Err(error) => return Err(error.into()),
             },
@@ -275,9 +280,15 @@ impl Store {
                 return Ok(None);
             }
         };
-        if from_disk {
-            // The manifest's mtime is its last use, for LRU gc. A failure
-            // only makes gc less accurate, so it does not fail the hit.
+        // The manifest's mtime is its last use, for LRU gc. Touching costs a
+        // metadata write, so a use recorded recently enough is kept as is. A
+        // failure only makes gc less accurate: it does not fail the hit.
+        let stale = last_use.is_some_and(|modified| {
+            SystemTime::now()
+                .duration_since(modified)
+                .is_ok_and(|age| age > TOUCH_RESOLUTION)
+        });
+        if stale {
             if let Err(error) = fsutil::touch(&path) {
                 tracing::debug!("failed to record use of cache entry `{key}`: {error}");
             }
@@ -425,9 +436,17 @@ impl Store {
                 rel,
                 size: output.size,
             });
-            self.shared
-                .copy_blob_verified(&output.hash, file.into_parts().0, &temp)?;
-            fs_err::set_permissions(&temp, std::fs::Permissions::from_mode(mode))?;
+            let (file, _) = file.into_parts();
+            self.shared.copy_blob_verified(&output.hash, &file, &temp)?;
+            // On the descriptor: the mode given at creation is masked by the
+            // umask, and this saves a path lookup.
+            file.set_permissions(std::fs::Permissions::from_mode(mode))
+                .map_err(|error| {
+                    io::Error::new(
+                        error.kind(),
+                        format!("failed to set the mode of `{}`: {error}", temp.display()),
+                    )
+                })?;
         }
         // Every blob verified: publish. A failure here leaves some files
         // restored, each one complete.
@@ -489,9 +508,13 @@ impl Store {
         self.lookup(&key)
     }
 
-    /// Waits until every entry saved before this call is published, then
-    /// makes the manifests durable. Reports (once) a failure of the
-    /// background flusher since the last call.
+    /// Waits until every entry saved before this call is published (its
+    /// blobs synced, its manifest renamed into place). Reports (once) a
+    /// failure of the background flusher since the last call.
+    ///
+    /// It does not sync the manifests themselves: each batch's `syncfs`
+    /// also makes the previous batches' manifests durable, and losing the
+    /// last batch's manifests to a power cut only turns them into misses.
     pub fn flush(&self) -> Result<(), CacheError> {
         let mut state = lock(&self.shared.state);
         let target = state.enqueued;
@@ -507,8 +530,6 @@ impl Store {
                 source: Box::new(error),
             });
         }
-        drop(state);
-        fsutil::sync_file_system(&self.shared.dir_handle)?;
         Ok(())
     }
 
@@ -759,7 +780,7 @@ impl Shared {
     fn copy_blob_verified(
         &self,
         hash: &str,
-        mut target: File,
+        mut target: &File,
         temp: &Path,
     ) -> Result<(), CacheError> {
         let Some(path) = self.blob_path(hash) else {
@@ -778,7 +799,7 @@ impl Shared {
         };
         let large = blob.metadata()?.len() > SMALL_FILE;
         let (blob, _) = blob.into_parts();
-        let actual = if large && fsutil::try_reflink(&blob, &target) {
+        let actual = if large && fsutil::try_reflink(&blob, target) {
             fsutil::hash_reader(fs_err::File::open(temp)?)?.0
         } else {
             fsutil::copy_hashing(&blob, &mut target)?.0
@@ -1069,6 +1090,15 @@ fn list_files(dir: &Path) -> Result<Vec<(PathBuf, std::fs::Metadata)>, CacheErro
         }
     }
     Ok(files)
+}
+
+/// A file's content and modification time, from one open.
+fn read_with_mtime(path: &Path) -> io::Result<(Vec<u8>, SystemTime)> {
+    let mut file = fs_err::File::open(path)?;
+    let metadata = file.metadata()?;
+    let mut bytes = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or(0) + 1);
+    file.read_to_end(&mut bytes)?;
+    Ok((bytes, metadata.modified()?))
 }
 
 /// Removes a file, ignoring one already gone, and counts its bytes.
