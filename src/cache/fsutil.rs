@@ -2,9 +2,9 @@
 //! temp names, atomic writes, reflink-or-copy with hashing, timestamps and
 //! file-system syncs. Only this file talks to `libc`.
 
+use fs_err::os::unix::fs::OpenOptionsExt;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use fs_err::os::unix::fs::OpenOptionsExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +23,11 @@ pub(crate) const RESTORE_TEMP: &str = ".ccflow-restore-";
 /// Creates a fresh temp file `{prefix}{pid}-{counter}` in `dir` (which must
 /// exist) and returns it with its path. `create_new` guards against a stale
 /// temp left by a killed process whose pid was reused.
-pub(crate) fn create_temp(dir: &Path, prefix: &str, mode: u32) -> io::Result<(fs_err::File, PathBuf)> {
+pub(crate) fn create_temp(
+    dir: &Path,
+    prefix: &str,
+    mode: u32,
+) -> io::Result<(fs_err::File, PathBuf)> {
     let pid = std::process::id();
     loop {
         let count = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -90,7 +94,10 @@ pub(crate) fn hash_reader(mut reader: impl Read) -> io::Result<(String, u64)> {
 }
 
 /// Copies `reader` into `writer` while hashing; returns (hex hash, bytes).
-pub(crate) fn copy_hashing(mut reader: impl Read, mut writer: impl Write) -> io::Result<(String, u64)> {
+pub(crate) fn copy_hashing(
+    mut reader: impl Read,
+    mut writer: impl Write,
+) -> io::Result<(String, u64)> {
     let mut hasher = blake3::Hasher::new();
     let mut buffer = vec![0u8; 64 * 1024];
     let mut total = 0u64;
@@ -169,7 +176,9 @@ pub(crate) fn coarse_now_ns() -> i64 {
     // tick keeps the racy check conservative.
     let precise = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| i64::try_from(elapsed.as_nanos()).unwrap_or(i64::MAX));
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_nanos()).unwrap_or(i64::MAX)
+        });
     precise - 20_000_000
 }
 
@@ -177,7 +186,9 @@ pub(crate) fn coarse_now_ns() -> i64 {
 pub(crate) fn now_unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+        })
 }
 
 /// A file's mtime in nanoseconds since the epoch.

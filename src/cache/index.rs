@@ -11,6 +11,7 @@
 //!   (a later write must then stamp a newer mtime);
 //! - after loading, the index file's own mtime (the moment it was written):
 //!   an entry whose mtime is not strictly older is re-hashed next time.
+//!
 //! Untrusted entries are re-read on every call until the clock has moved on.
 //!
 //! One index belongs to one repository root; `hash_file` is called from many
@@ -136,7 +137,8 @@ impl StatIndex {
         let metadata = match fs_err::metadata(&path) {
             Ok(metadata) => metadata,
             Err(error) => {
-                if error.kind() == io::ErrorKind::NotFound && self.shard(rel).remove(rel).is_some() {
+                if error.kind() == io::ErrorKind::NotFound && self.shard(rel).remove(rel).is_some()
+                {
                     self.dirty.store(true, Ordering::Relaxed);
                 }
                 return Err(error.into());
@@ -308,7 +310,14 @@ fn decode(bytes: &[u8]) -> Option<Vec<(String, IndexEntry)>> {
         };
         let trusted = reader.take(1)?[0] == 1;
         let hash: [u8; 32] = reader.take(32)?.try_into().ok()?;
-        entries.push((rel, IndexEntry { stat, hash, trusted }));
+        entries.push((
+            rel,
+            IndexEntry {
+                stat,
+                hash,
+                trusted,
+            },
+        ));
     }
     reader.bytes.is_empty().then_some(entries)
 }

@@ -127,10 +127,18 @@ impl CacheKey {
             });
         }
         diff_maps(&older.resources, &self.resources, |name, before, after| {
-            changes.push(KeyChange::Resource { name, before, after });
+            changes.push(KeyChange::Resource {
+                name,
+                before,
+                after,
+            });
         });
         diff_maps(&older.env, &self.env, |name, before, after| {
-            changes.push(KeyChange::Env { name, before, after });
+            changes.push(KeyChange::Env {
+                name,
+                before,
+                after,
+            });
         });
         let old_secrets: BTreeSet<&String> = older.secrets.iter().collect();
         let new_secrets: BTreeSet<&String> = self.secrets.iter().collect();
@@ -141,7 +149,11 @@ impl CacheKey {
             });
         }
         diff_maps(&older.inputs, &self.inputs, |path, before, after| {
-            changes.push(KeyChange::Input { path, before, after });
+            changes.push(KeyChange::Input {
+                path,
+                before,
+                after,
+            });
         });
         diff_maps(&older.deps, &self.deps, |instance, before, after| {
             changes.push(KeyChange::Dep {
@@ -151,7 +163,11 @@ impl CacheKey {
             });
         });
         diff_maps(&older.extra, &self.extra, |name, before, after| {
-            changes.push(KeyChange::Extra { name, before, after });
+            changes.push(KeyChange::Extra {
+                name,
+                before,
+                after,
+            });
         });
         changes
     }
@@ -262,14 +278,12 @@ impl fmt::Display for KeyChange {
             KeyChange::Task { before, after } => {
                 write!(f, "the task was renamed from `{before}` to `{after}`")
             }
-            KeyChange::Command { before, after } => {
-                match changed_request_fields(before, after) {
-                    Some(fields) if !fields.is_empty() => {
-                        write!(f, "the agent request changed ({})", fields.join(", "))
-                    }
-                    _ => f.write_str("the command changed"),
+            KeyChange::Command { before, after } => match changed_request_fields(before, after) {
+                Some(fields) if !fields.is_empty() => {
+                    write!(f, "the agent request changed ({})", fields.join(", "))
                 }
-            }
+                _ => f.write_str("the command changed"),
+            },
             KeyChange::Runner { before, after } => {
                 write!(f, "the runner changed from `{before}` to `{after}`")
             }
@@ -441,10 +455,16 @@ mod tests {
         let mut backward = CacheKey::new("lint");
         backward.command = forward.command.clone();
         backward.deps.insert("gen[x]".to_owned(), "cc".repeat(32));
-        backward.inputs.insert("src/b.rs".to_owned(), "bb".repeat(32));
-        backward.inputs.insert("src/a.rs".to_owned(), "aa".repeat(32));
+        backward
+            .inputs
+            .insert("src/b.rs".to_owned(), "bb".repeat(32));
+        backward
+            .inputs
+            .insert("src/a.rs".to_owned(), "aa".repeat(32));
         backward.env.insert("A".to_owned(), "1".to_owned());
-        backward.env.insert("RUST_LOG".to_owned(), "info".to_owned());
+        backward
+            .env
+            .insert("RUST_LOG".to_owned(), "info".to_owned());
         backward.secrets = vec!["GH_TOKEN".to_owned(), "ANTHROPIC_API_KEY".to_owned()];
         assert_eq!(forward.hash(), backward.hash());
 

@@ -66,6 +66,8 @@ use super::CacheError;
 /// if the blob is new); larger ones are reflinked or streamed.
 const SMALL_FILE: u64 = 1024 * 1024;
 const MANIFEST_MAGIC: &str = "ccflow-manifest";
+/// A hit re-stamps its manifest's mtime (last use) only when older than this.
+const TOUCH_RESOLUTION: Duration = Duration::from_secs(600);
 /// Temp files older than this are leftovers of killed processes.
 const STALE_TEMP: Duration = Duration::from_secs(3600);
 
@@ -257,11 +259,14 @@ impl Store {
             .get(key)
             .map(|(_, bytes)| Arc::clone(bytes));
         let path = self.shared.entry_path(key);
-        let from_disk = unpublished.is_none();
+        let mut last_use = None;
         let bytes = match unpublished {
             Some(bytes) => bytes,
-            None => match fs_err::read(&path) {
-                Ok(bytes) => Arc::new(bytes),
+            None => match read_with_mtime(&path) {
+                Ok((bytes, modified)) => {
+                    last_use = Some(modified);
+                    Arc::new(bytes)
+                }
                 Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
                 Err(error) => return Err(error.into()),
             },
@@ -275,9 +280,15 @@ impl Store {
                 return Ok(None);
             }
         };
-        if from_disk {
-            // The manifest's mtime is its last use, for LRU gc. A failure
-            // only makes gc less accurate, so it does not fail the hit.
+        // The manifest's mtime is its last use, for LRU gc. Touching costs a
+        // metadata write, so a use recorded recently enough is kept as is. A
+        // failure only makes gc less accurate: it does not fail the hit.
+        let stale = last_use.is_some_and(|modified| {
+            SystemTime::now()
+                .duration_since(modified)
+                .is_ok_and(|age| age > TOUCH_RESOLUTION)
+        });
+        if stale {
             if let Err(error) = fsutil::touch(&path) {
                 tracing::debug!("failed to record use of cache entry `{key}`: {error}");
             }
@@ -288,9 +299,13 @@ impl Store {
     /// Checks that every blob of `entry` exists (with the recorded size).
     fn check_blobs(&self, entry: Entry) -> Result<Entry, String> {
         for (hash, size) in entry.blobs() {
-            let path = self.shared.blob_path(hash).ok_or_else(|| format!("invalid blob name `{hash}`"))?;
+            let path = self
+                .shared
+                .blob_path(hash)
+                .ok_or_else(|| format!("invalid blob name `{hash}`"))?;
             match std::fs::metadata(&path) {
-                Ok(metadata) if metadata.is_file() && size.is_none_or(|size| metadata.len() == size) => {}
+                Ok(metadata)
+                    if metadata.is_file() && size.is_none_or(|size| metadata.len() == size) => {}
                 Ok(_) => return Err(format!("blob `{hash}` has the wrong size")),
                 Err(_) => return Err(format!("blob `{hash}` is missing")),
             }
@@ -337,8 +352,16 @@ impl Store {
         }
 
         let own_hash = new.key.hash();
-        let keys: Vec<KeyHash> = if keys.is_empty() { vec![own_hash] } else { keys.to_vec() };
-        let latest = if keys.contains(&own_hash) { own_hash } else { keys[0] };
+        let keys: Vec<KeyHash> = if keys.is_empty() {
+            vec![own_hash]
+        } else {
+            keys.to_vec()
+        };
+        let latest = if keys.contains(&own_hash) {
+            own_hash
+        } else {
+            keys[0]
+        };
         let mut entry = Entry {
             key: new.key,
             key_hash: latest,
@@ -357,7 +380,8 @@ impl Store {
             manifests.push((*key, Arc::new(encode_manifest(&entry)?)));
         }
         entry.key_hash = latest;
-        self.shared.enqueue(manifests, entry.instance_id.clone(), latest);
+        self.shared
+            .enqueue(manifests, entry.instance_id.clone(), latest);
         Ok(entry)
     }
 
@@ -412,8 +436,17 @@ impl Store {
                 rel,
                 size: output.size,
             });
-            self.shared.copy_blob_verified(&output.hash, file.into_parts().0, &temp)?;
-            fs_err::set_permissions(&temp, std::fs::Permissions::from_mode(mode))?;
+            let (file, _) = file.into_parts();
+            self.shared.copy_blob_verified(&output.hash, &file, &temp)?;
+            // On the descriptor: the mode given at creation is masked by the
+            // umask, and this saves a path lookup.
+            file.set_permissions(std::fs::Permissions::from_mode(mode))
+                .map_err(|error| {
+                    io::Error::new(
+                        error.kind(),
+                        format!("failed to set the mode of `{}`: {error}", temp.display()),
+                    )
+                })?;
         }
         // Every blob verified: publish. A failure here leaves some files
         // restored, each one complete.
@@ -433,9 +466,12 @@ impl Store {
 
     /// The content of blob `hash`, verified against its name.
     pub fn read_blob(&self, hash: &str) -> Result<Vec<u8>, CacheError> {
-        let path = self.shared.blob_path(hash).ok_or_else(|| CacheError::InvalidHash {
-            text: hash.to_owned(),
-        })?;
+        let path = self
+            .shared
+            .blob_path(hash)
+            .ok_or_else(|| CacheError::InvalidHash {
+                text: hash.to_owned(),
+            })?;
         let bytes = match fs_err::read(&path) {
             Ok(bytes) => bytes,
             Err(error) if error.kind() == io::ErrorKind::NotFound => {
@@ -472,9 +508,13 @@ impl Store {
         self.lookup(&key)
     }
 
-    /// Waits until every entry saved before this call is published, then
-    /// makes the manifests durable. Reports (once) a failure of the
-    /// background flusher since the last call.
+    /// Waits until every entry saved before this call is published (its
+    /// blobs synced, its manifest renamed into place). Reports (once) a
+    /// failure of the background flusher since the last call.
+    ///
+    /// It does not sync the manifests themselves: each batch's `syncfs`
+    /// also makes the previous batches' manifests durable, and losing the
+    /// last batch's manifests to a power cut only turns them into misses.
     pub fn flush(&self) -> Result<(), CacheError> {
         let mut state = lock(&self.shared.state);
         let target = state.enqueued;
@@ -490,8 +530,6 @@ impl Store {
                 source: Box::new(error),
             });
         }
-        drop(state);
-        fsutil::sync_file_system(&self.shared.dir_handle)?;
         Ok(())
     }
 
@@ -540,14 +578,21 @@ impl Store {
             let last_use = metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH);
             entries.push((last_use, path, metadata.len(), hashes));
         }
-        entries.sort_by(|a, b| b.0.cmp(&a.0));
+        entries.sort_by_key(|entry| std::cmp::Reverse(entry.0));
 
         let mut kept_blobs: HashSet<String> = HashSet::new();
         let mut used = 0u64;
         let mut evicting = false;
         for (_, path, size, hashes) in entries {
-            let new_blobs: HashSet<&String> = hashes.iter().filter(|hash| !kept_blobs.contains(*hash)).collect();
-            let extra = size + new_blobs.iter().filter_map(|hash| blobs.get(*hash)).sum::<u64>();
+            let new_blobs: HashSet<&String> = hashes
+                .iter()
+                .filter(|hash| !kept_blobs.contains(*hash))
+                .collect();
+            let extra = size
+                + new_blobs
+                    .iter()
+                    .filter_map(|hash| blobs.get(*hash))
+                    .sum::<u64>();
             // Strict LRU: once an entry does not fit, it and every entry
             // used less recently go.
             if !evicting && used + extra <= max_size {
@@ -570,7 +615,10 @@ impl Store {
         // Leftovers of killed processes.
         let now = SystemTime::now();
         for (path, metadata) in list_files(&shared.dir.join("tmp"))? {
-            let age = metadata.modified().ok().and_then(|modified| now.duration_since(modified).ok());
+            let age = metadata
+                .modified()
+                .ok()
+                .and_then(|modified| now.duration_since(modified).ok());
             if age.is_some_and(|age| age > STALE_TEMP) {
                 remove_counting(&path, metadata.len(), &mut report)?;
             }
@@ -626,7 +674,9 @@ impl Shared {
     }
 
     fn instance_path(&self, instance_id: &str) -> PathBuf {
-        self.dir.join("instances").join(fsutil::hash_bytes(instance_id.as_bytes()))
+        self.dir
+            .join("instances")
+            .join(fsutil::hash_bytes(instance_id.as_bytes()))
     }
 
     fn temp_dir(&self) -> PathBuf {
@@ -651,7 +701,8 @@ impl Shared {
             let hash = fsutil::hash_bytes(&bytes);
             let size = bytes.len() as u64;
             if !self.blob_exists(&hash, size) {
-                let (mut temp_file, temp) = fsutil::create_temp(&self.temp_dir(), STORE_TEMP, 0o644)?;
+                let (mut temp_file, temp) =
+                    fsutil::create_temp(&self.temp_dir(), STORE_TEMP, 0o644)?;
                 if let Err(error) = temp_file.write_all(&bytes) {
                     let _ = fs_err::remove_file(&temp);
                     return Err(error.into());
@@ -671,7 +722,15 @@ impl Shared {
                 fsutil::hash_reader(fs_err::File::open(&temp)?)?
             } else {
                 let copied = fsutil::copy_hashing(&source_file, &mut temp_file);
-                copied.map_err(|error| io::Error::new(error.kind(), format!("failed to copy `{}` into the cache: {error}", source.display())))?
+                copied.map_err(|error| {
+                    io::Error::new(
+                        error.kind(),
+                        format!(
+                            "failed to copy `{}` into the cache: {error}",
+                            source.display()
+                        ),
+                    )
+                })?
             };
             if self.blob_exists(&hash, size) {
                 fs_err::remove_file(&temp)?;
@@ -696,7 +755,9 @@ impl Shared {
     /// directory on first use.
     fn publish_blob(&self, temp: &Path, hash: &str) -> Result<(), CacheError> {
         let Some(path) = self.blob_path(hash) else {
-            return Err(CacheError::InvalidHash { text: hash.to_owned() });
+            return Err(CacheError::InvalidHash {
+                text: hash.to_owned(),
+            });
         };
         match fs_err::rename(temp, &path) {
             Ok(()) => Ok(()),
@@ -716,20 +777,29 @@ impl Shared {
 
     /// Copies blob `hash` into `target` (an open temp file at `temp`),
     /// verifying the content against the name.
-    fn copy_blob_verified(&self, hash: &str, mut target: File, temp: &Path) -> Result<(), CacheError> {
+    fn copy_blob_verified(
+        &self,
+        hash: &str,
+        mut target: &File,
+        temp: &Path,
+    ) -> Result<(), CacheError> {
         let Some(path) = self.blob_path(hash) else {
-            return Err(CacheError::InvalidHash { text: hash.to_owned() });
+            return Err(CacheError::InvalidHash {
+                text: hash.to_owned(),
+            });
         };
         let blob = match fs_err::File::open(&path) {
             Ok(blob) => blob,
             Err(error) if error.kind() == io::ErrorKind::NotFound => {
-                return Err(CacheError::MissingBlob { hash: hash.to_owned() })
+                return Err(CacheError::MissingBlob {
+                    hash: hash.to_owned(),
+                })
             }
             Err(error) => return Err(error.into()),
         };
         let large = blob.metadata()?.len() > SMALL_FILE;
         let (blob, _) = blob.into_parts();
-        let actual = if large && fsutil::try_reflink(&blob, &target) {
+        let actual = if large && fsutil::try_reflink(&blob, target) {
             fsutil::hash_reader(fs_err::File::open(temp)?)?.0
         } else {
             fsutil::copy_hashing(&blob, &mut target)?.0
@@ -776,12 +846,19 @@ impl Shared {
         Ok(blobs)
     }
 
-    fn enqueue(&self, manifests: Vec<(KeyHash, Arc<Vec<u8>>)>, instance_id: String, latest: KeyHash) {
+    fn enqueue(
+        &self,
+        manifests: Vec<(KeyHash, Arc<Vec<u8>>)>,
+        instance_id: String,
+        latest: KeyHash,
+    ) {
         let mut state = lock(&self.state);
         state.enqueued += 1;
         let sequence = state.enqueued;
         for (key, bytes) in &manifests {
-            state.unpublished.insert(*key, (sequence, Arc::clone(bytes)));
+            state
+                .unpublished
+                .insert(*key, (sequence, Arc::clone(bytes)));
         }
         state
             .unpublished_instances
@@ -806,7 +883,11 @@ impl Shared {
                 fsutil::write_atomic(&temp_dir, &self.entry_path(key), bytes)?;
             }
             let pointer = format!("{}\n", pending.latest);
-            fsutil::write_atomic(&temp_dir, &self.instance_path(&pending.instance_id), pointer.as_bytes())?;
+            fsutil::write_atomic(
+                &temp_dir,
+                &self.instance_path(&pending.instance_id),
+                pointer.as_bytes(),
+            )?;
         }
         Ok(())
     }
@@ -819,7 +900,10 @@ fn run_flusher(shared: &Shared) {
         let batch = {
             let mut state = lock(&shared.state);
             while state.queue.is_empty() && !state.shutdown {
-                state = shared.work.wait(state).unwrap_or_else(PoisonError::into_inner);
+                state = shared
+                    .work
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
             }
             if state.queue.is_empty() {
                 return;
@@ -832,7 +916,11 @@ fn run_flusher(shared: &Shared) {
             for (key, _) in &pending.manifests {
                 // A later save of the same key stays visible until its own
                 // batch is published.
-                if state.unpublished.get(key).is_some_and(|(sequence, _)| *sequence == pending.sequence) {
+                if state
+                    .unpublished
+                    .get(key)
+                    .is_some_and(|(sequence, _)| *sequence == pending.sequence)
+                {
                     state.unpublished.remove(key);
                 }
             }
@@ -888,7 +976,12 @@ fn identical_file(
     let metadata = match std::fs::symlink_metadata(target) {
         Ok(metadata) => metadata,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => return Err(fs_err::symlink_metadata(target).err().unwrap_or(error).into()),
+        Err(error) => {
+            return Err(fs_err::symlink_metadata(target)
+                .err()
+                .unwrap_or(error)
+                .into())
+        }
     };
     if !metadata.is_file() || metadata.len() != output.size {
         return Ok(None);
@@ -908,11 +1001,17 @@ fn normalize_rel(rel: &str) -> Result<String, CacheError> {
         match component {
             Component::Normal(part) => match part.to_str() {
                 Some(part) => parts.push(part),
-                None => return Err(CacheError::OutputOutsideRoot { path: rel.to_owned() }),
+                None => {
+                    return Err(CacheError::OutputOutsideRoot {
+                        path: rel.to_owned(),
+                    })
+                }
             },
             Component::CurDir => {}
             Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
-                return Err(CacheError::OutputOutsideRoot { path: rel.to_owned() })
+                return Err(CacheError::OutputOutsideRoot {
+                    path: rel.to_owned(),
+                })
             }
         }
     }
@@ -942,7 +1041,8 @@ fn decode_manifest(bytes: &[u8], key: &KeyHash) -> Result<Entry, String> {
         .iter()
         .position(|byte| *byte == b'\n')
         .ok_or("the manifest is truncated")?;
-    let header = std::str::from_utf8(&bytes[..newline]).map_err(|_| "the manifest header is not text")?;
+    let header =
+        std::str::from_utf8(&bytes[..newline]).map_err(|_| "the manifest header is not text")?;
     let body = &bytes[newline + 1..];
     let mut fields = header.split(' ');
     if fields.next() != Some(MANIFEST_MAGIC) {
@@ -954,7 +1054,8 @@ fn decode_manifest(bytes: &[u8], key: &KeyHash) -> Result<Entry, String> {
     if fields.next() != Some(&*fsutil::hash_bytes(body)) || fields.next().is_some() {
         return Err("the manifest is torn or corrupt (checksum mismatch)".to_owned());
     }
-    let entry: Entry = serde_json::from_slice(body).map_err(|error| format!("the manifest does not parse: {error}"))?;
+    let entry: Entry = serde_json::from_slice(body)
+        .map_err(|error| format!("the manifest does not parse: {error}"))?;
     if entry.key_hash != *key {
         return Err(format!("the manifest belongs to key `{}`", entry.key_hash));
     }
@@ -973,7 +1074,10 @@ fn list_files(dir: &Path) -> Result<Vec<(PathBuf, std::fs::Metadata)>, CacheErro
     };
     for dir_entry in entries {
         let dir_entry = dir_entry?;
-        let is_temp = dir_entry.file_name().to_str().is_some_and(|name| name.starts_with(STORE_TEMP));
+        let is_temp = dir_entry
+            .file_name()
+            .to_str()
+            .is_some_and(|name| name.starts_with(STORE_TEMP));
         if is_temp != in_temp_dir {
             continue;
         }
@@ -986,6 +1090,15 @@ fn list_files(dir: &Path) -> Result<Vec<(PathBuf, std::fs::Metadata)>, CacheErro
         }
     }
     Ok(files)
+}
+
+/// A file's content and modification time, from one open.
+fn read_with_mtime(path: &Path) -> io::Result<(Vec<u8>, SystemTime)> {
+    let mut file = fs_err::File::open(path)?;
+    let metadata = file.metadata()?;
+    let mut bytes = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or(0) + 1);
+    file.read_to_end(&mut bytes)?;
+    Ok((bytes, metadata.modified()?))
 }
 
 /// Removes a file, ignoring one already gone, and counts its bytes.

@@ -23,18 +23,31 @@ fn unchanged_files_are_not_read_again() {
     let root = dir.path().join("repo");
     let index_path = dir.path().join("state/index");
     for number in 0..20 {
-        write_old(&root, &format!("src/f{number}.rs"), &format!("fn f{number}() {{}}"));
+        write_old(
+            &root,
+            &format!("src/f{number}.rs"),
+            &format!("fn f{number}() {{}}"),
+        );
     }
     let index = StatIndex::open(&index_path).expect("open");
     let first: Vec<FileHash> = (0..20)
-        .map(|n| index.hash_file(&root, &format!("src/f{n}.rs")).expect("hash"))
+        .map(|n| {
+            index
+                .hash_file(&root, &format!("src/f{n}.rs"))
+                .expect("hash")
+        })
         .collect();
     assert_eq!(index.files_read(), 20);
-    assert_eq!(first[3].hash, blake3::hash(b"fn f3() {}").to_hex().to_string());
+    assert_eq!(
+        first[3].hash,
+        blake3::hash(b"fn f3() {}").to_hex().to_string()
+    );
     assert_eq!(first[3].size, 10);
     // Same process: stat only.
     for n in 0..20 {
-        index.hash_file(&root, &format!("src/f{n}.rs")).expect("hash");
+        index
+            .hash_file(&root, &format!("src/f{n}.rs"))
+            .expect("hash");
     }
     assert_eq!(index.files_read(), 20);
     index.save().expect("save");
@@ -43,7 +56,11 @@ fn unchanged_files_are_not_read_again() {
     let reloaded = StatIndex::open(&index_path).expect("reopen");
     assert_eq!(reloaded.len(), 20);
     let second: Vec<FileHash> = (0..20)
-        .map(|n| reloaded.hash_file(&root, &format!("src/f{n}.rs")).expect("hash"))
+        .map(|n| {
+            reloaded
+                .hash_file(&root, &format!("src/f{n}.rs"))
+                .expect("hash")
+        })
         .collect();
     assert_eq!(reloaded.files_read(), 0);
     assert_eq!(first, second);
@@ -83,7 +100,11 @@ fn entry_stamped_in_the_tick_of_the_index_write_is_rehashed() {
     fsutil::set_mtime_ns(&index_path, OLD_NS + 1).expect("utimensat");
     let clean = StatIndex::open(&index_path).expect("reopen");
     clean.hash_file(dir.path(), "a.txt").expect("hash");
-    assert_eq!(clean.files_read(), 0, "an older entry is answered from its stat");
+    assert_eq!(
+        clean.files_read(),
+        0,
+        "an older entry is answered from its stat"
+    );
 }
 
 #[test]
@@ -121,7 +142,9 @@ fn corrupt_or_truncated_index_loads_empty() {
     assert_eq!(StatIndex::open(&index_path).expect("open").len(), 1);
 
     std::fs::write(&index_path, &bytes[..bytes.len() / 2]).expect("write");
-    assert!(StatIndex::open(&index_path).expect("open truncated").is_empty());
+    assert!(StatIndex::open(&index_path)
+        .expect("open truncated")
+        .is_empty());
     std::fs::write(&index_path, b"").expect("write");
     assert!(StatIndex::open(&index_path).expect("open empty").is_empty());
 }
@@ -139,7 +162,11 @@ fn save_is_a_no_op_when_nothing_changed() {
     reloaded.hash_file(dir.path(), "a.txt").expect("hash");
     reloaded.save().expect("save");
     let metadata = std::fs::metadata(&index_path).expect("stat");
-    assert_eq!(fsutil::mtime_ns(&metadata), OLD_NS + 5, "the index was rewritten");
+    assert_eq!(
+        fsutil::mtime_ns(&metadata),
+        OLD_NS + 5,
+        "the index was rewritten"
+    );
 }
 
 #[test]
@@ -193,7 +220,11 @@ fn measure_unchanged_tree() {
         .map(|n| format!("src/m{}/file{n}.rs", n % 100))
         .collect();
     for (n, rel) in files.iter().enumerate() {
-        write_old(&root, rel, &format!("// file {n}\n{}", "x".repeat(n % 2000)));
+        write_old(
+            &root,
+            rel,
+            &format!("// file {n}\n{}", "x".repeat(n % 2000)),
+        );
     }
     let index = StatIndex::open(&index_path).expect("open");
     let started = Instant::now();

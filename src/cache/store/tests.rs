@@ -68,19 +68,33 @@ fn save_lookup_restore_round_trip_keeps_content_and_modes() {
     let large: Vec<u8> = (0..3_000_000u32).map(|n| (n % 251) as u8).collect();
     write(&work, "out/large.bin", &large, 0o644);
     write(dir.path(), "task.log", b"building...\ndone\n", 0o644);
-    write(dir.path(), "transcript.ndjson", b"{\"type\":\"result\"}\n", 0o644);
+    write(
+        dir.path(),
+        "transcript.ndjson",
+        b"{\"type\":\"result\"}\n",
+        0o644,
+    );
 
     let store = Store::open(&dir.path().join("cache")).expect("open");
-    let mut new = new_entry(key("build", "1"), &["./bin/tool", "out/private.txt", "out/large.bin"]);
+    let mut new = new_entry(
+        key("build", "1"),
+        &["./bin/tool", "out/private.txt", "out/large.bin"],
+    );
     new.exit_code = 0;
     new.log = Some(dir.path().join("task.log"));
-    new.attachments
-        .insert("transcript".to_owned(), dir.path().join("transcript.ndjson"));
+    new.attachments.insert(
+        "transcript".to_owned(),
+        dir.path().join("transcript.ndjson"),
+    );
     new.metadata = serde_json::json!({"tokens": 1234, "cost_usd": 0.5});
     let key_hash = new.key.hash();
     let saved = store.save(&[key_hash], new, &work).expect("save");
     assert_eq!(saved.key_hash, key_hash);
-    let paths: Vec<&str> = saved.outputs.iter().map(|output| output.path.as_str()).collect();
+    let paths: Vec<&str> = saved
+        .outputs
+        .iter()
+        .map(|output| output.path.as_str())
+        .collect();
     assert_eq!(paths, ["bin/tool", "out/large.bin", "out/private.txt"]);
     store.flush().expect("flush");
     drop(store);
@@ -90,24 +104,46 @@ fn save_lookup_restore_round_trip_keeps_content_and_modes() {
     let entry = store.lookup(&key_hash).expect("lookup").expect("hit");
     assert_eq!(entry, saved);
     assert_eq!(entry.metadata["tokens"], 1234);
-    let log = store.read_blob(entry.log.as_deref().expect("log")).expect("log blob");
+    let log = store
+        .read_blob(entry.log.as_deref().expect("log"))
+        .expect("log blob");
     assert_eq!(log, b"building...\ndone\n");
-    let transcript = store.read_blob(&entry.attachments["transcript"]).expect("blob");
+    let transcript = store
+        .read_blob(&entry.attachments["transcript"])
+        .expect("blob");
     assert_eq!(transcript, b"{\"type\":\"result\"}\n");
 
     let target = dir.path().join("restored");
     let report = store.restore(&entry, &target).expect("restore");
     assert_eq!(report.written.len(), 3);
-    assert_eq!(std::fs::read(target.join("bin/tool")).expect("read"), b"#!/bin/sh\necho hi\n");
-    assert_eq!(std::fs::read(target.join("out/large.bin")).expect("read"), large);
+    assert_eq!(
+        std::fs::read(target.join("bin/tool")).expect("read"),
+        b"#!/bin/sh\necho hi\n"
+    );
+    assert_eq!(
+        std::fs::read(target.join("out/large.bin")).expect("read"),
+        large
+    );
     assert_eq!(mode_of(&target.join("bin/tool")), 0o755);
     assert_eq!(mode_of(&target.join("out/private.txt")), 0o600);
-    assert_eq!(tree(&target), ["bin/tool", "out/large.bin", "out/private.txt"]);
+    assert_eq!(
+        tree(&target),
+        ["bin/tool", "out/large.bin", "out/private.txt"]
+    );
 
-    let latest = store.latest_for_instance("build[x]").expect("latest").expect("some");
+    let latest = store
+        .latest_for_instance("build[x]")
+        .expect("latest")
+        .expect("some");
     assert_eq!(latest.key_hash, key_hash);
-    assert!(store.latest_for_instance("never[ran]").expect("latest").is_none());
-    assert!(store.lookup(&key("build", "2").hash()).expect("lookup").is_none());
+    assert!(store
+        .latest_for_instance("never[ran]")
+        .expect("latest")
+        .is_none());
+    assert!(store
+        .lookup(&key("build", "2").hash())
+        .expect("lookup")
+        .is_none());
 }
 
 #[test]
@@ -123,7 +159,10 @@ fn unpublished_entries_are_visible_to_their_own_process_only_until_flush() {
     assert!(writer.lookup(&key_hash).expect("lookup").is_some());
     writer.flush().expect("flush");
     assert!(reader.lookup(&key_hash).expect("lookup").is_some());
-    assert!(cache.join("v1/entries").join(format!("{key_hash}.json")).is_file());
+    assert!(cache
+        .join("v1/entries")
+        .join(format!("{key_hash}.json"))
+        .is_file());
 }
 
 #[test]
@@ -138,15 +177,23 @@ fn in_place_task_is_found_under_pre_and_post_state_keys() {
         .insert("src/lib.rs".to_owned(), fsutil::hash_bytes(b"fn new() {}"));
     let mut new = new_entry(pre.clone(), &["src/lib.rs"]);
     new.post_state = post.inputs.clone();
-    store.save(&[pre.hash(), post.hash()], new, dir.path()).expect("save");
+    store
+        .save(&[pre.hash(), post.hash()], new, dir.path())
+        .expect("save");
     store.flush().expect("flush");
     let by_pre = store.lookup(&pre.hash()).expect("lookup").expect("pre hit");
-    let by_post = store.lookup(&post.hash()).expect("lookup").expect("post hit");
+    let by_post = store
+        .lookup(&post.hash())
+        .expect("lookup")
+        .expect("post hit");
     assert_eq!(by_pre.key_hash, pre.hash());
     assert_eq!(by_post.key_hash, post.hash());
     assert_eq!(by_post.key, pre);
     assert_eq!(by_post.outputs_digest(), by_pre.outputs_digest());
-    let latest = store.latest_for_instance("fix[x]").expect("latest").expect("some");
+    let latest = store
+        .latest_for_instance("fix[x]")
+        .expect("latest")
+        .expect("some");
     assert_eq!(latest.key_hash, pre.hash());
 }
 
@@ -159,7 +206,11 @@ fn restore_skips_identical_files_and_fixes_modes() {
     write(&work, "c.sh", b"echo", 0o755);
     let store = Store::open(&dir.path().join("cache")).expect("open");
     let entry = store
-        .save(&[], new_entry(key("t", "1"), &["a.txt", "b.txt", "c.sh"]), &work)
+        .save(
+            &[],
+            new_entry(key("t", "1"), &["a.txt", "b.txt", "c.sh"]),
+            &work,
+        )
         .expect("save");
 
     // Restoring into the tree that produced it writes nothing.
@@ -177,9 +228,12 @@ fn restore_skips_identical_files_and_fixes_modes() {
 
     // One file edited (same size), one chmodded: only they are touched.
     write(&work, "b.txt", b"BRAVO", 0o644);
-    std::fs::set_permissions(work.join("c.sh"), std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    std::fs::set_permissions(work.join("c.sh"), std::fs::Permissions::from_mode(0o644))
+        .expect("chmod");
     let index = StatIndex::open(&dir.path().join("index")).expect("index");
-    let report = store.restore_with_index(&entry, &work, Some(&index)).expect("restore");
+    let report = store
+        .restore_with_index(&entry, &work, Some(&index))
+        .expect("restore");
     assert_eq!(report.written, ["b.txt"]);
     assert_eq!(report.chmodded, ["c.sh"]);
     assert_eq!(report.skipped, ["a.txt"]);
@@ -196,16 +250,27 @@ fn corrupt_blob_is_reported_and_nothing_is_written() {
     write(&work, "bad.txt", b"content to corrupt", 0o644);
     let store = Store::open(&dir.path().join("cache")).expect("open");
     let entry = store
-        .save(&[], new_entry(key("t", "1"), &["good.txt", "bad.txt"]), &work)
+        .save(
+            &[],
+            new_entry(key("t", "1"), &["good.txt", "bad.txt"]),
+            &work,
+        )
         .expect("save");
     store.flush().expect("flush");
-    let bad = entry.outputs.iter().find(|output| output.path == "bad.txt").expect("bad");
+    let bad = entry
+        .outputs
+        .iter()
+        .find(|output| output.path == "bad.txt")
+        .expect("bad");
     let blob_path = store.shared.blob_path(&bad.hash).expect("path");
     let mut bytes = std::fs::read(&blob_path).expect("read blob");
     bytes[3] ^= 0x01;
     std::fs::write(&blob_path, &bytes).expect("corrupt blob");
 
-    assert!(matches!(store.read_blob(&bad.hash), Err(CacheError::CorruptBlob { .. })));
+    assert!(matches!(
+        store.read_blob(&bad.hash),
+        Err(CacheError::CorruptBlob { .. })
+    ));
     std::fs::write(&blob_path, &bytes).expect("corrupt blob again");
 
     // Same size, so the lookup still finds it; the restore must not trust it.
@@ -213,9 +278,19 @@ fn corrupt_blob_is_reported_and_nothing_is_written() {
     let target = dir.path().join("target");
     write(&target, "bad.txt", b"user's own file", 0o644);
     let error = store.restore(&found, &target).expect_err("corrupt");
-    assert!(matches!(&error, CacheError::CorruptBlob { hash, .. } if *hash == bad.hash), "{error}");
-    assert_eq!(tree(&target), ["bad.txt"], "good.txt was not written either");
-    assert_eq!(std::fs::read(target.join("bad.txt")).expect("read"), b"user's own file");
+    assert!(
+        matches!(&error, CacheError::CorruptBlob { hash, .. } if *hash == bad.hash),
+        "{error}"
+    );
+    assert_eq!(
+        tree(&target),
+        ["bad.txt"],
+        "good.txt was not written either"
+    );
+    assert_eq!(
+        std::fs::read(target.join("bad.txt")).expect("read"),
+        b"user's own file"
+    );
     // The corrupt blob is gone, so the entry is now a miss.
     assert!(store.lookup(&entry.key_hash).expect("lookup").is_none());
 }
@@ -248,7 +323,13 @@ fn torn_or_foreign_manifests_are_misses() {
     assert!(fresh().lookup(&entry.key_hash).expect("lookup").is_some());
 
     // A missing blob makes the entry a miss too.
-    std::fs::remove_file(store.shared.blob_path(&entry.outputs[0].hash).expect("path")).expect("rm");
+    std::fs::remove_file(
+        store
+            .shared
+            .blob_path(&entry.outputs[0].hash)
+            .expect("path"),
+    )
+    .expect("rm");
     assert!(fresh().lookup(&entry.key_hash).expect("lookup").is_none());
 }
 
@@ -258,12 +339,23 @@ fn outputs_outside_the_root_are_rejected() {
     let work = dir.path().join("work");
     write(dir.path(), "outside.txt", b"not yours", 0o644);
     write(&work, "inside.txt", b"yours", 0o644);
-    std::os::unix::fs::symlink(dir.path().join("outside.txt"), work.join("link.txt")).expect("symlink");
+    std::os::unix::fs::symlink(dir.path().join("outside.txt"), work.join("link.txt"))
+        .expect("symlink");
     std::os::unix::fs::symlink(dir.path(), work.join("escape")).expect("symlink");
     std::os::unix::fs::symlink("inside.txt", work.join("inner-link.txt")).expect("symlink");
     let store = Store::open(&dir.path().join("cache")).expect("open");
-    let absolute = dir.path().join("outside.txt").to_string_lossy().into_owned();
-    for bad in ["../outside.txt", absolute.as_str(), "link.txt", "escape/outside.txt", "sub/../../outside.txt"] {
+    let absolute = dir
+        .path()
+        .join("outside.txt")
+        .to_string_lossy()
+        .into_owned();
+    for bad in [
+        "../outside.txt",
+        absolute.as_str(),
+        "link.txt",
+        "escape/outside.txt",
+        "sub/../../outside.txt",
+    ] {
         let error = store
             .save(&[], new_entry(key("t", bad), &["inside.txt", bad]), &work)
             .expect_err(bad);
@@ -310,7 +402,12 @@ fn concurrent_saves_of_one_key_leave_a_valid_entry() {
                 for round in 0..25 {
                     let content = format!("writer {writer} round {round}");
                     write(&work, "out.txt", content.as_bytes(), 0o644);
-                    write(&work, "big.bin", &vec![writer as u8; 1_100_000 + round], 0o644);
+                    write(
+                        &work,
+                        "big.bin",
+                        &vec![writer as u8; 1_100_000 + round],
+                        0o644,
+                    );
                     let new = new_entry(shared_key.clone(), &["out.txt", "big.bin"]);
                     store.save(&[], new, &work).expect("save");
                 }
@@ -319,7 +416,10 @@ fn concurrent_saves_of_one_key_leave_a_valid_entry() {
         }
     });
     let store = Store::open(&cache).expect("open");
-    let entry = store.lookup(&shared_key.hash()).expect("lookup").expect("hit");
+    let entry = store
+        .lookup(&shared_key.hash())
+        .expect("lookup")
+        .expect("hit");
     let target = dir.path().join("target");
     store.restore(&entry, &target).expect("restore");
     let content = std::fs::read_to_string(target.join("out.txt")).expect("read");
@@ -335,7 +435,11 @@ fn gc_keeps_the_most_recently_used_entries_under_the_limit() {
     for number in 0..6u8 {
         write(dir.path(), "out.bin", &vec![number; 10_000], 0o644);
         let entry = store
-            .save(&[], new_entry(key("t", &number.to_string()), &["out.bin"]), dir.path())
+            .save(
+                &[],
+                new_entry(key("t", &number.to_string()), &["out.bin"]),
+                dir.path(),
+            )
             .expect("save");
         keys.push(entry.key_hash);
     }
@@ -344,7 +448,11 @@ fn gc_keeps_the_most_recently_used_entries_under_the_limit() {
     // most recent.
     for (number, key_hash) in keys.iter().enumerate() {
         let path = store.shared.entry_path(key_hash);
-        fsutil::set_mtime_ns(&path, 1_600_000_000_000_000_000 + number as i64 * 1_000_000_000).expect("utimensat");
+        fsutil::set_mtime_ns(
+            &path,
+            1_600_000_000_000_000_000 + number as i64 * 1_000_000_000,
+        )
+        .expect("utimensat");
     }
     assert!(store.lookup(&keys[0]).expect("lookup").is_some());
 
@@ -358,7 +466,10 @@ fn gc_keeps_the_most_recently_used_entries_under_the_limit() {
     assert_eq!(report.entries_removed, 3);
     assert_eq!(report.blobs_removed, 3);
     assert_eq!(report.bytes_after, after.bytes);
-    let kept: Vec<bool> = keys.iter().map(|key_hash| store.lookup(key_hash).expect("lookup").is_some()).collect();
+    let kept: Vec<bool> = keys
+        .iter()
+        .map(|key_hash| store.lookup(key_hash).expect("lookup").is_some())
+        .collect();
     assert_eq!(kept, [true, false, false, false, true, true]);
 
     store.clear().expect("clear");
@@ -401,7 +512,12 @@ fn kill_child_saves_in_a_loop() {
         .unwrap_or(0);
     for number in start.. {
         for file in 0..3 {
-            write(&work, &format!("out{file}.txt"), &child_content(number, file), 0o644);
+            write(
+                &work,
+                &format!("out{file}.txt"),
+                &child_content(number, file),
+                0o644,
+            );
         }
         let new = new_entry(child_key(number), &["out0.txt", "out1.txt", "out2.txt"]);
         store.save(&[], new, &work).expect("save");
@@ -417,7 +533,12 @@ fn sigkill_at_random_points_leaves_only_valid_entries() {
     let exe = std::env::current_exe().expect("current exe");
     for round in 0..20u64 {
         let mut child = Command::new(&exe)
-            .args(["--exact", "cache::store::tests::kill_child_saves_in_a_loop", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "cache::store::tests::kill_child_saves_in_a_loop",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, dir.path())
             // Each round saves new keys, so earlier rounds' entries stay.
             .env("CCFLOW_CACHE_KILL_START", (round * 1000).to_string())
@@ -434,7 +555,10 @@ fn sigkill_at_random_points_leaves_only_valid_entries() {
     let mut hits = 0;
     let mut misses = 0;
     for (path, _) in list_files(&store.shared.dir.join("entries")).expect("list") {
-        let stem = path.file_stem().and_then(|stem| stem.to_str()).expect("name");
+        let stem = path
+            .file_stem()
+            .and_then(|stem| stem.to_str())
+            .expect("name");
         let key_hash: KeyHash = stem.parse().expect("manifest named by a key hash");
         let Some(entry) = store.lookup(&key_hash).expect("lookup") else {
             misses += 1;
@@ -443,11 +567,16 @@ fn sigkill_at_random_points_leaves_only_valid_entries() {
         let number: u64 = entry.key.extra["n"].parse().expect("n");
         assert_eq!(entry.key_hash, child_key(number).hash());
         let target = dir.path().join("check");
-        let report = store.restore(&entry, &target).expect("a visible entry restores");
+        let report = store
+            .restore(&entry, &target)
+            .expect("a visible entry restores");
         assert_eq!(report.written.len(), 3);
         for file in 0..3 {
             let content = std::fs::read(target.join(format!("out{file}.txt"))).expect("read");
-            assert!(content == child_content(number, file), "entry {number} file {file} is wrong");
+            assert!(
+                content == child_content(number, file),
+                "entry {number} file {file} is wrong"
+            );
         }
         std::fs::remove_dir_all(&target).expect("clean");
         hits += 1;
@@ -466,15 +595,28 @@ fn measure_store() {
     let work = dir.path().join("work");
     let count = 1000;
     for number in 0..count {
-        write(&work, &format!("out/{number}.txt"), format!("output of task {number}\n").as_bytes(), 0o644);
-        write(&work, &format!("logs/{number}.log"), format!("log of task {number}\n").as_bytes(), 0o644);
+        write(
+            &work,
+            &format!("out/{number}.txt"),
+            format!("output of task {number}\n").as_bytes(),
+            0o644,
+        );
+        write(
+            &work,
+            &format!("logs/{number}.log"),
+            format!("log of task {number}\n").as_bytes(),
+            0o644,
+        );
     }
     let cache = dir.path().join("cache");
     let store = Store::open(&cache).expect("open");
     let mut keys = Vec::new();
     let started = Instant::now();
     for number in 0..count {
-        let mut new = new_entry(key("t", &number.to_string()), &[&format!("out/{number}.txt")]);
+        let mut new = new_entry(
+            key("t", &number.to_string()),
+            &[&format!("out/{number}.txt")],
+        );
         new.log = Some(work.join(format!("logs/{number}.log")));
         keys.push(store.save(&[], new, &work).expect("save").key_hash);
     }
