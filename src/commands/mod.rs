@@ -68,6 +68,12 @@ pub fn dispatch(cli: Cli) -> CommandResult {
             Ok(ExitStatus::Success)
         }
         Command::Completions(args) => completions::run(&args),
+        Command::MockApi(args) => Ok(match crate::mock::run_cli(&args.script, args.port) {
+            0 => ExitStatus::Success,
+            2 => ExitStatus::Invalid,
+            130 => ExitStatus::Interrupted,
+            _ => ExitStatus::TaskFailed,
+        }),
         other => Err(CommandError::usage(format!("`{other:?}` is not available in this build"))),
     }
 }

@@ -110,6 +110,10 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
         notices: notice_tx,
         docker,
         image_ids,
+        state_dir: ctx.state_dir.clone(),
+        snapshot: tokio::sync::OnceCell::new(),
+        apply_mode: args.apply,
+        apply_lock: tokio::sync::Mutex::new(()),
     });
     let mut reporters = Reporters::default();
     let events_to_stdout = args.events.as_deref() == Some("-");

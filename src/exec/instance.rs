@@ -50,6 +50,14 @@ pub struct RunShared {
     pub docker: Option<super::docker::DockerRunner>,
     /// Image reference → image id, resolved before the run starts.
     pub image_ids: HashMap<String, String>,
+    /// The state directory (`.ccflow`).
+    pub state_dir: PathBuf,
+    /// The working-tree snapshot agents start from, taken before the first agent.
+    pub snapshot: tokio::sync::OnceCell<Result<Arc<crate::workspace::Snapshot>, String>>,
+    /// Where agents' diffs go.
+    pub apply_mode: crate::cli::ApplyMode,
+    /// Diffs land one at a time, in completion order.
+    pub apply_lock: tokio::sync::Mutex<()>,
 }
 
 /// A message from a running instance to the scheduler loop.
@@ -89,6 +97,12 @@ pub struct JobResult {
 }
 
 impl JobResult {
+    /// A blank result (for internal bookkeeping).
+    #[must_use]
+    pub fn empty() -> JobResult {
+        JobResult::new(petgraph::stable_graph::NodeIndex::new(0))
+    }
+
     fn new(node: petgraph::stable_graph::NodeIndex) -> JobResult {
         JobResult {
             node,
@@ -225,9 +239,8 @@ pub async fn execute(shared: Arc<RunShared>, job: Job) -> JobResult {
         return result;
     }
     if task.is_agent() {
-        result.message = Some("agent tasks are not supported by this build yet".into());
-        result.duration = started.elapsed();
-        return result;
+        result.status = InstanceStatus::Failed;
+        return super::agent_task::execute_agent(shared, job, result, started).await;
     }
     // Inputs → key.
     let keyed = {

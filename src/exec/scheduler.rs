@@ -163,6 +163,13 @@ pub async fn run(plan: Plan, shared: Arc<RunShared>, options: RunOptions, report
             tracing::warn!("cannot flush the cache: {e}");
         }
     }
+    // Agents' worktrees and the snapshot ref go with the run.
+    if let Some(Ok(snapshot)) = state.shared.snapshot.get() {
+        let _ = crate::workspace::cleanup_stale(&state.shared.root, &state.shared.state_dir.join("worktrees"), None);
+        if let Err(e) = crate::workspace::release_snapshot(snapshot) {
+            tracing::warn!("cannot release the snapshot: {e}");
+        }
+    }
     if let Err(e) = state.shared.index.save() {
         tracing::warn!("cannot save the file-hash index: {e}");
     }
