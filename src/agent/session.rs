@@ -303,6 +303,9 @@ pub async fn run_session(
         // Reaped already; stragglers in the group were sent SIGKILL.
         signal_group(pgid, libc::SIGKILL);
     }
+    // SIGKILL is delivered asynchronously and stragglers are not our children
+    // (we cannot wait for them): give them a bounded moment to be gone.
+    wait_group_gone(pgid, spec.kill_grace.max(Duration::from_millis(500))).await;
     let _ = transcript.flush().await;
 
     outcome.exit_code = exit.and_then(|status| status.code());
@@ -438,6 +441,40 @@ fn signal_group(pgid: Option<i32>, signal: i32) {
             libc::kill(-pgid, signal);
         }
     }
+}
+
+/// Polls until no process of the group is left (zombies awaiting their
+/// reaper count as gone), for at most `bound`.
+async fn wait_group_gone(pgid: Option<i32>, bound: Duration) {
+    let Some(pgid) = pgid.filter(|pgid| *pgid > 0) else {
+        return;
+    };
+    let until = Instant::now() + bound;
+    while Instant::now() < until && group_has_live_member(pgid) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Whether a non-zombie process is in group `pgid` (read from `/proc`, as
+/// `kill(-pgid, 0)` also answers yes for zombies).
+fn group_has_live_member(pgid: i32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            return false;
+        };
+        // Fields after the command name (which may hold spaces and parens):
+        // state, ppid, pgrp, …
+        let Some(after) = stat.rfind(')').map(|end| &stat[end + 1..]) else {
+            return false;
+        };
+        let mut fields = after.split_whitespace();
+        let state = fields.next();
+        let group = fields.nth(1).and_then(|field| field.parse::<i32>().ok());
+        group == Some(pgid) && state != Some("Z")
+    })
 }
 
 /// SIGTERM to the group, up to `grace` for the leader to exit, then SIGKILL;
