@@ -16,5 +16,5 @@ pub mod store;
 
 pub use error::CacheError;
 pub use index::{FileHash, StatIndex};
-pub use key::{outputs_digest, CacheKey, KeyChange, KeyHash, CACHE_FORMAT_VERSION};
+pub use key::{outputs_digest, CacheKey, KeyChange, KeyHash, CACHE_FORMAT_VERSION, VAR_PREFIX};
 pub use store::{Entry, GcReport, NewEntry, OutputFile, RestoreReport, Store, StoreStats};

@@ -28,10 +28,16 @@
 //!    then renames the batch's manifests and instance pointers into place.
 //!
 //! While a batch is being synced, new saves queue up behind it, so batches
-//! grow with the load (group commit). `flush()` waits until everything saved
-//! before it is published and syncs once more, making the manifests
-//! themselves durable; the scheduler calls it at the end of a run (and may
-//! call it every N saves). `Drop` drains the queue too.
+//! grow with the load (group commit). Each `syncfs` also makes the manifests
+//! of earlier batches durable. `flush()` waits until everything saved before
+//! it is published; the scheduler calls it at the end of a run (and may call
+//! it every N saves, bounding what a SIGKILL can lose). `Drop` drains the
+//! queue too.
+//!
+//! `syncfs` rather than an fsync per file: one call per batch whatever its
+//! size. Its cost is that it also writes out other processes' dirty data on
+//! the same file system; that happens on the flusher thread, never on the
+//! caller's path, except for the last batch `flush()` waits for.
 //!
 //! After a SIGKILL at any point, the page cache survives, so every renamed
 //! blob is complete, and a manifest is only visible once its blobs were
@@ -575,6 +581,12 @@ impl Store {
                 continue;
             };
             let hashes: Vec<String> = entry.blobs().map(|(hash, _)| hash.to_owned()).collect();
+            if !hashes.iter().all(|hash| blobs.contains_key(hash)) {
+                // A blob is gone: the entry is a miss forever, reclaim it.
+                remove_counting(&path, metadata.len(), &mut report)?;
+                report.entries_removed += 1;
+                continue;
+            }
             let last_use = metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH);
             entries.push((last_use, path, metadata.len(), hashes));
         }
