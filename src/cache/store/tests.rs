@@ -652,3 +652,10 @@ fn measure_store() {
         syncfs.as_secs_f64() * 1e6,
     );
 }
+
+#[test]
+fn store_and_index_are_shared_across_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Store>();
+    assert_send_sync::<StatIndex>();
+}
