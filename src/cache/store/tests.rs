@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
+use super::super::key::CacheKey;
 use super::*;
 
 fn write(root: &Path, rel: &str, content: &[u8], mode: u32) {
