@@ -19,6 +19,11 @@ use super::CacheError;
 /// part of every key and of the store path (`cache/v1/`).
 pub const CACHE_FORMAT_VERSION: u32 = 1;
 
+/// `extra` entries named `vars.NAME` render as workflow variables in
+/// [`KeyChange`] messages (the scheduler may record the variables a task's
+/// templates used, so `explain` can name them rather than "the command").
+pub const VAR_PREFIX: &str = "vars.";
+
 /// Domain separation, so a key hash can never equal a content or digest hash
 /// computed over the same bytes.
 const KEY_DOMAIN: &[u8] = b"ccflow-cache-key\0";
@@ -326,7 +331,10 @@ impl fmt::Display for KeyChange {
                 name,
                 before,
                 after,
-            } => write!(f, "`{name}` {}", verb(before, after)),
+            } => match name.strip_prefix(VAR_PREFIX) {
+                Some(var) => write!(f, "variable `{var}` {}", verb(before, after)),
+                None => write!(f, "`{name}` {}", verb(before, after)),
+            },
         }
     }
 }
@@ -492,6 +500,12 @@ mod tests {
         newer.env.insert("RUST_LOG".to_owned(), "debug".to_owned());
         newer.deps.insert("gen[x]".to_owned(), "dd".repeat(32));
         newer.secrets.push("NEW_SECRET".to_owned());
+        newer
+            .extra
+            .insert("vars.style".to_owned(), "anyhow".to_owned());
+        newer
+            .extra
+            .insert("claude_version".to_owned(), "2.1.0".to_owned());
         let rendered: Vec<String> = newer
             .changes_since(&older)
             .iter()
@@ -506,6 +520,8 @@ mod tests {
                 "input `src/b.rs` was removed",
                 "input `src/c.rs` was added",
                 "upstream `gen[x]` produced different outputs",
+                "`claude_version` was added",
+                "variable `style` was added",
             ]
         );
         assert!(older.changes_since(&older).is_empty());

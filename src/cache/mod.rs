@@ -8,13 +8,15 @@
 //!
 //! SPEC §3 is the contract. The durability design is described in `store.rs`.
 
+mod entry;
 mod error;
 mod fsutil;
 pub mod index;
 pub mod key;
 pub mod store;
 
+pub use entry::{Entry, NewEntry, OutputFile};
 pub use error::CacheError;
 pub use index::{FileHash, StatIndex};
-pub use key::{outputs_digest, CacheKey, KeyChange, KeyHash, CACHE_FORMAT_VERSION};
-pub use store::{Entry, GcReport, NewEntry, OutputFile, RestoreReport, Store, StoreStats};
+pub use key::{outputs_digest, CacheKey, KeyChange, KeyHash, CACHE_FORMAT_VERSION, VAR_PREFIX};
+pub use store::{GcReport, RestoreReport, Store, StoreStats};

@@ -28,10 +28,16 @@
 //!    then renames the batch's manifests and instance pointers into place.
 //!
 //! While a batch is being synced, new saves queue up behind it, so batches
-//! grow with the load (group commit). `flush()` waits until everything saved
-//! before it is published and syncs once more, making the manifests
-//! themselves durable; the scheduler calls it at the end of a run (and may
-//! call it every N saves). `Drop` drains the queue too.
+//! grow with the load (group commit). Each `syncfs` also makes the manifests
+//! of earlier batches durable. `flush()` waits until everything saved before
+//! it is published; the scheduler calls it at the end of a run (and may call
+//! it every N saves, bounding what a SIGKILL can lose). `Drop` drains the
+//! queue too.
+//!
+//! `syncfs` rather than an fsync per file: one call per batch whatever its
+//! size. Its cost is that it also writes out other processes' dirty data on
+//! the same file system; that happens on the flusher thread, never on the
+//! caller's path, except for the last batch `flush()` waits for.
 //!
 //! After a SIGKILL at any point, the page cache survives, so every renamed
 //! blob is complete, and a manifest is only visible once its blobs were
@@ -55,94 +61,20 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
-use serde::{Deserialize, Serialize};
-
+use super::entry::{decode_manifest, encode_manifest};
+pub use super::entry::{Entry, NewEntry, OutputFile};
 use super::fsutil::{self, RESTORE_TEMP, STORE_TEMP};
 use super::index::StatIndex;
-use super::key::{outputs_digest, parse_hex32, CacheKey, KeyHash, CACHE_FORMAT_VERSION};
+use super::key::{parse_hex32, KeyHash, CACHE_FORMAT_VERSION};
 use super::CacheError;
 
 /// Files up to this size are read into memory (hash first, then write only
 /// if the blob is new); larger ones are reflinked or streamed.
 const SMALL_FILE: u64 = 1024 * 1024;
-const MANIFEST_MAGIC: &str = "ccflow-manifest";
 /// A hit re-stamps its manifest's mtime (last use) only when older than this.
 const TOUCH_RESOLUTION: Duration = Duration::from_secs(600);
 /// Temp files older than this are leftovers of killed processes.
 const STALE_TEMP: Duration = Duration::from_secs(3600);
-
-/// What a task left behind, as the scheduler hands it to [`Store::save`].
-#[derive(Clone, Debug)]
-pub struct NewEntry {
-    pub instance_id: String,
-    pub key: CacheKey,
-    /// Repo-relative paths of output files (expanded, files only). Each must
-    /// stay inside the root: `..`, absolute paths and symlinks resolving
-    /// outside are rejected with [`CacheError::OutputOutsideRoot`].
-    pub outputs: Vec<String>,
-    pub exit_code: i32,
-    /// The task's log, stored as a blob.
-    pub log: Option<PathBuf>,
-    /// Named artifacts (`transcript`, `diff`, ...), stored as blobs.
-    pub attachments: BTreeMap<String, PathBuf>,
-    /// Path -> content hash after the task (in-place tasks).
-    pub post_state: BTreeMap<String, String>,
-    /// Stored verbatim (agent usage, cost, ...).
-    pub metadata: serde_json::Value,
-}
-
-/// A stored result, as read back from a manifest.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Entry {
-    pub key: CacheKey,
-    /// The key this manifest is stored under (for an in-place task's
-    /// post-state manifest, not the hash of `key`).
-    pub key_hash: KeyHash,
-    pub instance_id: String,
-    /// Sorted by path.
-    pub outputs: Vec<OutputFile>,
-    pub exit_code: i32,
-    /// Blob hash of the log.
-    pub log: Option<String>,
-    /// Attachment name -> blob hash.
-    pub attachments: BTreeMap<String, String>,
-    pub post_state: BTreeMap<String, String>,
-    pub metadata: serde_json::Value,
-    pub created_unix_ms: u64,
-}
-
-impl Entry {
-    /// The digest downstream keys use for this entry's outputs.
-    pub fn outputs_digest(&self) -> String {
-        let pairs: Vec<(String, String)> = self
-            .outputs
-            .iter()
-            .map(|output| (output.path.clone(), output.hash.clone()))
-            .collect();
-        outputs_digest(&pairs)
-    }
-
-    /// Every blob this entry needs, with its size when the manifest knows it.
-    fn blobs(&self) -> impl Iterator<Item = (&str, Option<u64>)> {
-        self.outputs
-            .iter()
-            .map(|output| (output.hash.as_str(), Some(output.size)))
-            .chain(self.log.iter().map(|hash| (hash.as_str(), None)))
-            .chain(self.attachments.values().map(|hash| (hash.as_str(), None)))
-    }
-}
-
-/// One output file of an entry.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OutputFile {
-    /// Repo-relative, `/`-separated, normalised (no `.` or `..`).
-    pub path: String,
-    /// Hex BLAKE3 of the content (the blob's name).
-    pub hash: String,
-    pub size: u64,
-    /// Permission bits (`st_mode & 0o7777`).
-    pub mode: u32,
-}
 
 /// What [`Store::restore`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -575,6 +507,12 @@ impl Store {
                 continue;
             };
             let hashes: Vec<String> = entry.blobs().map(|(hash, _)| hash.to_owned()).collect();
+            if !hashes.iter().all(|hash| blobs.contains_key(hash)) {
+                // A blob is gone: the entry is a miss forever, reclaim it.
+                remove_counting(&path, metadata.len(), &mut report)?;
+                report.entries_removed += 1;
+                continue;
+            }
             let last_use = metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH);
             entries.push((last_use, path, metadata.len(), hashes));
         }
@@ -1021,45 +959,6 @@ fn normalize_rel(rel: &str) -> Result<String, CacheError> {
         });
     }
     Ok(parts.join("/"))
-}
-
-fn encode_manifest(entry: &Entry) -> Result<Vec<u8>, CacheError> {
-    let body = serde_json::to_vec(entry)?;
-    let mut bytes = format!(
-        "{MANIFEST_MAGIC} {CACHE_FORMAT_VERSION} {}\n",
-        fsutil::hash_bytes(&body)
-    )
-    .into_bytes();
-    bytes.extend_from_slice(&body);
-    Ok(bytes)
-}
-
-/// Parses and verifies a manifest read for `key`; the error says why it is
-/// not usable.
-fn decode_manifest(bytes: &[u8], key: &KeyHash) -> Result<Entry, String> {
-    let newline = bytes
-        .iter()
-        .position(|byte| *byte == b'\n')
-        .ok_or("the manifest is truncated")?;
-    let header =
-        std::str::from_utf8(&bytes[..newline]).map_err(|_| "the manifest header is not text")?;
-    let body = &bytes[newline + 1..];
-    let mut fields = header.split(' ');
-    if fields.next() != Some(MANIFEST_MAGIC) {
-        return Err("the file is not a ccflow manifest".to_owned());
-    }
-    if fields.next() != Some(&*CACHE_FORMAT_VERSION.to_string()) {
-        return Err("the manifest has another format version".to_owned());
-    }
-    if fields.next() != Some(&*fsutil::hash_bytes(body)) || fields.next().is_some() {
-        return Err("the manifest is torn or corrupt (checksum mismatch)".to_owned());
-    }
-    let entry: Entry = serde_json::from_slice(body)
-        .map_err(|error| format!("the manifest does not parse: {error}"))?;
-    if entry.key_hash != *key {
-        return Err(format!("the manifest belongs to key `{}`", entry.key_hash));
-    }
-    Ok(entry)
 }
 
 /// Regular files directly in `dir` (temp files of the store excluded unless

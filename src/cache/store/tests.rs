@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
+use super::super::key::CacheKey;
 use super::*;
 
 fn write(root: &Path, rel: &str, content: &[u8], mode: u32) {
@@ -651,4 +652,11 @@ fn measure_store() {
         restores.as_secs_f64() * 1e6 / f64::from(count),
         syncfs.as_secs_f64() * 1e6,
     );
+}
+
+#[test]
+fn store_and_index_are_shared_across_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Store>();
+    assert_send_sync::<StatIndex>();
 }
