@@ -194,9 +194,9 @@ pub async fn execute_agent(shared: Arc<RunShared>, job: super::instance::Job, mu
     if may_hit {
         if let Some(hit) = cache_hit(&shared, &job.id, &key_hash, &agents_dir, &file_stem).await {
             match hit {
-                Ok((usage, artifacts)) => {
+                Ok((_saved, artifacts)) => {
+                    // Nothing was spent: the record counts tokens used by this run only.
                     result.status = InstanceStatus::Cached;
-                    result.usage = usage;
                     result.artifacts = artifacts;
                     result.exit_code = Some(0);
                     result.duration = started.elapsed();
