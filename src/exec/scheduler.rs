@@ -85,6 +85,18 @@ struct State {
     reporters: Reporters,
     started_unix_ms: u64,
     messages: Vec<String>,
+    budget: BudgetState,
+}
+
+/// Agent spending against `budget:` (run-wide and per task).
+#[derive(Default)]
+struct BudgetState {
+    spent: Usage,
+    /// Expected (cost, tokens) of each running agent instance.
+    reserved: HashMap<NodeIndex, (f64, u64)>,
+    /// Per task: finished sessions, their cost and tokens.
+    per_task: HashMap<usize, (u32, f64, u64, Usage)>,
+    exhausted: bool,
 }
 
 /// Runs the plan to completion.
@@ -113,6 +125,7 @@ pub async fn run(plan: Plan, shared: Arc<RunShared>, options: RunOptions, report
         reporters,
         started_unix_ms: now_ms(),
         messages: Vec::new(),
+        budget: BudgetState::default(),
     };
     let total = state.instance_count();
     state.reporters.event(&RunEvent::RunStarted {
@@ -175,6 +188,28 @@ pub async fn run(plan: Plan, shared: Arc<RunShared>, options: RunOptions, report
     }
     let status = if state.interrupted {
         RunStatus::Interrupted
+    } else if state.budget.exhausted {
+        let not_started: Vec<String> = state
+            .plan
+            .ordered_nodes()
+            .into_iter()
+            .filter(|n| {
+                state.plan.graph[*n].kind == NodeKind::Instance
+                    && matches!(state.status.get(n), None | Some(InstanceStatus::NotStarted | InstanceStatus::Blocked))
+            })
+            .map(|n| state.plan.graph[n].id.0.clone())
+            .collect();
+        let done = state.status.values().filter(|s| s.is_success()).count();
+        let text = format!(
+            "ccflow: budget exhausted after ${:.4} and {} tokens: {done} instances done, {} not started: {}",
+            state.budget.spent.cost_usd,
+            state.budget.spent.total_tokens(),
+            not_started.len(),
+            not_started.join(", ")
+        );
+        state.messages.push(text.clone());
+        state.reporters.event(&RunEvent::Message { text });
+        RunStatus::BudgetExhausted
     } else if state.failed {
         RunStatus::Failed
     } else {
@@ -343,6 +378,15 @@ impl State {
                     continue;
                 }
             }
+            if self.plan.workflow.tasks[task_index].is_agent() {
+                match self.reserve(node, task_index) {
+                    Ok(()) => {}
+                    Err(reason) => {
+                        self.not_started(node, reason);
+                        continue;
+                    }
+                }
+            }
             self.start(node, done);
             *self.pool_running.entry(pool).or_insert(0) += 1;
         }
@@ -400,6 +444,19 @@ impl State {
         if let Some(count) = self.pool_running.get_mut(&task.pool) {
             *count = count.saturating_sub(1);
         }
+        if task.is_agent() {
+            self.budget.reserved.remove(&node);
+            self.budget.spent.add(&result.usage);
+            if result.status != InstanceStatus::Cached && result.usage.total_tokens() > 0 {
+                let entry = self.budget.per_task.entry(instance.task).or_default();
+                entry.0 += 1;
+                entry.1 += result.usage.cost_usd;
+                entry.2 += result.usage.total_tokens();
+                entry.3.add(&result.usage);
+            } else if result.status == InstanceStatus::Cached {
+                // Cached: nothing spent.
+            }
+        }
         let mut status = result.status;
         if status == InstanceStatus::Cancelled && !self.interrupted {
             status = InstanceStatus::Failed;
@@ -432,6 +489,84 @@ impl State {
         self.reporters.event(&RunEvent::TaskFinished { record, log_path: result.log_path.clone() });
         self.results.insert(node, result);
         self.release_successors(node, !failed || tolerated);
+    }
+
+    /// Reserves the expected cost of an agent instance, or says why the
+    /// budget cannot cover it.
+    fn reserve(&mut self, node: NodeIndex, task_index: usize) -> Result<(), String> {
+        if self.budget.exhausted {
+            return Err("not started: budget exhausted".into());
+        }
+        let workflow = Arc::clone(&self.plan.workflow);
+        let task = &workflow.tasks[task_index];
+        let stats = self.budget.per_task.get(&task_index).copied().unwrap_or_default();
+        // The running mean of this task's finished sessions, else its own limit.
+        let own_limit = match &task.kind {
+            crate::workflow::TaskKind::Agent(agent) => agent.max_budget_usd.unwrap_or(0.0),
+            crate::workflow::TaskKind::Shell { .. } => 0.0,
+        };
+        let (expected_cost, expected_tokens) = if stats.0 > 0 {
+            (stats.1 / f64::from(stats.0), stats.2 / u64::from(stats.0))
+        } else {
+            (own_limit, 0)
+        };
+        let reserved_cost: f64 = self.budget.reserved.values().map(|r| r.0).sum();
+        let reserved_tokens: u64 = self.budget.reserved.values().map(|r| r.1).sum();
+        let budget = workflow.budget;
+        let over_cost = budget.max_cost_usd.is_some_and(|max| {
+            self.budget.spent.cost_usd >= max || self.budget.spent.cost_usd + reserved_cost + expected_cost > max
+        });
+        let over_tokens = budget.max_tokens.is_some_and(|max| {
+            self.budget.spent.total_tokens() >= max || self.budget.spent.total_tokens() + reserved_tokens + expected_tokens > max
+        });
+        let task_running: Vec<(f64, u64)> = self
+            .budget
+            .reserved
+            .iter()
+            .filter(|(n, _)| self.plan.graph[**n].task == task_index)
+            .map(|(_, r)| *r)
+            .collect();
+        let task_reserved_cost: f64 = task_running.iter().map(|r| r.0).sum();
+        let task_reserved_tokens: u64 = task_running.iter().map(|r| r.1).sum();
+        let task_over = task.budget.max_cost_usd.is_some_and(|max| stats.3.cost_usd + task_reserved_cost + expected_cost > max || stats.3.cost_usd >= max)
+            || task.budget.max_tokens.is_some_and(|max| stats.3.total_tokens() + task_reserved_tokens + expected_tokens > max || stats.3.total_tokens() >= max);
+        if over_cost || over_tokens {
+            self.budget.exhausted = true;
+            return Err("not started: budget exhausted".into());
+        }
+        if task_over {
+            return Err(format!("not started: the budget of task `{}` is exhausted", task.name));
+        }
+        self.budget.reserved.insert(node, (expected_cost, expected_tokens));
+        Ok(())
+    }
+
+    /// Records an instance that will not start (budget), blocking its dependents.
+    fn not_started(&mut self, node: NodeIndex, reason: String) {
+        let instance = self.plan.graph[node].clone();
+        let task = self.plan.workflow.tasks[instance.task].name.clone();
+        self.status.insert(node, InstanceStatus::NotStarted);
+        let mut result = JobResultBuilder::failed(node, reason.clone());
+        result.status = InstanceStatus::NotStarted;
+        let record = InstanceRecord {
+            id: instance.id.0.clone(),
+            task,
+            label: instance.label.clone(),
+            status: InstanceStatus::NotStarted,
+            attempts: Vec::new(),
+            started_unix_ms: None,
+            finished_unix_ms: None,
+            duration_ms: 0,
+            exit_code: None,
+            log: None,
+            message: Some(reason),
+            cache_key: None,
+            usage: Usage::default(),
+            artifacts: BTreeMap::new(),
+        };
+        self.reporters.event(&RunEvent::TaskFinished { record, log_path: None });
+        self.results.insert(node, result);
+        self.release_successors(node, false);
     }
 
     /// Decrements successors; on failure, blocks everything downstream.
