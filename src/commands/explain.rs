@@ -71,10 +71,18 @@ pub fn run(args: &ExplainArgs, ctx: &Ctx) -> CommandResult {
         .map_err(|e| CommandError::usage(format!("cannot start the runtime: {e}")))?;
     let (_, image_ids) = common::prepare_docker(&runtime, &workflow, &[instance.task], None)?;
     let (mut key, _) = instance_key(&workflow, &ctx.root, &index, &workflow.secrets, task, &rendered, &deps, &image_ids).map_err(CommandError::usage)?;
-    // Agent keys carry the CLI version, known only to a run: compare like with like.
-    for (k, v) in &previous.key.extra {
-        if k == "claude_version" {
-            key.extra.insert(k.clone(), v.clone());
+    // Agent keys carry the CLI version.
+    if let crate::workflow::TaskKind::Agent(agent) = &task.kind {
+        match crate::agent::find_claude(agent.command.as_deref()).and_then(|b| crate::agent::claude_version(&b)) {
+            Ok(version) => {
+                key.extra.insert("claude_version".into(), version);
+            }
+            Err(e) => println!("note: {e}; comparing without the CLI version"),
+        }
+        if !key.extra.contains_key("claude_version") {
+            if let Some(v) = previous.key.extra.get("claude_version") {
+                key.extra.insert("claude_version".into(), v.clone());
+            }
         }
     }
     let _ = index.save();

@@ -164,10 +164,7 @@ pub async fn execute_agent(shared: Arc<RunShared>, job: super::instance::Job, mu
         Err(e) => return fail(result, format!("cannot look for the claude CLI: {e}")),
     };
     // The key. Agents read what they edit: without `inputs`, the outputs are the inputs.
-    let mut key_rendered = (*rendered).clone();
-    if key_rendered.inputs.is_empty() {
-        key_rendered.inputs.clone_from(&key_rendered.outputs);
-    }
+    let key_rendered = (*rendered).clone();
     let keyed = {
         let shared = Arc::clone(&shared);
         let deps = job.deps.clone();

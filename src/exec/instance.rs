@@ -150,7 +150,9 @@ pub fn instance_key(
     deps: &BTreeMap<String, String>,
     image_ids: &HashMap<String, String>,
 ) -> Result<(CacheKey, BTreeMap<String, String>), String> {
-    let input_files = paths::expand(root, &rendered.inputs, true).map_err(|e| format!("cannot expand inputs: {e}"))?;
+    // Agents read what they edit: without `inputs`, their outputs are their inputs.
+    let patterns = if task.is_agent() && rendered.inputs.is_empty() { &rendered.outputs } else { &rendered.inputs };
+    let input_files = paths::expand(root, patterns, true).map_err(|e| format!("cannot expand inputs: {e}"))?;
     let mut inputs = BTreeMap::new();
     for file in &input_files {
         let hash = index.hash_file(root, file).map_err(|e| format!("cannot hash input `{file}`: {e}"))?;
