@@ -3,6 +3,7 @@
 pub mod cache;
 pub mod common;
 pub mod completions;
+pub mod doctor;
 pub mod explain;
 pub mod init;
 pub mod list;
@@ -74,6 +75,6 @@ pub fn dispatch(cli: Cli) -> CommandResult {
             130 => ExitStatus::Interrupted,
             _ => ExitStatus::TaskFailed,
         }),
-        other => Err(CommandError::usage(format!("`{other:?}` is not available in this build"))),
+        Command::Doctor => doctor::run(&ctx),
     }
 }
