@@ -263,13 +263,18 @@ impl Reader<'_> {
                         merges.push((value, value_offset));
                         continue;
                     }
-                    if map.contains_key(&name) {
-                        return Err(YamlError {
-                            message: format!("duplicate key `{name}`"),
-                            span: key_span,
-                        });
-                    }
                     let child = format!("{pointer}/{}", pointer_segment(&name));
+                    if map.contains_key(&name) {
+                        let first = self.spans.spans.get(&child).and_then(|s| s.key);
+                        let message = match first {
+                            Some(first) => format!(
+                                "duplicate key `{name}` (first defined on line {})",
+                                self.file.line_col(first.start).0
+                            ),
+                            None => format!("duplicate key `{name}`"),
+                        };
+                        return Err(YamlError { message, span: key_span });
+                    }
                     let value = self.node(event, value_offset, child, Some(key_span))?;
                     map.insert(name, value);
                 }

@@ -81,9 +81,9 @@ fn corpus_has_at_least_thirty_mistakes() {
 fn every_invalid_workflow_fails_with_its_expected_message() {
     let mut failures = String::new();
     for case in cases() {
-        let test = Test::new().file(&case.name, &case.content);
         let args: Vec<&str> = case.args.iter().map(String::as_str).collect();
-        let out = test.args(&args).run();
+        let test = Test::new().file(&case.name, &case.content).args(&args);
+        let out = test.run();
         let root = test.path().display().to_string();
         let stderr = out.stderr.replace(&root, "[ROOT]");
         let expected_file = expected_path(&case.name);
