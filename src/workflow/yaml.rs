@@ -444,7 +444,7 @@ mod tests {
         let text = "tasks:\n  a: {run: x}\n  a: {run: y}\n";
         let file = SourceFile::new("t.yaml", text);
         let error = parse(&file).unwrap_err();
-        assert_eq!(error.message, "duplicate key `a`");
+        assert_eq!(error.message, "duplicate key `a` (first defined on line 2)");
         assert_eq!(file.line_col(error.span.start), (3, 3));
     }
 
