@@ -140,6 +140,7 @@ fn hash_files(shared: &RunShared, files: &[String]) -> Result<BTreeMap<String, S
 ///
 /// # Errors
 /// Inputs that cannot be expanded or hashed.
+#[expect(clippy::too_many_arguments, reason = "explain, plan and the executor call it with their own state")]
 pub fn instance_key(
     workflow: &Workflow,
     root: &Path,

@@ -771,7 +771,7 @@ pub fn parse_memory(text: &str) -> Option<u64> {
     };
     let bytes = number * factor;
     #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "checked to be a finite positive size")]
-    (bytes.is_finite() && bytes >= 1.0 && bytes < 1e18).then_some(bytes as u64)
+    (bytes.is_finite() && (1.0..1e18).contains(&bytes)).then_some(bytes as u64)
 }
 
 /// Maps a template's 1-based line to a span inside the YAML scalar holding it.
