@@ -47,7 +47,9 @@ pub fn find(ctx: &Ctx, arg: &str) -> Result<std::path::PathBuf, CommandError> {
             if available.is_empty() {
                 error = error.hint("no workflows in `.claudecluster/`; `ccflow init` creates one");
             } else {
-                if let Some(h) = crate::diagnostic::did_you_mean(arg, available.iter().map(String::as_str)) {
+                if let Some(h) =
+                    crate::diagnostic::did_you_mean(arg, available.iter().map(String::as_str))
+                {
                     error = error.hint(h);
                 }
                 error = error.hint(format!("available: {}", available.join(", ")));
@@ -61,7 +63,11 @@ pub fn find(ctx: &Ctx, arg: &str) -> Result<std::path::PathBuf, CommandError> {
 ///
 /// # Errors
 /// Exit status 2 when the workflow is invalid.
-pub fn load(ctx: &Ctx, arg: &str, vars: &BTreeMap<String, String>) -> Result<Arc<Workflow>, CommandError> {
+pub fn load(
+    ctx: &Ctx,
+    arg: &str,
+    vars: &BTreeMap<String, String>,
+) -> Result<Arc<Workflow>, CommandError> {
     let path = find(ctx, arg)?;
     let display = display_path(&path, &ctx.cwd);
     let loaded = resolve::load(&path, &display, &ctx.root, vars);
@@ -89,7 +95,13 @@ pub fn prepare_docker(
     workflow: &Workflow,
     tasks: &[usize],
     run_id: Option<&str>,
-) -> Result<(Option<crate::exec::docker::DockerRunner>, std::collections::HashMap<String, String>), CommandError> {
+) -> Result<
+    (
+        Option<crate::exec::docker::DockerRunner>,
+        std::collections::HashMap<String, String>,
+    ),
+    CommandError,
+> {
     use crate::workflow::raw::Runner;
     let docker_tasks: Vec<&crate::workflow::Task> = tasks
         .iter()
@@ -108,7 +120,9 @@ pub fn prepare_docker(
         error
     };
     runtime.block_on(async {
-        let docker = crate::exec::docker::DockerRunner::connect().await.map_err(with_hint)?;
+        let docker = crate::exec::docker::DockerRunner::connect()
+            .await
+            .map_err(with_hint)?;
         let mut ids = std::collections::HashMap::new();
         for task in docker_tasks {
             let Some(image) = &task.image else { continue };

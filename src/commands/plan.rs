@@ -51,7 +51,10 @@ pub fn run(args: &PlanArgs, ctx: &Ctx) -> CommandResult {
                 value["estimated_cost_usd"] = serde_json::json!(cost);
                 value["estimate_sessions"] = serde_json::json!(sessions);
             }
-            println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&value).unwrap_or_default()
+            );
         }
         PlanFormat::Dot => print!("{}", format::dot(&plan, &notes)),
         PlanFormat::Mermaid => print!("{}", format::mermaid(&plan, &notes)),
@@ -68,7 +71,10 @@ fn annotate(plan: &Plan, ctx: &Ctx) -> format::Annotations {
     let (Some(store), Some(index)) = (store, index) else {
         return notes;
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok();
     let all_tasks: Vec<usize> = (0..plan.workflow.tasks.len()).collect();
     let image_ids = runtime
         .as_ref()
@@ -77,7 +83,9 @@ fn annotate(plan: &Plan, ctx: &Ctx) -> format::Annotations {
         .unwrap_or_default();
     let mut claude_versions: HashMap<Option<String>, Option<String>> = HashMap::new();
     let mut predicted: HashMap<petgraph::stable_graph::NodeIndex, Option<String>> = HashMap::new();
-    let Ok(order) = petgraph::algo::toposort(&plan.graph, None) else { return notes };
+    let Ok(order) = petgraph::algo::toposort(&plan.graph, None) else {
+        return notes;
+    };
     for node in order {
         let instance = &plan.graph[node];
         let task = &plan.workflow.tasks[instance.task];
@@ -85,7 +93,9 @@ fn annotate(plan: &Plan, ctx: &Ctx) -> format::Annotations {
             if instance.kind != NodeKind::Instance {
                 return ("run (expands at run time)".to_owned(), None);
             }
-            let Some(rendered) = &instance.rendered else { return ("run".to_owned(), None) };
+            let Some(rendered) = &instance.rendered else {
+                return ("run".to_owned(), None);
+            };
             if !rendered.enabled {
                 return ("skip (`if` is false)".to_owned(), Some(String::new()));
             }
@@ -102,7 +112,16 @@ fn annotate(plan: &Plan, ctx: &Ctx) -> format::Annotations {
                 }
             }
             let rendered = (**rendered).clone();
-            let Ok((mut key, _)) = instance_key(&plan.workflow, &ctx.root, &index, &plan.workflow.secrets, task, &rendered, &deps, &image_ids) else {
+            let Ok((mut key, _)) = instance_key(
+                &plan.workflow,
+                &ctx.root,
+                &index,
+                &plan.workflow.secrets,
+                task,
+                &rendered,
+                &deps,
+                &image_ids,
+            ) else {
                 return ("run (inputs unreadable)".to_owned(), None);
             };
             if let crate::workflow::TaskKind::Agent(agent) = &task.kind {
@@ -114,7 +133,9 @@ fn annotate(plan: &Plan, ctx: &Ctx) -> format::Annotations {
                             .and_then(|b| crate::agent::claude_version(&b).ok())
                     })
                     .clone();
-                let Some(version) = version else { return ("run (claude CLI not found)".to_owned(), None) };
+                let Some(version) = version else {
+                    return ("run (claude CLI not found)".to_owned(), None);
+                };
                 key.extra.insert("claude_version".into(), version);
             }
             match store.lookup(&key.hash()) {
@@ -132,12 +153,19 @@ fn annotate(plan: &Plan, ctx: &Ctx) -> format::Annotations {
 /// The mean cost of each agent task's sessions in earlier runs, applied to
 /// the instances that would run.
 fn estimate_cost(plan: &Plan, notes: &format::Annotations, ctx: &Ctx) -> Option<(f64, usize)> {
-    if !plan.workflow.tasks.iter().any(crate::workflow::Task::is_agent) {
+    if !plan
+        .workflow
+        .tasks
+        .iter()
+        .any(crate::workflow::Task::is_agent)
+    {
         return None;
     }
     let mut per_task: HashMap<String, (f64, usize)> = HashMap::new();
     for dir in list_runs(&ctx.state_dir).into_iter().take(50) {
-        let Ok(record) = RunRecord::read(&dir) else { continue };
+        let Ok(record) = RunRecord::read(&dir) else {
+            continue;
+        };
         if record.workflow != plan.workflow.name {
             continue;
         }
@@ -157,7 +185,11 @@ fn estimate_cost(plan: &Plan, notes: &format::Annotations, ctx: &Ctx) -> Option<
     for node in plan.ordered_nodes() {
         let instance = &plan.graph[node];
         let task = &plan.workflow.tasks[instance.task];
-        if !task.is_agent() || !notes.get(&instance.id).is_some_and(|n| n.starts_with("run")) {
+        if !task.is_agent()
+            || !notes
+                .get(&instance.id)
+                .is_some_and(|n| n.starts_with("run"))
+        {
             continue;
         }
         if let Some((sum, count)) = per_task.get(&task.name) {

@@ -33,14 +33,23 @@ const BASE_ENV: [&str; 4] = ["PATH", "HOME", "LANG", "TERM"];
 /// Invalid workflow or arguments (exit 2); state directory not writable.
 pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
     if args.jobs == Some(0) {
-        return Err(CommandError::usage("`-j 0`: at least one job must run at a time").hint("use `-j 1` to run one instance at a time"));
+        return Err(
+            CommandError::usage("`-j 0`: at least one job must run at a time")
+                .hint("use `-j 1` to run one instance at a time"),
+        );
     }
     let vars = common::parse_vars(&args.vars)?;
     let workflow = common::load(ctx, &args.workflow, &vars)?;
     for name in &args.rerun {
         if workflow.task(name).is_none() {
-            let mut error = CommandError::usage(format!("`--rerun {name}`: no task `{name}` in workflow `{}`", workflow.name));
-            if let Some(h) = crate::diagnostic::did_you_mean(name, workflow.tasks.iter().map(|t| t.name.as_str())) {
+            let mut error = CommandError::usage(format!(
+                "`--rerun {name}`: no task `{name}` in workflow `{}`",
+                workflow.name
+            ));
+            if let Some(h) = crate::diagnostic::did_you_mean(
+                name,
+                workflow.tasks.iter().map(|t| t.name.as_str()),
+            ) {
                 error = error.hint(h);
             }
             return Err(error);
@@ -73,24 +82,39 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
             None
         }
     };
-    let index = StatIndex::open(&ctx.state_dir.join("index")).map_err(|e| CommandError::usage(format!("cannot open the file-hash index: {e}")))?;
+    let index = StatIndex::open(&ctx.state_dir.join("index"))
+        .map_err(|e| CommandError::usage(format!("cannot open the file-hash index: {e}")))?;
     let mut secrets = Vec::new();
     for name in &workflow.secrets {
         match std::env::var(name) {
             Ok(value) => secrets.push((name.clone(), value)),
-            Err(_) => eprintln!("warning: secret `{name}` is not set in the environment; tasks will not see it"),
+            Err(_) => eprintln!(
+                "warning: secret `{name}` is not set in the environment; tasks will not see it"
+            ),
         }
     }
-    let base_env: Vec<(String, String)> = BASE_ENV.iter().filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v))).collect();
-    let kill_grace = std::env::var("CCFLOW_KILL_GRACE").ok().and_then(|v| parse_duration(&v).ok()).unwrap_or(Duration::from_secs(5));
-    let log_limit = std::env::var("CCFLOW_LOG_LIMIT").ok().and_then(|v| v.parse().ok()).unwrap_or(64 * 1024 * 1024);
+    let base_env: Vec<(String, String)> = BASE_ENV
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v)))
+        .collect();
+    let kill_grace = std::env::var("CCFLOW_KILL_GRACE")
+        .ok()
+        .and_then(|v| parse_duration(&v).ok())
+        .unwrap_or(Duration::from_secs(5));
+    let log_limit = std::env::var("CCFLOW_LOG_LIMIT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64 * 1024 * 1024);
     crate::exec::reaper::init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| CommandError::usage(format!("cannot start the runtime: {e}")))?;
-    let selected: Vec<usize> = (0..workflow.tasks.len()).filter(|i| !plan.task_nodes[*i].is_empty()).collect();
-    let (docker, image_ids) = common::prepare_docker(&runtime, &workflow, &selected, Some(&run_id))?;
+    let selected: Vec<usize> = (0..workflow.tasks.len())
+        .filter(|i| !plan.task_nodes[*i].is_empty())
+        .collect();
+    let (docker, image_ids) =
+        common::prepare_docker(&runtime, &workflow, &selected, Some(&run_id))?;
     let (notice_tx, notice_rx) = tokio::sync::mpsc::unbounded_channel();
     let shared = Arc::new(RunShared {
         workflow: Arc::clone(&workflow),
@@ -120,10 +144,16 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
     if std::io::stderr().is_terminal() && !ctx.github && std::env::var_os("CI").is_none() {
         reporters.reporters.push(Box::new(ProgressReporter::new()));
     } else {
-        reporters.reporters.push(Box::new(PlainReporter::new(Box::new(std::io::stderr()), ctx.github, args.replay)));
+        reporters.reporters.push(Box::new(PlainReporter::new(
+            Box::new(std::io::stderr()),
+            ctx.github,
+            args.replay,
+        )));
     }
     if ctx.github {
-        reporters.reporters.push(Box::new(GithubReporter::from_env()));
+        reporters
+            .reporters
+            .push(Box::new(GithubReporter::from_env()));
     }
     if let Some(target) = &args.events {
         let out: Box<dyn std::io::Write + Send> = if events_to_stdout {
@@ -133,11 +163,16 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
         };
         reporters.reporters.push(Box::new(EventsReporter::new(out)));
     }
-    let options = RunOptions { jobs: args.jobs, keep_going: args.keep_going };
+    let options = RunOptions {
+        jobs: args.jobs,
+        keep_going: args.keep_going,
+    };
     let outcome = runtime.block_on(scheduler::run(plan, shared, options, reporters, notice_rx));
     Ok(match outcome.status {
         RunStatus::Succeeded => ExitStatus::Success,
         RunStatus::Interrupted => ExitStatus::Interrupted,
-        RunStatus::Failed | RunStatus::BudgetExhausted | RunStatus::Running => ExitStatus::TaskFailed,
+        RunStatus::Failed | RunStatus::BudgetExhausted | RunStatus::Running => {
+            ExitStatus::TaskFailed
+        }
     })
 }

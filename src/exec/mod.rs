@@ -7,10 +7,10 @@
 pub mod agent_task;
 pub mod docker;
 pub mod instance;
-pub mod paths;
 pub mod local;
 pub mod log_sink;
 pub mod outcome;
+pub mod paths;
 pub mod reaper;
 pub mod scheduler;
 pub mod shellwords;

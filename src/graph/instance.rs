@@ -4,7 +4,10 @@
 //! context; the scheduler renders again just before running, with the real
 //! status and outputs of the dependencies.
 
-#![expect(clippy::result_large_err, reason = "a Diagnostic is built once per failure and carries its source; boxing buys nothing here")]
+#![expect(
+    clippy::result_large_err,
+    reason = "a Diagnostic is built once per failure and carries its source; boxing buys nothing here"
+)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -21,7 +24,9 @@ use crate::workflow::yaml::pointer_segment;
 use crate::workflow::{Task, TaskKind, Workflow};
 
 /// A task instance's id: `task` or `task[label]`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(transparent)]
 pub struct InstanceId(pub String);
 
@@ -81,7 +86,12 @@ pub struct NeedContext {
 
 /// Builds the part of the template context shared by all instances of a task.
 #[must_use]
-pub fn base_context(workflow: &Workflow, task: &Task, needs: &BTreeMap<String, NeedContext>, run_id: &str) -> TemplateValue {
+pub fn base_context(
+    workflow: &Workflow,
+    task: &Task,
+    needs: &BTreeMap<String, NeedContext>,
+    run_id: &str,
+) -> TemplateValue {
     let needs: BTreeMap<&str, TemplateValue> = needs
         .iter()
         .map(|(name, need)| {
@@ -128,7 +138,12 @@ pub fn render(
     let fail = |key: &str, error: TemplateError| -> Diagnostic {
         let value_span: Span = workflow.spans.value(&format!("{pointer}/{key}"));
         let span = template_span(&workflow.file, value_span, error.line);
-        let mut message = format!("{} in `{}` of task `{}`", error.message, key.replace('/', "."), task.name);
+        let mut message = format!(
+            "{} in `{}` of task `{}`",
+            error.message,
+            key.replace('/', "."),
+            task.name
+        );
         if let Some(item) = item {
             let label = match item {
                 ItemValue::Path(p) => p.path.clone(),
@@ -138,13 +153,16 @@ pub fn render(
         }
         let mut d = Diagnostic::error("template", message).at(&workflow.file, span);
         if error.kind == crate::template::TemplateErrorKind::Undefined {
-            d.hints.extend(undefined_hints(workflow, task, &error.message));
+            d.hints
+                .extend(undefined_hints(workflow, task, &error.message));
         }
         d
     };
     let mut read_files = BTreeSet::new();
     let mut text = |key: &str, source: &str, shell: bool| -> Result<String, Diagnostic> {
-        let out = templates.render(source, shell, &context).map_err(|e| fail(key, e))?;
+        let out = templates
+            .render(source, shell, &context)
+            .map_err(|e| fail(key, e))?;
         read_files.extend(out.read_files);
         Ok(out.text)
     };
@@ -159,7 +177,9 @@ pub fn render(
                     return Err(fail(
                         "if",
                         TemplateError {
-                            message: format!("condition rendered `{other}`, expected `true` or `false`"),
+                            message: format!(
+                                "condition rendered `{other}`, expected `true` or `false`"
+                            ),
                             line: None,
                             kind: crate::template::TemplateErrorKind::Render,
                         },
@@ -185,9 +205,15 @@ pub fn render(
         if crate::workflow::resolve::escapes_root(&rendered) {
             return Err(Diagnostic::error(
                 "output-outside",
-                format!("output `{rendered}` of task `{}` points outside the repository", task.name),
+                format!(
+                    "output `{rendered}` of task `{}` points outside the repository",
+                    task.name
+                ),
             )
-            .at(&workflow.file, workflow.spans.value(&format!("{pointer}/outputs/{i}"))));
+            .at(
+                &workflow.file,
+                workflow.spans.value(&format!("{pointer}/outputs/{i}")),
+            ));
         }
         if !rendered.trim().is_empty() {
             outputs.push(rendered);
@@ -195,7 +221,10 @@ pub fn render(
     }
     let mut env = BTreeMap::new();
     for (key, value) in &task.env {
-        env.insert(key.clone(), text(&format!("env/{}", pointer_segment(key)), value, false)?);
+        env.insert(
+            key.clone(),
+            text(&format!("env/{}", pointer_segment(key)), value, false)?,
+        );
     }
     let workdir = match &task.workdir {
         Some(w) => Some(text("workdir", w, false)?),
@@ -206,7 +235,17 @@ pub fn render(
         None => None,
     };
     inputs.extend(read_files.iter().cloned());
-    Ok(RenderedInstance { command, prompt, inputs, outputs, env, workdir, enabled, verify, read_files })
+    Ok(RenderedInstance {
+        command,
+        prompt,
+        inputs,
+        outputs,
+        env,
+        workdir,
+        enabled,
+        verify,
+        read_files,
+    })
 }
 
 /// What to do about an undefined template variable: `item` outside a
@@ -222,23 +261,54 @@ fn undefined_hints(workflow: &Workflow, task: &Task, message: &str) -> Vec<Strin
             if known.is_empty() {
                 format!("no {what} are declared")
             } else {
-                format!("declared {what}: {}", known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", "))
+                format!(
+                    "declared {what}: {}",
+                    known
+                        .iter()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
             }
         })
     };
     match (head, member) {
         ("item", _) if task.for_each.is_none() => {
-            vec![format!("`item` exists only in tasks with `for_each`; task `{}` does not fan out", task.name)]
+            vec![format!(
+                "`item` exists only in tasks with `for_each`; task `{}` does not fan out",
+                task.name
+            )]
         }
         ("vars", Some(var)) => {
-            vec![did_you_mean(var, workflow.vars.keys().map(String::as_str).collect(), "vars"), "declare variables under `vars:`".into()]
+            vec![
+                did_you_mean(
+                    var,
+                    workflow.vars.keys().map(String::as_str).collect(),
+                    "vars",
+                ),
+                "declare variables under `vars:`".into(),
+            ]
         }
-        ("needs", Some(need)) => vec![did_you_mean(need, task.needs.iter().map(String::as_str).collect(), "needs of this task")],
+        ("needs", Some(need)) => vec![did_you_mean(
+            need,
+            task.needs.iter().map(String::as_str).collect(),
+            "needs of this task",
+        )],
         ("env", Some(var)) => {
-            let known: Vec<&str> = workflow.env.keys().chain(task.env.keys()).map(String::as_str).collect();
-            vec![did_you_mean(var, known, "env variables"), "templates see only the `env` declared in the workflow".into()]
+            let known: Vec<&str> = workflow
+                .env
+                .keys()
+                .chain(task.env.keys())
+                .map(String::as_str)
+                .collect();
+            vec![
+                did_you_mean(var, known, "env variables"),
+                "templates see only the `env` declared in the workflow".into(),
+            ]
         }
-        _ => vec!["templates see `item`, `vars`, `env`, `workflow`, `task`, `needs` and `run`".into()],
+        _ => vec![
+            "templates see `item`, `vars`, `env`, `workflow`, `task`, `needs` and `run`".into(),
+        ],
     }
 }
 
