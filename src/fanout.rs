@@ -165,6 +165,24 @@ pub fn literal_prefix(glob: &str) -> &str {
     }
 }
 
+/// The directories to walk for `globs`: their literal prefixes, without
+/// those nested in another (`""` is the root).
+#[must_use]
+pub fn walk_starts(globs: &[String]) -> Vec<&str> {
+    let mut starts: Vec<&str> = globs.iter().map(|g| literal_prefix(g)).collect();
+    starts.sort_unstable();
+    starts.dedup();
+    starts
+        .iter()
+        .copied()
+        .filter(|s| {
+            !starts
+                .iter()
+                .any(|o| o != s && (o.is_empty() || s.starts_with(&format!("{o}/"))))
+        })
+        .collect()
+}
+
 /// Files under `root` matching any of `globs` and none of `exclude`, sorted.
 /// Honours .gitignore; never descends into `.git` or `.ccflow`.
 ///
@@ -173,19 +191,7 @@ pub fn literal_prefix(glob: &str) -> &str {
 pub fn files(root: &Path, globs: &[String], exclude: &[String]) -> Result<Vec<Item>, FanoutError> {
     let include = build_set(globs)?;
     let exclude = build_set(exclude)?;
-    let mut starts: Vec<&str> = globs.iter().map(|g| literal_prefix(g)).collect();
-    starts.sort_unstable();
-    starts.dedup();
-    // Drop starts nested in another start.
-    let starts: Vec<&str> = starts
-        .iter()
-        .copied()
-        .filter(|s| {
-            !starts
-                .iter()
-                .any(|o| o != s && (o.is_empty() || s.starts_with(&format!("{o}/"))))
-        })
-        .collect();
+    let starts = walk_starts(globs);
     let mut found = Vec::new();
     for start in starts {
         let dir = if start.is_empty() {

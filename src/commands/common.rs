@@ -31,7 +31,7 @@ pub fn print_diagnostics(ctx: &Ctx, diagnostics: &[Diagnostic]) {
     for diagnostic in diagnostics {
         eprint!("{}", diagnostic.render(ctx.color));
         if ctx.github {
-            println!("{}", diagnostic.to_github_annotation());
+            eprintln!("{}", diagnostic.to_github_annotation());
         }
     }
 }
@@ -145,4 +145,28 @@ pub fn prepare_docker(
         }
         Ok((Some(docker), ids))
     })
+}
+
+/// Plans a loaded workflow and applies `--task`, printing diagnostics.
+///
+/// # Errors
+/// Template or fan-out errors, an unknown `--task` (exit 2).
+pub fn plan(
+    ctx: &Ctx,
+    workflow: Arc<Workflow>,
+    run_id: &str,
+    tasks: &[String],
+) -> Result<crate::graph::Plan, CommandError> {
+    let mut plan = crate::graph::Plan::build(workflow, run_id).map_err(|errors| {
+        print_diagnostics(ctx, &errors);
+        CommandError::usage("the workflow cannot be planned")
+    })?;
+    print_diagnostics(ctx, &plan.warnings);
+    if let Err(d) = plan.select(tasks) {
+        let message = d.message.clone();
+        let mut error = CommandError::usage(message);
+        error.hints.clone_from(&d.hints);
+        return Err(error);
+    }
+    Ok(plan)
 }

@@ -10,7 +10,7 @@ use super::common;
 use super::Ctx;
 use crate::cache::{StatIndex, Store};
 use crate::cli::{PlanArgs, PlanFormat};
-use crate::error::{CommandError, CommandResult, ExitStatus};
+use crate::error::{CommandResult, ExitStatus};
 use crate::exec::instance::instance_key;
 use crate::graph::{format, NodeKind, Plan};
 use crate::report::record::{list_runs, InstanceStatus, RunRecord};
@@ -22,18 +22,7 @@ use crate::report::record::{list_runs, InstanceStatus, RunRecord};
 pub fn run(args: &PlanArgs, ctx: &Ctx) -> CommandResult {
     let vars = common::parse_vars(&args.vars)?;
     let workflow = common::load(ctx, &args.workflow, &vars)?;
-    let mut plan = match Plan::build(workflow, "plan") {
-        Ok(plan) => plan,
-        Err(errors) => {
-            common::print_diagnostics(ctx, &errors);
-            return Err(CommandError::usage("the workflow cannot be planned"));
-        }
-    };
-    common::print_diagnostics(ctx, &plan.warnings);
-    if let Err(d) = plan.select(&args.tasks) {
-        common::print_diagnostics(ctx, &[d]);
-        return Ok(ExitStatus::Invalid);
-    }
+    let plan = common::plan(ctx, workflow, "plan", &args.tasks)?;
     let notes = annotate(&plan, ctx);
     match args.format {
         PlanFormat::Text => {

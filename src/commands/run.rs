@@ -15,7 +15,6 @@ use crate::cli::RunArgs;
 use crate::error::{CommandError, CommandResult, ExitStatus};
 use crate::exec::instance::RunShared;
 use crate::exec::scheduler::{self, RunOptions};
-use crate::graph::Plan;
 use crate::report::events::EventsReporter;
 use crate::report::github::GithubReporter;
 use crate::report::plain::PlainReporter;
@@ -56,18 +55,7 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
         }
     }
     let run_id = new_run_id();
-    let mut plan = match Plan::build(Arc::clone(&workflow), &run_id) {
-        Ok(plan) => plan,
-        Err(errors) => {
-            common::print_diagnostics(ctx, &errors);
-            return Err(CommandError::usage("the workflow cannot be planned"));
-        }
-    };
-    common::print_diagnostics(ctx, &plan.warnings);
-    if let Err(d) = plan.select(&args.tasks) {
-        common::print_diagnostics(ctx, &[d]);
-        return Ok(ExitStatus::Invalid);
-    }
+    let plan = common::plan(ctx, Arc::clone(&workflow), &run_id, &args.tasks)?;
     let io = |what: &str, e: std::io::Error| CommandError::usage(format!("cannot {what}: {e}"));
     let run_dir = scheduler::run_dir(&ctx.state_dir, &run_id);
     fs_err::create_dir_all(run_dir.join("logs")).map_err(|e| io("create the run directory", e))?;

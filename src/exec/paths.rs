@@ -51,21 +51,7 @@ pub fn expand(
                 builder.add(compiled);
             }
             let set = builder.build().map_err(|e| e.to_string())?;
-            let mut starts: Vec<&str> = globs
-                .iter()
-                .map(|g| crate::fanout::literal_prefix(g))
-                .collect();
-            starts.sort_unstable();
-            starts.dedup();
-            let starts: Vec<&str> = starts
-                .iter()
-                .copied()
-                .filter(|s| {
-                    !starts
-                        .iter()
-                        .any(|o| o != s && (o.is_empty() || s.starts_with(&format!("{o}/"))))
-                })
-                .collect();
+            let starts = crate::fanout::walk_starts(&globs);
             let entries = starts.into_iter().flat_map(|start| {
                 let dir = if start.is_empty() {
                     root.to_path_buf()
