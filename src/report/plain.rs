@@ -129,44 +129,55 @@ impl Reporter for PlainReporter {
                 duration,
                 run_dir,
             } => {
-                let mut parts = vec![
-                    format!("{} ran", counts.succeeded),
-                    format!("{} cached", counts.cached),
-                ];
-                if counts.failed > 0 {
-                    parts.push(format!("{} failed", counts.failed));
-                }
-                if counts.conflicts > 0 {
-                    parts.push(format!("{} conflicts", counts.conflicts));
-                }
-                if counts.skipped > 0 {
-                    parts.push(format!("{} skipped", counts.skipped));
-                }
-                if counts.blocked > 0 {
-                    parts.push(format!("{} blocked", counts.blocked));
-                }
-                if counts.not_started > 0 {
-                    parts.push(format!("{} not started", counts.not_started));
-                }
-                let tokens = if usage.total_tokens() > 0 {
-                    format!(
-                        ", {} tokens, ${:.4}",
-                        human_count(usage.total_tokens()),
-                        usage.cost_usd
-                    )
-                } else {
-                    String::new()
-                };
                 let _ = writeln!(
                     self.out,
-                    "ccflow: {} in {} — {}{tokens}\n  record: {}",
-                    status.word(),
-                    human_duration(*duration),
-                    parts.join(", "),
-                    run_dir.join("run.json").display()
+                    "{}",
+                    summary(*status, counts, usage, *duration, run_dir)
                 );
             }
             RunEvent::TaskQueued { .. } | RunEvent::TaskStarted { .. } => {}
         }
     }
+}
+
+/// The closing summary of a run: status, counts, tokens, and the record's path.
+#[must_use]
+pub fn summary(
+    status: super::record::RunStatus,
+    counts: &super::record::Counts,
+    usage: &super::record::Usage,
+    duration: std::time::Duration,
+    run_dir: &std::path::Path,
+) -> String {
+    let mut parts = vec![
+        format!("{} ran", counts.succeeded),
+        format!("{} cached", counts.cached),
+    ];
+    for (n, word) in [
+        (counts.failed, "failed"),
+        (counts.conflicts, "conflicts"),
+        (counts.skipped, "skipped"),
+        (counts.blocked, "blocked"),
+        (counts.not_started, "not started"),
+    ] {
+        if n > 0 {
+            parts.push(format!("{n} {word}"));
+        }
+    }
+    let tokens = if usage.total_tokens() > 0 {
+        format!(
+            ", {} tokens, ${:.4}",
+            human_count(usage.total_tokens()),
+            usage.cost_usd
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "ccflow: {} in {} — {}{tokens}\n  record: {}",
+        status.word(),
+        human_duration(duration),
+        parts.join(", "),
+        run_dir.join("run.json").display()
+    )
 }

@@ -155,12 +155,22 @@ impl Reporter for ProgressReporter {
             RunEvent::Message { text } => {
                 let _ = self.multi.println(text);
             }
-            RunEvent::RunFinished { .. } => {
+            RunEvent::RunFinished {
+                status,
+                counts,
+                usage,
+                duration,
+                run_dir,
+            } => {
                 for (_, running) in std::mem::take(&mut self.running) {
                     running.bar.finish_and_clear();
                 }
                 self.overall.finish_and_clear();
                 let _ = self.multi.clear();
+                eprintln!(
+                    "{}",
+                    super::plain::summary(*status, counts, usage, *duration, run_dir)
+                );
             }
             RunEvent::TaskQueued { .. } => {}
         }
