@@ -28,7 +28,12 @@ pub fn run(args: &PlanArgs, ctx: &Ctx) -> CommandResult {
     let notes = format::Annotations::new();
     match args.format {
         PlanFormat::Text => print!("{}", format::text(&plan, &notes)),
-        PlanFormat::Json => println!("{}", serde_json::to_string_pretty(&format::json(&plan, &notes)).unwrap_or_default()),
+        PlanFormat::Json => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            // A closed pipe (`| head`) is not an error worth reporting.
+            let _ = format::write_json(&plan, &notes, &mut out).and_then(|()| std::io::Write::flush(&mut out));
+        }
         PlanFormat::Dot => print!("{}", format::dot(&plan, &notes)),
         PlanFormat::Mermaid => print!("{}", format::mermaid(&plan, &notes)),
     }

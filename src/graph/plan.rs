@@ -15,7 +15,7 @@ use petgraph::stable_graph::{NodeIndex, StableDiGraph};
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
 
-use super::instance::{base_context, render, InstanceId, NeedContext, RenderedInstance};
+use super::instance::{base_context, InstanceId, NeedContext, RenderedInstance, TaskTemplates};
 use crate::diagnostic::Diagnostic;
 use crate::fanout::{self, Item, ItemValue};
 use crate::template::Templates;
@@ -96,18 +96,33 @@ impl Plan {
 
     fn needs_context(&self, task_index: usize) -> BTreeMap<String, NeedContext> {
         let task = &self.workflow.tasks[task_index];
+        // Only what the templates read is gathered: a reduce over 100,000
+        // instances would otherwise copy every output path and item.
+        let referenced: std::collections::HashSet<String> =
+            task_sources(task).into_iter().flat_map(|source| self.templates.referenced(source)).collect();
+        let wants = |need: &str, field: &str| {
+            referenced.iter().any(|name| {
+                let Some(rest) = name.strip_prefix("needs") else { return false };
+                if rest.is_empty() {
+                    return true;
+                }
+                let Some(rest) = rest.strip_prefix('.').and_then(|r| r.strip_prefix(need)) else { return false };
+                rest.is_empty() || rest.strip_prefix('.').is_some_and(|r| r == field || r.starts_with(&format!("{field}.")))
+            })
+        };
         task.needs
             .iter()
             .filter_map(|need| {
                 let index = self.workflow.task_index(need)?;
                 let nodes = &self.task_nodes[index];
                 let mut context = NeedContext { status: PLAN_STATUS.into(), ..NeedContext::default() };
+                let (outputs, items) = (wants(need, "outputs"), wants(need, "items"));
                 for node in nodes {
                     let instance = &self.graph[*node];
-                    if let Some(r) = &instance.rendered {
+                    if let (true, Some(r)) = (outputs, &instance.rendered) {
                         context.outputs.extend(r.outputs.iter().cloned());
                     }
-                    if let Some(item) = &instance.item {
+                    if let (true, Some(item)) = (items, &instance.item) {
                         context.items.push(item.to_json());
                     }
                 }
@@ -217,8 +232,10 @@ impl Plan {
             None => vec![(None, None)],
             Some(items) => items.into_iter().enumerate().map(|(i, item)| (Some(item), partners.get(i).copied().flatten())).collect(),
         };
+        let templates = Arc::clone(&self.templates);
+        let compiled = TaskTemplates::compile(&workflow, &templates, task).map_err(|d| vec![d])?;
         for (item, partner) in list {
-            let rendered = match render(&workflow, &self.templates, task, item.as_ref().map(|i| &i.value), &base) {
+            let rendered = match compiled.render(&workflow, task, item.as_ref().map(|i| &i.value), &base) {
                 Ok(r) => Some(Arc::new(r)),
                 Err(d) => {
                     // One error per task is enough: the same template fails for every item.
@@ -321,8 +338,10 @@ impl Plan {
             .map(|e| (e.target(), *e.weight()))
             .collect();
         let mut new_nodes = Vec::new();
+        let templates = Arc::clone(&self.templates);
+        let compiled = TaskTemplates::compile(&workflow, &templates, task)?;
         for (i, item) in items.into_iter().enumerate() {
-            let rendered = render(&workflow, &self.templates, task, Some(&item.value), base)?;
+            let rendered = compiled.render(&workflow, task, Some(&item.value), base)?;
             let id = InstanceId::new(&task.name, Some(&item.label));
             let node = self.graph.add_node(Instance {
                 id: id.clone(),
@@ -434,6 +453,22 @@ impl Plan {
         }
         Ok(())
     }
+}
+
+/// Every template source of a task.
+fn task_sources(task: &crate::workflow::Task) -> Vec<&str> {
+    let mut sources: Vec<&str> = Vec::new();
+    sources.extend(task.condition.as_deref());
+    match &task.kind {
+        crate::workflow::TaskKind::Shell { script, .. } => sources.push(script),
+        crate::workflow::TaskKind::Agent(agent) => sources.push(&agent.prompt),
+    }
+    sources.extend(task.inputs.iter().map(String::as_str));
+    sources.extend(task.outputs.iter().map(String::as_str));
+    sources.extend(task.env.values().map(String::as_str));
+    sources.extend(task.workdir.as_deref());
+    sources.extend(task.verify.as_deref());
+    sources
 }
 
 /// Task indices with dependencies first (declaration order among equals).
