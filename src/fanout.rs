@@ -113,6 +113,17 @@ impl ItemValue {
     }
 }
 
+/// Serialises as [`ItemValue::to_json`] would, without building the value.
+impl serde::Serialize for ItemValue {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ItemValue::Path(p) => p.serialize(serializer),
+            ItemValue::Json(v) => v.serialize(serializer),
+            ItemValue::Batch(items) => serializer.collect_seq(items),
+        }
+    }
+}
+
 /// One fan-out item.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Item {

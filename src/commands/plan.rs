@@ -15,6 +15,9 @@ use crate::exec::instance::instance_key;
 use crate::graph::{format, NodeKind, Plan};
 use crate::report::record::{list_runs, InstanceStatus, RunRecord};
 
+/// The most instances whose cache status `plan` predicts.
+const ANNOTATE_LIMIT: usize = 20_000;
+
 /// Prints the plan.
 ///
 /// # Errors
@@ -35,15 +38,16 @@ pub fn run(args: &PlanArgs, ctx: &Ctx) -> CommandResult {
             }
         }
         PlanFormat::Json => {
-            let mut value = format::json(&plan, &notes);
+            let mut extra = Vec::new();
             if let Some((cost, sessions)) = estimate_cost(&plan, &notes, ctx) {
-                value["estimated_cost_usd"] = serde_json::json!(cost);
-                value["estimate_sessions"] = serde_json::json!(sessions);
+                extra.push(("estimated_cost_usd", serde_json::json!(cost)));
+                extra.push(("estimate_sessions", serde_json::json!(sessions)));
             }
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&value).unwrap_or_default()
-            );
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            // A closed pipe (`| head`) is not an error worth reporting.
+            let _ = format::write_json(&plan, &notes, &extra, &mut out)
+                .and_then(|()| std::io::Write::flush(&mut out));
         }
         PlanFormat::Dot => print!("{}", format::dot(&plan, &notes)),
         PlanFormat::Mermaid => print!("{}", format::mermaid(&plan, &notes)),
@@ -55,6 +59,15 @@ pub fn run(args: &PlanArgs, ctx: &Ctx) -> CommandResult {
 /// order so upstream predictions feed downstream keys (early cutoff included).
 fn annotate(plan: &Plan, ctx: &Ctx) -> format::Annotations {
     let mut notes = format::Annotations::new();
+    // Predicting means hashing every input: past this size `plan` stays a
+    // quick look at the graph, and `run` finds out what is cached.
+    if plan.graph.node_count() > ANNOTATE_LIMIT {
+        eprintln!(
+            "note: {} instances: cache status not computed (more than {ANNOTATE_LIMIT})",
+            plan.graph.node_count()
+        );
+        return notes;
+    }
     let store = Store::open(&ctx.state_dir.join("cache")).ok();
     let index = StatIndex::open(&ctx.state_dir.join("index")).ok();
     let (Some(store), Some(index)) = (store, index) else {

@@ -20,6 +20,9 @@ use super::yaml::{self, pointer_segment, SpanMap};
 use crate::diagnostic::{did_you_mean, Diagnostic, SourceFile, Span};
 use crate::template::Templates;
 
+/// The most combinations a `matrix` may expand to.
+const MAX_MATRIX: usize = 10_000;
+
 /// Files larger than this are refused before parsing. Real workflows are a
 /// few kilobytes; a megabyte of YAML is generated data, which belongs in a
 /// file read by `lines_of`/`json_of`, and would take seconds to plan.
@@ -675,7 +678,23 @@ impl Checker<'_> {
             }
             if let Some(matrix) = &f.matrix {
                 if matrix.axes.is_empty() && matrix.include.is_empty() {
-                    self.error("empty-matrix", "a `matrix` needs at least one axis".into(), &format!("{fe_pointer}/matrix"), true);
+                    self.error("empty-matrix", "a `matrix` needs at least one axis".into(), &format!("{fe_pointer}/matrix"), true)
+                        .hints
+                        .push("e.g. `matrix: { os: [linux, mac], rust: [\"1.85\"] }`".into());
+                }
+                // The product grows exponentially with the axes: a few lines
+                // of YAML could otherwise ask for billions of instances.
+                let combinations = matrix.axes.values().fold(1usize, |n, values| n.saturating_mul(values.len()));
+                if combinations > MAX_MATRIX {
+                    self.error(
+                        "matrix-too-large",
+                        format!("the `matrix` of task `{name}` has {combinations} combinations, more than the limit of {MAX_MATRIX}"),
+                        &format!("{fe_pointer}/matrix"),
+                        true,
+                    )
+                    .hints
+                    .push("use fewer axes or values, or list the combinations you need under `items`".into());
+                    return None;
                 }
                 sources.push(FanSource::Matrix(matrix.clone()));
             }
