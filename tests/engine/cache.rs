@@ -253,9 +253,26 @@ fn corrupted_blob_is_never_restored() {
     }
 }
 
+/// Like the fan-out workflow, but each task publishes its output with a
+/// rename: two runs in one working tree write the same files, and `cp`
+/// onto a file the other run is creating fails with `File exists`.
+const ATOMIC_FAN: &str = r#"version: 1
+name: fan
+tasks:
+  copy:
+    for_each: { files: "src/*.txt" }
+    inputs: ["{{ item }}"]
+    outputs: ["out/{{ item.stem }}.txt"]
+    run: echo x >> .count/{{ item.stem }} && mkdir -p out && cp {{ item }} out/.tmp.$$ && mv out/.tmp.$$ out/{{ item.stem }}.txt
+  total:
+    needs: [copy]
+    outputs: [total.txt]
+    run: echo x >> .count/total && cat {{ needs.copy.outputs }} | awk '{s+=$1} END {print s+0}' > total.$$ && mv total.$$ total.txt
+"#;
+
 #[test]
-fn two_processes_share_one_store() {
-    let test = numbered_files(Test::new().workflow("fan", fan_out_workflow()), 100).args(["run", "fan", "-j", "2"]);
+fn two_processes_in_one_tree_share_one_store() {
+    let test = numbered_files(Test::new().workflow("fan", ATOMIC_FAN), 100).args(["run", "fan", "-j", "2"]);
     let first = test.spawn();
     let second = test.spawn();
     let first = crate::support::wait_output(first, Duration::from_secs(60));
@@ -268,4 +285,27 @@ fn two_processes_share_one_store() {
     test.run().ok();
     assert_eq!(test.total_count(), before, "a third run is all cached");
     assert_eq!(test.last_run()["counts"]["cached"], 101);
+}
+
+#[test]
+fn two_checkouts_share_one_store_through_ccflow_state_dir() {
+    let state = tempfile::tempdir().expect("state dir");
+    let state_dir = state.path().to_str().expect("utf-8 path").to_owned();
+    let make = || numbered_files(Test::new().workflow("fan", fan_out_workflow()), 100).args(["run", "fan", "-j", "2"]).env("CCFLOW_STATE_DIR", &state_dir);
+    let (a, b) = (make(), make());
+    let (first, second) = (a.spawn(), b.spawn());
+    let first = crate::support::wait_output(first, Duration::from_secs(60));
+    let second = crate::support::wait_output(second, Duration::from_secs(60));
+    first.ok();
+    second.ok();
+    for test in [&a, &b] {
+        assert_eq!(test.read("total.txt").trim(), "4950");
+        assert_eq!(test.read("out/0042.txt"), "42\n");
+    }
+    // A third checkout restores everything from the shared store.
+    let c = make();
+    c.run().ok();
+    assert_eq!(c.total_count(), 0, "a third checkout runs nothing");
+    assert_eq!(c.read("total.txt").trim(), "4950");
+    assert_eq!(c.read("out/0099.txt"), "99\n");
 }
