@@ -21,10 +21,18 @@ fn unknown_task_is_a_usage_error_with_did_you_mean() {
     assert!(out.stderr.contains("nope"), "{}", out.stderr);
     let typo = test.run_args(&["run", "simple", "--task", "tset"]);
     typo.expect_code(2);
-    assert!(typo.stderr.contains("did you mean `test`"), "{}", typo.stderr);
+    assert!(
+        typo.stderr.contains("did you mean `test`"),
+        "{}",
+        typo.stderr
+    );
     let rerun = test.run_args(&["run", "simple", "--rerun", "biuld"]);
     rerun.expect_code(2);
-    assert!(rerun.stderr.contains("did you mean `build`"), "{}", rerun.stderr);
+    assert!(
+        rerun.stderr.contains("did you mean `build`"),
+        "{}",
+        rerun.stderr
+    );
     assert_eq!(test.total_count(), 0, "nothing ran");
 }
 
@@ -50,8 +58,14 @@ tasks:
     let out = test.run();
     out.expect_code(1);
     let record = test.last_run();
-    let message = instance(&record, "t")["message"].as_str().unwrap_or("").to_owned();
-    assert!(message.contains("no/such/dir"), "the message names the workdir: {message:?}");
+    let message = instance(&record, "t")["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(
+        message.contains("no/such/dir"),
+        "the message names the workdir: {message:?}"
+    );
     assert!(out.stderr.contains("no/such/dir"), "{}", out.stderr);
 }
 
@@ -65,7 +79,9 @@ tasks:
   shell:
     run: echo hi | definitely-not-a-command-xyz
 "#;
-    let test = Test::new().workflow("nf", yaml).args(["run", "nf", "--keep-going"]);
+    let test = Test::new()
+        .workflow("nf", yaml)
+        .args(["run", "nf", "--keep-going"]);
     test.run().expect_code(1);
     let record = test.last_run();
     for id in ["direct", "shell"] {
@@ -85,13 +101,27 @@ tasks:
     cache: false
     run: mkdir -p pids; echo $$ > pids/shell; yes | head -c 1000000000; echo x >> .count/loud
 "#;
-    let test = Test::new().workflow("loud", yaml).args(["run", "loud"]).env("CCFLOW_LOG_LIMIT", "100000");
+    let test = Test::new()
+        .workflow("loud", yaml)
+        .args(["run", "loud"])
+        .env("CCFLOW_LOG_LIMIT", "100000");
     test.run().ok();
     assert_eq!(test.count("loud"), 1);
     let record = test.last_run();
-    let run_dir = test.path(&format!(".ccflow/runs/{}", record["run_id"].as_str().expect("run id")));
-    let log = std::fs::metadata(run_dir.join("logs/loud.log")).expect("log").len();
-    assert!(log <= 200_000, "the log is truncated near the limit: {log} bytes");
-    assert!(log >= 50_000, "the log keeps output up to the limit: {log} bytes");
+    let run_dir = test.path(&format!(
+        ".ccflow/runs/{}",
+        record["run_id"].as_str().expect("run id")
+    ));
+    let log = std::fs::metadata(run_dir.join("logs/loud.log"))
+        .expect("log")
+        .len();
+    assert!(
+        log <= 200_000,
+        "the log is truncated near the limit: {log} bytes"
+    );
+    assert!(
+        log >= 50_000,
+        "the log keeps output up to the limit: {log} bytes"
+    );
     assert_gone(&pids_in(&test, &["pids/shell"]));
 }

@@ -19,7 +19,10 @@ tasks:
 "#;
 
 fn pipe() -> Test {
-    Test::new().workflow("pipe", PIPE).file("in.txt", "hello\n").args(["run", "pipe"])
+    Test::new()
+        .workflow("pipe", PIPE)
+        .file("in.txt", "hello\n")
+        .args(["run", "pipe"])
 }
 
 #[test]
@@ -29,7 +32,11 @@ fn second_run_executes_nothing_and_reports_all_cached() {
     assert_eq!((test.count("gen"), test.count("use")), (1, 1));
     let out = test.run();
     out.ok();
-    assert_eq!((test.count("gen"), test.count("use")), (1, 1), "no command ran");
+    assert_eq!(
+        (test.count("gen"), test.count("use")),
+        (1, 1),
+        "no command ran"
+    );
     let record = test.last_run();
     assert_eq!(status_of(&record, "gen"), "cached");
     assert_eq!(status_of(&record, "use"), "cached");
@@ -44,8 +51,12 @@ fn touching_an_input_without_changing_it_reruns_nothing() {
     std::thread::sleep(Duration::from_millis(20));
     // Same content, new mtime and ctime.
     test.write("in.txt", "hello\n");
-    let file = std::fs::File::options().append(true).open(test.path("in.txt")).expect("open");
-    file.set_modified(std::time::SystemTime::now() + Duration::from_secs(60)).expect("set mtime");
+    let file = std::fs::File::options()
+        .append(true)
+        .open(test.path("in.txt"))
+        .expect("open");
+    file.set_modified(std::time::SystemTime::now() + Duration::from_secs(60))
+        .expect("set mtime");
     drop(file);
     test.run().ok();
     assert_eq!((test.count("gen"), test.count("use")), (1, 1));
@@ -58,7 +69,11 @@ fn deleted_output_is_restored_from_the_cache_without_running() {
     std::fs::remove_file(test.path("mid.txt")).expect("rm");
     std::fs::remove_file(test.path("final.txt")).expect("rm");
     test.run().ok();
-    assert_eq!((test.count("gen"), test.count("use")), (1, 1), "restored, not rerun");
+    assert_eq!(
+        (test.count("gen"), test.count("use")),
+        (1, 1),
+        "restored, not rerun"
+    );
     assert_eq!(test.read("mid.txt"), "HELLO\n");
     assert_eq!(test.read("final.txt"), "HELLO\nHELLO\n");
     // A changed (not deleted) output is restored too.
@@ -73,12 +88,19 @@ fn early_cutoff_keeps_downstream_cached_when_upstream_output_is_identical() {
     let test = pipe();
     test.run().ok();
     // A different command producing the same bytes.
-    let changed = PIPE.replace("tr a-z A-Z < in.txt > mid.txt", "sed 's/.*/\\U&/' in.txt > mid.txt");
+    let changed = PIPE.replace(
+        "tr a-z A-Z < in.txt > mid.txt",
+        "sed 's/.*/\\U&/' in.txt > mid.txt",
+    );
     assert_ne!(changed, PIPE);
     test.write(".claudecluster/pipe.yaml", &changed);
     test.run().ok();
     assert_eq!(test.count("gen"), 2, "the changed task reran");
-    assert_eq!(test.count("use"), 1, "its identical output kept the downstream cached");
+    assert_eq!(
+        test.count("use"),
+        1,
+        "its identical output kept the downstream cached"
+    );
     let record = test.last_run();
     assert_eq!(status_of(&record, "gen"), "succeeded");
     assert_eq!(status_of(&record, "use"), "cached");
@@ -157,21 +179,34 @@ tasks:
     outputs: [link/x.txt]
     run: echo x >> .count/symlink; echo x > link/x.txt
 "#;
-    let test = Test::new().workflow("lit", &literal).workflow("tpl", &templated).workflow("dyn", dynamic);
+    let test = Test::new()
+        .workflow("lit", &literal)
+        .workflow("tpl", &templated)
+        .workflow("dyn", dynamic);
     std::os::unix::fs::symlink(outside.path(), test.path("link")).expect("symlink");
     let out = test.run_args(&["run", "lit"]);
     out.expect_code(2);
-    assert!(out.stderr.contains(&format!("`../{marker}`")) && out.stderr.contains("abs.txt"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!("`../{marker}`")) && out.stderr.contains("abs.txt"),
+        "{}",
+        out.stderr
+    );
     assert!(!outside.path().join("abs.txt").exists(), "nothing ran");
     let out = test.run_args(&["run", "tpl"]);
     out.expect_code(2);
     assert!(out.stderr.contains("outside"), "{}", out.stderr);
-    assert!(!test.root().join("..").join(&marker).exists(), "nothing ran");
+    assert!(
+        !test.root().join("..").join(&marker).exists(),
+        "nothing ran"
+    );
     let out = test.run_args(&["run", "dyn"]);
     out.expect_code(1);
     let i = instance(&test.last_run(), "symlink").clone();
     assert_eq!(i["status"], "failed", "{i:#}");
-    assert!(i["message"].as_str().unwrap_or("").contains("outside"), "{i:#}");
+    assert!(
+        i["message"].as_str().unwrap_or("").contains("outside"),
+        "{i:#}"
+    );
     // Nothing was cached: the next run runs it again (and fails again).
     test.run_args(&["run", "dyn"]).expect_code(1);
     assert_eq!(test.count("symlink"), 2);
@@ -196,11 +231,23 @@ tasks:
     let test = Test::new().workflow("knobs", yaml).args(["run", "knobs"]);
     test.run().ok();
     test.run().ok();
-    assert_eq!((test.count("a"), test.count("b"), test.count("never")), (1, 1, 2), "`cache: false` always runs");
+    assert_eq!(
+        (test.count("a"), test.count("b"), test.count("never")),
+        (1, 1, 2),
+        "`cache: false` always runs"
+    );
     test.run_args(&["run", "knobs", "--rerun", "b"]).ok();
-    assert_eq!((test.count("a"), test.count("b"), test.count("never")), (1, 2, 3), "`--rerun b` reruns only `b`");
+    assert_eq!(
+        (test.count("a"), test.count("b"), test.count("never")),
+        (1, 2, 3),
+        "`--rerun b` reruns only `b`"
+    );
     test.run_args(&["run", "knobs", "--no-cache"]).ok();
-    assert_eq!((test.count("a"), test.count("b"), test.count("never")), (2, 3, 4), "`--no-cache` runs everything");
+    assert_eq!(
+        (test.count("a"), test.count("b"), test.count("never")),
+        (2, 3, 4),
+        "`--no-cache` runs everything"
+    );
     // Afterwards the cache still answers.
     test.run().ok();
     assert_eq!((test.count("a"), test.count("b")), (2, 3));
@@ -241,8 +288,16 @@ fn corrupted_blob_is_never_restored() {
     assert!(out.code == 0 || out.code == 1, "{}", out.stderr);
     if out.code == 0 {
         assert_eq!(test.read("mid.txt"), "HELLO\n", "never wrong content");
-        assert_eq!(test.read("final.txt"), "HELLO\nHELLO\n", "never wrong content");
-        assert_eq!((test.count("gen"), test.count("use")), (2, 2), "corrupt entries are misses");
+        assert_eq!(
+            test.read("final.txt"),
+            "HELLO\nHELLO\n",
+            "never wrong content"
+        );
+        assert_eq!(
+            (test.count("gen"), test.count("use")),
+            (2, 2),
+            "corrupt entries are misses"
+        );
     } else {
         assert!(out.stderr.contains("corrupt"), "{}", out.stderr);
         for (f, expected) in [("mid.txt", "HELLO\n"), ("final.txt", "HELLO\nHELLO\n")] {
@@ -272,7 +327,8 @@ tasks:
 
 #[test]
 fn two_processes_in_one_tree_share_one_store() {
-    let test = numbered_files(Test::new().workflow("fan", ATOMIC_FAN), 100).args(["run", "fan", "-j", "2"]);
+    let test = numbered_files(Test::new().workflow("fan", ATOMIC_FAN), 100)
+        .args(["run", "fan", "-j", "2"]);
     let first = test.spawn();
     let second = test.spawn();
     let first = crate::support::wait_output(first, Duration::from_secs(60));
@@ -281,7 +337,10 @@ fn two_processes_in_one_tree_share_one_store() {
     second.ok();
     assert_eq!(test.read("total.txt").trim(), "4950");
     let before = test.total_count();
-    assert!((101..=202).contains(&before), "each instance ran once or twice: {before}");
+    assert!(
+        (101..=202).contains(&before),
+        "each instance ran once or twice: {before}"
+    );
     test.run().ok();
     assert_eq!(test.total_count(), before, "a third run is all cached");
     assert_eq!(test.last_run()["counts"]["cached"], 101);
@@ -291,7 +350,11 @@ fn two_processes_in_one_tree_share_one_store() {
 fn two_checkouts_share_one_store_through_ccflow_state_dir() {
     let state = tempfile::tempdir().expect("state dir");
     let state_dir = state.path().to_str().expect("utf-8 path").to_owned();
-    let make = || numbered_files(Test::new().workflow("fan", fan_out_workflow()), 100).args(["run", "fan", "-j", "2"]).env("CCFLOW_STATE_DIR", &state_dir);
+    let make = || {
+        numbered_files(Test::new().workflow("fan", fan_out_workflow()), 100)
+            .args(["run", "fan", "-j", "2"])
+            .env("CCFLOW_STATE_DIR", &state_dir)
+    };
     let (a, b) = (make(), make());
     let (first, second) = (a.spawn(), b.spawn());
     let first = crate::support::wait_output(first, Duration::from_secs(60));

@@ -24,20 +24,27 @@ fn max_overlap(intervals: &[(u128, u128)]) -> usize {
 /// Reads `times/NAME` files holding `start end` in nanoseconds.
 fn intervals(test: &Test, prefix: &str) -> Vec<(u128, u128)> {
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(test.path("times")).expect("times dir").flatten() {
+    for entry in std::fs::read_dir(test.path("times"))
+        .expect("times dir")
+        .flatten()
+    {
         let name = entry.file_name().to_string_lossy().into_owned();
         if !name.starts_with(prefix) {
             continue;
         }
         let text = std::fs::read_to_string(entry.path()).expect("read times");
-        let numbers: Vec<u128> = text.split_whitespace().map(|n| n.parse().expect("a timestamp")).collect();
+        let numbers: Vec<u128> = text
+            .split_whitespace()
+            .map(|n| n.parse().expect("a timestamp"))
+            .collect();
         assert_eq!(numbers.len(), 2, "`{name}` holds start and end: {text:?}");
         out.push((numbers[0], numbers[1]));
     }
     out
 }
 
-const TIMED: &str = r#"s=$(date +%s%N); sleep 0.15; e=$(date +%s%N); mkdir -p times; echo "$s $e" > times/"#;
+const TIMED: &str =
+    r#"s=$(date +%s%N); sleep 0.15; e=$(date +%s%N); mkdir -p times; echo "$s $e" > times/"#;
 
 #[test]
 fn jobs_limit_caps_concurrent_instances() {
@@ -51,7 +58,9 @@ tasks:
     run: {TIMED}w-{{{{ item }}}}
 "#
     );
-    let test = Test::new().workflow("par", &yaml).args(["run", "par", "-j", "3"]);
+    let test = Test::new()
+        .workflow("par", &yaml)
+        .args(["run", "par", "-j", "3"]);
     test.run().ok();
     let spans = intervals(&test, "w-");
     assert_eq!(spans.len(), 12);
@@ -88,6 +97,11 @@ tasks:
     let overlap = max_overlap(&all);
     assert!(overlap <= 4, "the global limit holds, saw {overlap}");
     // Something else ran while the slow pool was busy.
-    let slow_busy_with_fast = slow.iter().any(|(s, e)| fast.iter().any(|(fs, fe)| fs < e && fe > s));
-    assert!(slow_busy_with_fast, "other pools are not held back by `slow`");
+    let slow_busy_with_fast = slow
+        .iter()
+        .any(|(s, e)| fast.iter().any(|(fs, fe)| fs < e && fe > s));
+    assert!(
+        slow_busy_with_fast,
+        "other pools are not held back by `slow`"
+    );
 }

@@ -31,7 +31,9 @@ fn kill_after(fraction_percent: usize) {
     let test = test.args(["run", "crash", "-j", "4"]);
     let mut child = test.spawn();
     let threshold = N * fraction_percent / 100;
-    wait_until(Duration::from_secs(60), "instances to start", || test.counters().len() >= threshold);
+    wait_until(Duration::from_secs(60), "instances to start", || {
+        test.counters().len() >= threshold
+    });
     signal(&child, libc::SIGKILL);
     let _ = child.wait();
     // Change a few inputs, some that ran and some that did not, so stale
@@ -46,13 +48,25 @@ fn kill_after(fraction_percent: usize) {
     for i in 0..N {
         let value = if changed.contains(&i) { i + 1000 } else { i };
         expected_sum += 2 * value;
-        assert_eq!(test.read(&format!("out/{i:03}.txt")), format!("{}\n", 2 * value), "killed at {fraction_percent}%: `out/{i:03}.txt`");
+        assert_eq!(
+            test.read(&format!("out/{i:03}.txt")),
+            format!("{}\n", 2 * value),
+            "killed at {fraction_percent}%: `out/{i:03}.txt`"
+        );
     }
-    assert_eq!(test.read("sum.txt").trim(), expected_sum.to_string(), "killed at {fraction_percent}%");
+    assert_eq!(
+        test.read("sum.txt").trim(),
+        expected_sum.to_string(),
+        "killed at {fraction_percent}%"
+    );
     // And the store is sound: a further run is all cached.
     let before = test.total_count();
     test.run().ok();
-    assert_eq!(test.total_count(), before, "killed at {fraction_percent}%: the run after recovery is all cached");
+    assert_eq!(
+        test.total_count(),
+        before,
+        "killed at {fraction_percent}%: the run after recovery is all cached"
+    );
     assert_eq!(test.last_run()["counts"]["cached"], N + 1);
 }
 

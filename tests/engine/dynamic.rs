@@ -29,14 +29,20 @@ tasks:
     test.run().ok();
     for item in ["one", "two", "three"] {
         assert_eq!(test.read(&format!("b/{item}.txt")), format!("b-{item}\n"));
-        assert_eq!(test.read(&format!("c/{item}.txt")), format!("B-{}\n", item.to_uppercase()));
+        assert_eq!(
+            test.read(&format!("c/{item}.txt")),
+            format!("B-{}\n", item.to_uppercase())
+        );
         assert_eq!(test.count(&format!("b-{item}")), 1);
     }
     assert_eq!(test.read("d.txt"), "b-one\nb-three\nb-two\n");
     let record = test.last_run();
     let mut succeeded = ids_with_status(&record, "succeeded");
     succeeded.sort();
-    assert_eq!(succeeded, vec!["a", "b[one]", "b[three]", "b[two]", "c[one]", "c[three]", "c[two]", "d"]);
+    assert_eq!(
+        succeeded,
+        vec!["a", "b[one]", "b[three]", "b[two]", "c[one]", "c[three]", "c[two]", "d"]
+    );
     // Rerun: all cached; a new line adds exactly one `b` instance.
     test.run().ok();
     assert_eq!(test.total_count(), 3);
@@ -49,4 +55,39 @@ tasks:
     // digest of `a`'s outputs (SPEC §3), and `list.txt` changed, so today
     // they do; see the report.
     assert_eq!(test.read("d.txt"), "b-four\nb-one\nb-three\nb-two\n");
+}
+
+#[test]
+fn reduce_sees_upstream_outputs_in_item_order() {
+    // Regression: `needs.A.outputs` and `needs.A.items` came newest first
+    // (petgraph's incoming-edge order), so a concatenating reduce ran
+    // backwards. Both a static and a dynamic fan-out.
+    let yaml = r#"version: 1
+name: order
+tasks:
+  a:
+    for_each: { files: "src/*.txt" }
+    outputs: ["out/{{ item.stem }}"]
+    run: mkdir -p out && cp {{ item }} out/{{ item.stem }}
+  list:
+    outputs: [list.txt]
+    run: printf 'c\na\nb\n' > list.txt
+  b:
+    needs: [list]
+    for_each: { lines_of: list.txt }
+    outputs: ["b/{{ item }}"]
+    run: mkdir -p b && echo {{ item }} > b/{{ item }}
+  cat:
+    needs: [a, b]
+    outputs: [cat.txt, items.txt]
+    run: cat {{ needs.a.outputs }} {{ needs.b.outputs }} > cat.txt && echo {{ needs.b.items }} > items.txt
+"#;
+    let mut test = Test::new().workflow("order", yaml);
+    for i in 1..=5 {
+        test = test.file(&format!("src/{i}.txt"), &format!("{i}\n"));
+    }
+    let test = test.args(["run", "order"]);
+    test.run().ok();
+    assert_eq!(test.read("cat.txt"), "1\n2\n3\n4\n5\nc\na\nb\n");
+    assert_eq!(test.read("items.txt"), "c a b\n");
 }

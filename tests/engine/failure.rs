@@ -24,12 +24,18 @@ tasks:
     cache: false
     run: echo x >> .count/later-{{ item }}
 "#;
-    let test = Test::new().workflow("ff", yaml).args(["run", "ff", "-j", "2"]);
+    let test = Test::new()
+        .workflow("ff", yaml)
+        .args(["run", "ff", "-j", "2"]);
     let out = test.run();
     out.expect_code(1);
     assert_eq!(test.count("long"), 1, "the running instance finished");
     assert_eq!(test.count("bad"), 1);
-    let started_later = test.counters().iter().filter(|n| n.starts_with("later-")).count();
+    let started_later = test
+        .counters()
+        .iter()
+        .filter(|n| n.starts_with("later-"))
+        .count();
     let record = test.last_run();
     assert_eq!(record["status"], "failed");
     assert_eq!(status_of(&record, "long"), "succeeded");
@@ -38,7 +44,11 @@ tasks:
     // At most the slot freed by `bad` racing with its own failure report
     // could have started one; fail-fast means in practice none.
     assert_eq!(started_later, 0, "nothing new started after the failure");
-    assert_eq!(not_started.len(), 6, "the record lists the instances that never started: {not_started:?}");
+    assert_eq!(
+        not_started.len(),
+        6,
+        "the record lists the instances that never started: {not_started:?}"
+    );
 }
 
 #[test]
@@ -66,10 +76,15 @@ tasks:
     cache: false
     run: echo x >> .count/after_good
 "#;
-    let test = Test::new().workflow("kg", yaml).args(["run", "kg", "--keep-going", "-j", "1"]);
+    let test = Test::new()
+        .workflow("kg", yaml)
+        .args(["run", "kg", "--keep-going", "-j", "1"]);
     test.run().expect_code(1);
     let counters = test.counters();
-    let expected: BTreeSet<String> = ["good-a", "good-b", "good-c", "after_good"].iter().map(|s| (*s).to_owned()).collect();
+    let expected: BTreeSet<String> = ["good-a", "good-b", "good-c", "after_good"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
     assert_eq!(counters, expected);
     let record = test.last_run();
     assert_eq!(status_of(&record, "after_bad"), "blocked");

@@ -17,22 +17,45 @@ tasks:
     needs: [leak]
     run: echo "failing with $MY_TOKEN"; exit 1
 "#;
-    let test = Test::new().workflow("sec", yaml).args(["run", "sec", "--events", "-"]).env("MY_TOKEN", secret);
+    let test = Test::new()
+        .workflow("sec", yaml)
+        .args(["run", "sec", "--events", "-"])
+        .env("MY_TOKEN", secret);
     let out = test.run();
     out.expect_code(1);
     assert_eq!(test.count("leak"), 1, "the task saw the secret's value");
-    assert!(!out.stdout.contains(secret), "events leak the secret:\n{}", out.stdout);
-    assert!(!out.stderr.contains(secret), "the terminal output leaks the secret:\n{}", out.stderr);
+    assert!(
+        !out.stdout.contains(secret),
+        "events leak the secret:\n{}",
+        out.stdout
+    );
+    assert!(
+        !out.stderr.contains(secret),
+        "the terminal output leaks the secret:\n{}",
+        out.stderr
+    );
     // The failing log tail is shown on stderr, masked.
-    assert!(out.stderr.contains("failing with ***"), "the failure tail is shown masked:\n{}", out.stderr);
+    assert!(
+        out.stderr.contains("failing with ***"),
+        "the failure tail is shown masked:\n{}",
+        out.stderr
+    );
     let record = test.last_run();
-    let run_dir = test.path(&format!(".ccflow/runs/{}", record["run_id"].as_str().expect("run id")));
-    let leak_log = std::fs::read_to_string(run_dir.join("logs").join("leak.log")).expect("log of `leak`");
+    let run_dir = test.path(&format!(
+        ".ccflow/runs/{}",
+        record["run_id"].as_str().expect("run id")
+    ));
+    let leak_log =
+        std::fs::read_to_string(run_dir.join("logs").join("leak.log")).expect("log of `leak`");
     assert!(leak_log.contains("token=***"), "log: {leak_log:?}");
     assert!(leak_log.contains("err=***"), "log: {leak_log:?}");
     for entry in walk(&test.path(".ccflow")) {
         let bytes = std::fs::read(&entry).unwrap_or_default();
-        assert!(!contains(&bytes, secret.as_bytes()), "`{}` holds the secret", entry.display());
+        assert!(
+            !contains(&bytes, secret.as_bytes()),
+            "`{}` holds the secret",
+            entry.display()
+        );
     }
 }
 

@@ -20,13 +20,20 @@ tasks:
     let clock = Instant::now();
     let out = test.run();
     out.expect_code(1);
-    assert!(clock.elapsed() < Duration::from_secs(20), "the timeout fired");
+    assert!(
+        clock.elapsed() < Duration::from_secs(20),
+        "the timeout fired"
+    );
     let pids = pids_in(&test, &["pids/shell", "pids/child"]);
     assert_eq!(pids.len(), 2);
     assert_gone(&pids);
     let record = test.last_run();
     assert_eq!(instance(&record, "hang")["status"], "timed_out");
-    assert!(out.stderr.contains("timeout"), "the plain line says timeout:\n{}", out.stderr);
+    assert!(
+        out.stderr.contains("timeout"),
+        "the plain line says timeout:\n{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -39,14 +46,26 @@ tasks:
     cache: false
     run: trap '' TERM; mkdir -p pids; echo $$ > pids/shell; sleep 1000 & echo $! > pids/child; wait; wait; wait
 "#;
-    let test = Test::new().workflow("stubborn", yaml).args(["run", "stubborn"]).env("CCFLOW_KILL_GRACE", "1s");
+    let test = Test::new()
+        .workflow("stubborn", yaml)
+        .args(["run", "stubborn"])
+        .env("CCFLOW_KILL_GRACE", "1s");
     let clock = Instant::now();
     test.run().expect_code(1);
     let elapsed = clock.elapsed();
-    assert!(elapsed >= Duration::from_millis(1400), "SIGKILL came only after the grace: {elapsed:?}");
-    assert!(elapsed < Duration::from_secs(15), "SIGKILL came: {elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_millis(1400),
+        "SIGKILL came only after the grace: {elapsed:?}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(15),
+        "SIGKILL came: {elapsed:?}"
+    );
     assert_gone(&pids_in(&test, &["pids/shell", "pids/child"]));
-    assert_eq!(instance(&test.last_run(), "stubborn")["status"], "timed_out");
+    assert_eq!(
+        instance(&test.last_run(), "stubborn")["status"],
+        "timed_out"
+    );
 }
 
 #[test]
@@ -70,7 +89,10 @@ tasks:
     let test = Test::new().workflow("daemon", yaml).args(["run", "daemon"]);
     test.run().ok();
     assert_eq!(test.count("daemon"), 1);
-    let pids = pids_in(&test, &["pids/bg", "pids/sub", "pids/setsid", "pids/forked"]);
+    let pids = pids_in(
+        &test,
+        &["pids/bg", "pids/sub", "pids/setsid", "pids/forked"],
+    );
     assert_eq!(pids.len(), 4);
     assert_gone(&pids);
 }
@@ -86,15 +108,29 @@ tasks:
     cache: false
     run: mkdir -p pids started; echo $$ > pids/{{ item }}; sleep 1000 & echo $! >> pids/{{ item }}.child; touch started/{{ item }}; wait
 "#;
-    let test = Test::new().workflow("long", yaml).args(["run", "long", "-j", "3"]).env("CCFLOW_KILL_GRACE", "2s");
+    let test = Test::new()
+        .workflow("long", yaml)
+        .args(["run", "long", "-j", "3"])
+        .env("CCFLOW_KILL_GRACE", "2s");
     let child = test.spawn();
-    wait_until(Duration::from_secs(20), "three tasks to start", || std::fs::read_dir(test.path("started")).map(|d| d.count() >= 3).unwrap_or(false));
+    wait_until(Duration::from_secs(20), "three tasks to start", || {
+        std::fs::read_dir(test.path("started"))
+            .map(|d| d.count() >= 3)
+            .unwrap_or(false)
+    });
     signal(&child, sig);
     let out = wait_output(child, Duration::from_secs(20));
     out.expect_code(130);
-    let started: Vec<String> = std::fs::read_dir(test.path("started")).expect("started").flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let started: Vec<String> = std::fs::read_dir(test.path("started"))
+        .expect("started")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     assert_eq!(started.len(), 3, "the queued instance never started");
-    let files: Vec<String> = started.iter().flat_map(|s| [format!("pids/{s}"), format!("pids/{s}.child")]).collect();
+    let files: Vec<String> = started
+        .iter()
+        .flat_map(|s| [format!("pids/{s}"), format!("pids/{s}.child")])
+        .collect();
     let files: Vec<&str> = files.iter().map(String::as_str).collect();
     let pids = pids_in(&test, &files);
     assert_eq!(pids.len(), 6);
@@ -102,10 +138,17 @@ tasks:
     let record = test.last_run();
     assert_eq!(record["status"], "interrupted", "{record:#}");
     for s in &started {
-        let status = instance(&record, &format!("long[{s}]"))["status"].as_str().unwrap_or("").to_owned();
+        let status = instance(&record, &format!("long[{s}]"))["status"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
         assert_eq!(status, "cancelled", "`long[{s}]`");
     }
-    assert_eq!(crate::support::ids_with_status(&record, "not_started").len(), 1, "the queued instance is recorded as not started");
+    assert_eq!(
+        crate::support::ids_with_status(&record, "not_started").len(),
+        1,
+        "the queued instance is recorded as not started"
+    );
 }
 
 #[test]

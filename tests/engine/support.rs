@@ -27,7 +27,11 @@ impl Output {
     /// Fails with both streams shown when the exit code differs.
     #[track_caller]
     pub fn expect_code(&self, code: i32) -> &Self {
-        assert_eq!(self.code, code, "unexpected exit code\n--- stdout\n{}\n--- stderr\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, code,
+            "unexpected exit code\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 
@@ -46,11 +50,22 @@ pub struct Test {
 
 impl Test {
     pub fn new() -> Test {
-        let dir = tempfile::Builder::new().prefix("ccflow-e2e-").tempdir().expect("create temp dir");
-        let status = Command::new("git").args(["init", "-q"]).current_dir(dir.path()).status().expect("run git init");
+        let dir = tempfile::Builder::new()
+            .prefix("ccflow-e2e-")
+            .tempdir()
+            .expect("create temp dir");
+        let status = Command::new("git")
+            .args(["init", "-q"])
+            .current_dir(dir.path())
+            .status()
+            .expect("run git init");
         assert!(status.success(), "git init failed");
         std::fs::create_dir_all(dir.path().join(".count")).expect("create .count");
-        Test { dir, args: Vec::new(), env: Vec::new() }
+        Test {
+            dir,
+            args: Vec::new(),
+            env: Vec::new(),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -80,7 +95,8 @@ impl Test {
     }
 
     pub fn read(&self, relative: &str) -> String {
-        std::fs::read_to_string(self.path(relative)).unwrap_or_else(|e| panic!("read `{relative}`: {e}"))
+        std::fs::read_to_string(self.path(relative))
+            .unwrap_or_else(|e| panic!("read `{relative}`: {e}"))
     }
 
     pub fn exists(&self, relative: &str) -> bool {
@@ -104,7 +120,15 @@ impl Test {
     fn command(&self, args: &[String]) -> Command {
         let mut command = Command::new(BIN);
         command.args(args).current_dir(self.dir.path());
-        for key in ["GITHUB_ACTIONS", "GITHUB_STEP_SUMMARY", "GITHUB_OUTPUT", "CCFLOW_STATE_DIR", "CCFLOW_LOG_LIMIT", "CCFLOW_KILL_GRACE", "NO_COLOR"] {
+        for key in [
+            "GITHUB_ACTIONS",
+            "GITHUB_STEP_SUMMARY",
+            "GITHUB_OUTPUT",
+            "CCFLOW_STATE_DIR",
+            "CCFLOW_LOG_LIMIT",
+            "CCFLOW_KILL_GRACE",
+            "NO_COLOR",
+        ] {
             command.env_remove(key);
         }
         command.env("CI", "true");
@@ -125,10 +149,16 @@ impl Test {
     }
 
     fn run_with(&self, args: &[String]) -> Output {
-        let out = self.command(args).stdin(Stdio::null()).output().expect("run ccflow");
+        let out = self
+            .command(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ccflow");
         Output {
             // A signal death shows as 128 + signal, as a shell would.
-            code: out.status.code().unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&out.status).unwrap_or(0)),
+            code: out.status.code().unwrap_or_else(|| {
+                128 + std::os::unix::process::ExitStatusExt::signal(&out.status).unwrap_or(0)
+            }),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
@@ -136,19 +166,31 @@ impl Test {
 
     /// Starts ccflow without waiting (signals, concurrent runs).
     pub fn spawn(&self) -> Child {
-        self.command(&self.args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn ccflow")
+        self.command(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ccflow")
     }
 
     /// Every run record, oldest first.
     pub fn runs(&self) -> Vec<Value> {
         let dir = self.path(".ccflow/runs");
-        let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Vec::new();
+        };
         let mut records: Vec<Value> = entries
             .flatten()
             .filter_map(|e| std::fs::read_to_string(e.path().join("run.json")).ok())
             .map(|text| serde_json::from_str(&text).expect("run.json is valid JSON"))
             .collect();
-        records.sort_by_key(|r| (r["started_unix_ms"].as_u64().unwrap_or(0), r["run_id"].as_str().unwrap_or("").to_owned()));
+        records.sort_by_key(|r| {
+            (
+                r["started_unix_ms"].as_u64().unwrap_or(0),
+                r["run_id"].as_str().unwrap_or("").to_owned(),
+            )
+        });
         records
     }
 
@@ -159,27 +201,31 @@ impl Test {
 
     /// Lines appended to `.count/NAME`: how often a task ran.
     pub fn count(&self, name: &str) -> usize {
-        std::fs::read_to_string(self.path(&format!(".count/{name}"))).map_or(0, |s| s.lines().count())
+        std::fs::read_to_string(self.path(&format!(".count/{name}")))
+            .map_or(0, |s| s.lines().count())
     }
 
     /// Total lines in every counter file.
     pub fn total_count(&self) -> usize {
-        counter_files(&self.path(".count")).iter().map(|p| std::fs::read_to_string(p).map_or(0, |s| s.lines().count())).sum()
+        counter_files(&self.path(".count"))
+            .iter()
+            .map(|p| std::fs::read_to_string(p).map_or(0, |s| s.lines().count()))
+            .sum()
     }
 
     /// Names of the counter files.
     pub fn counters(&self) -> BTreeSet<String> {
-        counter_files(&self.path(".count")).iter().filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_owned)).collect()
-    }
-
-    /// Snapshot of every counter (name, lines) to compare runs.
-    pub fn counter_snapshot(&self) -> Vec<(String, usize)> {
-        self.counters().into_iter().map(|n| (n.clone(), self.count(&n))).collect()
+        counter_files(&self.path(".count"))
+            .iter()
+            .filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_owned))
+            .collect()
     }
 }
 
 fn counter_files(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dir).map(|e| e.flatten().map(|e| e.path()).collect()).unwrap_or_default()
+    std::fs::read_dir(dir)
+        .map(|e| e.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
 }
 
 /// The instance record with this id.
@@ -187,19 +233,32 @@ pub fn instance<'a>(record: &'a Value, id: &str) -> &'a Value {
     record["instances"]
         .as_array()
         .and_then(|list| list.iter().find(|i| i["id"] == id))
-        .unwrap_or_else(|| panic!("no instance `{id}` in the record: {}", serde_json::to_string_pretty(&record["instances"]).unwrap_or_default()))
+        .unwrap_or_else(|| {
+            panic!(
+                "no instance `{id}` in the record: {}",
+                serde_json::to_string_pretty(&record["instances"]).unwrap_or_default()
+            )
+        })
 }
 
 /// Ids of the instances with this status.
 pub fn ids_with_status(record: &Value, status: &str) -> Vec<String> {
     record["instances"]
         .as_array()
-        .map(|list| list.iter().filter(|i| i["status"] == status).filter_map(|i| i["id"].as_str().map(str::to_owned)).collect())
+        .map(|list| {
+            list.iter()
+                .filter(|i| i["status"] == status)
+                .filter_map(|i| i["id"].as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 pub fn status_of(record: &Value, id: &str) -> String {
-    instance(record, id)["status"].as_str().unwrap_or("").to_owned()
+    instance(record, id)["status"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned()
 }
 
 /// Whether a process exists and is not a zombie (an unreaped zombie has
@@ -208,7 +267,9 @@ pub fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
             // The state follows the parenthesised command name.
-            let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next());
             state != Some('Z') && state != Some('X')
         }
         Err(_) => false,
@@ -217,7 +278,15 @@ pub fn alive(pid: i32) -> bool {
 
 /// Reads pids (one per line or whitespace-separated) from files.
 pub fn pids_in(test: &Test, files: &[&str]) -> Vec<i32> {
-    files.iter().flat_map(|f| test.read(f).split_whitespace().map(|p| p.parse::<i32>().expect("a pid")).collect::<Vec<_>>()).collect()
+    files
+        .iter()
+        .flat_map(|f| {
+            test.read(f)
+                .split_whitespace()
+                .map(|p| p.parse::<i32>().expect("a pid"))
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 /// Asserts that every pid is gone, waiting a little for the kernel.
@@ -273,14 +342,17 @@ pub fn wait_output(child: Child, timeout: Duration) -> Output {
         }
     };
     Output {
-        code: out.status.code().unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&out.status).unwrap_or(0)),
+        code: out.status.code().unwrap_or_else(|| {
+            128 + std::os::unix::process::ExitStatusExt::signal(&out.status).unwrap_or(0)
+        }),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 
 /// A workflow of one `files:` fan-out over `src/*.txt` that copies each file
-/// (counting itself), plus a reduce that concatenates the copies.
+/// (counting itself), plus a reduce that concatenates the copies in item
+/// order into `all.txt` and sums them into `total.txt`.
 pub fn fan_out_workflow() -> &'static str {
     r#"version: 1
 name: fan
@@ -293,7 +365,7 @@ tasks:
   total:
     needs: [copy]
     outputs: [total.txt]
-    run: echo x >> .count/total && cat {{ needs.copy.outputs }} | awk '{s+=$1} END {print s+0}' > total.txt
+    run: echo x >> .count/total && cat {{ needs.copy.outputs }} > all.txt && awk '{s+=$1} END {print s+0}' all.txt > total.txt
 "#
 }
 

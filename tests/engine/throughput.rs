@@ -5,10 +5,17 @@ use crate::support::{fan_out_workflow, numbered_files, Test};
 
 #[test]
 fn thousand_instance_fan_out_reduces_right_and_reruns_only_the_changed_instance() {
-    let test = numbered_files(Test::new().workflow("fan", fan_out_workflow()), 1000).args(["run", "fan", "-j", "4"]);
+    let test = numbered_files(Test::new().workflow("fan", fan_out_workflow()), 1000)
+        .args(["run", "fan", "-j", "4"]);
     test.run().ok();
     // 0 + 1 + ... + 999
     assert_eq!(test.read("total.txt").trim(), "499500");
+    let all: String = (0..1000).map(|i| format!("{i}\n")).collect();
+    assert_eq!(
+        test.read("all.txt"),
+        all,
+        "the reduce concatenates in item order"
+    );
     for i in [0, 1, 500, 999] {
         assert_eq!(test.read(&format!("out/{i:04}.txt")), format!("{i}\n"));
     }
@@ -30,5 +37,8 @@ fn thousand_instance_fan_out_reduces_right_and_reruns_only_the_changed_instance(
     assert_eq!(test.total_count(), 1003, "exactly two instances reran");
     assert_eq!(test.read("total.txt").trim(), "500500");
     let counts = &test.last_run()["counts"];
-    assert_eq!((counts["succeeded"].as_u64(), counts["cached"].as_u64()), (Some(2), Some(999)));
+    assert_eq!(
+        (counts["succeeded"].as_u64(), counts["cached"].as_u64()),
+        (Some(2), Some(999))
+    );
 }
