@@ -232,8 +232,12 @@ impl State {
         for need in &task.needs {
             needs.insert(need.clone(), NeedContext { status: "succeeded".into(), ..NeedContext::default() });
         }
-        for edge in self.plan.graph.edges_directed(node, Direction::Incoming) {
-            let source = edge.source();
+        // petgraph lists incoming edges newest first; a reduce must see its
+        // upstream instances in plan (item) order, or `cat {{ needs.a.outputs }}`
+        // concatenates backwards.
+        let mut sources: Vec<NodeIndex> = self.plan.graph.edges_directed(node, Direction::Incoming).map(|e| e.source()).collect();
+        sources.sort_by_key(|s| self.order.get(s).copied().unwrap_or(usize::MAX));
+        for source in sources {
             let upstream = &self.plan.graph[source];
             let name = &self.plan.workflow.tasks[upstream.task].name;
             let entry = needs.entry(name.clone()).or_default();
