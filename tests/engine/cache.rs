@@ -372,3 +372,39 @@ fn two_checkouts_share_one_store_through_ccflow_state_dir() {
     assert_eq!(c.read("total.txt").trim(), "4950");
     assert_eq!(c.read("out/0099.txt"), "99\n");
 }
+
+#[test]
+fn same_size_edit_with_the_old_mtime_still_reruns() {
+    // The stat index must not trust (size, mtime) alone: an edit that keeps
+    // the size and puts the mtime back (a racy write, `touch -d`, a tool
+    // that preserves times) is still seen (ctime, or rehashing).
+    let test = pipe();
+    test.run().ok();
+    let old = std::fs::metadata(test.path("in.txt")).and_then(|m| m.modified()).expect("mtime");
+    test.write("in.txt", "world\n");
+    let file = std::fs::File::options().append(true).open(test.path("in.txt")).expect("open");
+    file.set_modified(old).expect("restore mtime");
+    drop(file);
+    test.run().ok();
+    assert_eq!(test.count("gen"), 2);
+    assert_eq!(test.read("final.txt"), "WORLD\nWORLD\n");
+}
+
+#[test]
+fn failures_are_not_cached() {
+    let yaml = r#"version: 1
+name: flaky
+tasks:
+  flaky:
+    outputs: [ok.txt]
+    run: echo x >> .count/flaky; test -e allow && echo ok > ok.txt
+"#;
+    let test = Test::new().workflow("flaky", yaml).args(["run", "flaky"]);
+    test.run().expect_code(1);
+    test.run().expect_code(1);
+    assert_eq!(test.count("flaky"), 2, "a failure is never a cache hit");
+    test.write("allow", "");
+    test.run().ok();
+    test.run().ok();
+    assert_eq!(test.count("flaky"), 3);
+}
