@@ -105,3 +105,47 @@ tasks:
         "other pools are not held back by `slow`"
     );
 }
+
+#[test]
+fn ready_queue_prefers_priority_then_the_critical_path() {
+    // With one slot, the start order is the queue order: `urgent` first
+    // (priority), then the head of the longest chain, then the rest.
+    let yaml = r#"version: 1
+name: order
+tasks:
+  leaf1:
+    cache: false
+    run: echo leaf1 >> order.txt
+  leaf2:
+    cache: false
+    run: echo leaf2 >> order.txt
+  chain1:
+    cache: false
+    run: echo chain1 >> order.txt
+  chain2:
+    needs: [chain1]
+    cache: false
+    run: echo chain2 >> order.txt
+  chain3:
+    needs: [chain2]
+    cache: false
+    run: echo chain3 >> order.txt
+  urgent:
+    priority: 5
+    cache: false
+    run: echo urgent >> order.txt
+"#;
+    let test = Test::new()
+        .workflow("order", yaml)
+        .args(["run", "order", "-j", "1"]);
+    test.run().ok();
+    let order = test.read("order.txt");
+    let order: Vec<&str> = order.lines().collect();
+    assert_eq!(order.len(), 6);
+    assert_eq!(order[0], "urgent", "{order:?}");
+    assert_eq!(
+        order[1], "chain1",
+        "the critical path goes first: {order:?}"
+    );
+    assert_eq!(order[2], "chain2", "{order:?}");
+}
