@@ -522,7 +522,9 @@ impl State {
 }
 
 /// Whether a task's templates read `needs` or `run`, which only the
-/// scheduler knows at run time.
+/// scheduler knows at run time, or a file through `read_file`, which an
+/// upstream task may rewrite before this one starts (a plan-time render
+/// would bake in the stale content).
 fn task_uses_runtime_context(task: &crate::workflow::Task) -> bool {
     let mut texts: Vec<&str> = Vec::new();
     match &task.kind {
@@ -534,7 +536,7 @@ fn task_uses_runtime_context(task: &crate::workflow::Task) -> bool {
     texts.extend(task.env.values().map(String::as_str));
     texts.extend(task.condition.as_deref());
     texts.extend(task.workdir.as_deref());
-    texts.iter().any(|t| t.contains("needs") || t.contains("run."))
+    texts.iter().any(|t| t.contains("needs") || t.contains("run.") || t.contains("read_file"))
 }
 
 struct JobResultBuilder;

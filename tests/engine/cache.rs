@@ -380,9 +380,14 @@ fn same_size_edit_with_the_old_mtime_still_reruns() {
     // that preserves times) is still seen (ctime, or rehashing).
     let test = pipe();
     test.run().ok();
-    let old = std::fs::metadata(test.path("in.txt")).and_then(|m| m.modified()).expect("mtime");
+    let old = std::fs::metadata(test.path("in.txt"))
+        .and_then(|m| m.modified())
+        .expect("mtime");
     test.write("in.txt", "world\n");
-    let file = std::fs::File::options().append(true).open(test.path("in.txt")).expect("open");
+    let file = std::fs::File::options()
+        .append(true)
+        .open(test.path("in.txt"))
+        .expect("open");
     file.set_modified(old).expect("restore mtime");
     drop(file);
     test.run().ok();

@@ -91,3 +91,26 @@ tasks:
     assert_eq!(test.read("cat.txt"), "1\n2\n3\n4\n5\nc\na\nb\n");
     assert_eq!(test.read("items.txt"), "c a b\n");
 }
+
+#[test]
+fn read_file_sees_the_content_an_upstream_task_wrote() {
+    // Regression: `read_file` was rendered at plan time, before `a` ran, so
+    // `b` baked in the stale `1.0`.
+    let yaml = r#"version: 1
+name: rf
+tasks:
+  a:
+    outputs: [ver.txt]
+    run: echo 2.0 > ver.txt
+  b:
+    needs: [a]
+    outputs: [b.txt]
+    run: echo "version {{ 'ver.txt' | read_file | trim }}" > b.txt
+"#;
+    let test = Test::new()
+        .workflow("rf", yaml)
+        .file("ver.txt", "1.0\n")
+        .args(["run", "rf"]);
+    test.run().ok();
+    assert_eq!(test.read("b.txt"), "version 2.0\n");
+}
