@@ -35,6 +35,9 @@ use crate::report::{RunEvent, Reporters};
 pub struct RunOptions {
     pub jobs: Option<usize>,
     pub keep_going: bool,
+    /// The most instances the process can run at once (open-file limit);
+    /// a larger `-j` or `concurrency` is lowered to it, with a message.
+    pub max_jobs: Option<usize>,
 }
 
 /// How the run ended.
@@ -95,6 +98,8 @@ pub async fn run(plan: Plan, shared: Arc<RunShared>, options: RunOptions, report
         .or(plan.workflow.limits.global)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, std::num::NonZero::get))
         .max(1);
+    let requested_limit = global_limit;
+    let global_limit = options.max_jobs.map_or(global_limit, |cap| global_limit.min(cap.max(1)));
     let mut state = State {
         order: plan.ordered_nodes().into_iter().enumerate().map(|(i, n)| (n, i)).collect(),
         plan,
@@ -120,6 +125,11 @@ pub async fn run(plan: Plan, shared: Arc<RunShared>, options: RunOptions, report
         workflow: state.plan.workflow.name.clone(),
         total,
     });
+    if global_limit < requested_limit {
+        state.reporters.event(&RunEvent::Message {
+            text: format!("ccflow: running at most {global_limit} instances at once instead of {requested_limit}: the open-file limit is too low (raise it with `ulimit -n`)"),
+        });
+    }
     state.write_record(RunStatus::Running);
     let nodes: Vec<NodeIndex> = state.plan.graph.node_indices().collect();
     for node in &nodes {

@@ -149,3 +149,46 @@ tasks:
     );
     assert_eq!(order[2], "chain2", "{order:?}");
 }
+
+/// Runs `ccflow run fds -j 150` under `ulimit` arguments.
+fn run_with_open_file_limit(test: &Test, ulimit: &str) -> crate::support::Output {
+    let script = format!("ulimit {ulimit} && exec \"$0\" run fds -j 150");
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script, crate::support::BIN])
+        .current_dir(test.root())
+        .env("CI", "true")
+        .env_remove("GITHUB_ACTIONS")
+        .output()
+        .expect("run ccflow under sh");
+    crate::support::Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn many_jobs_under_a_low_open_file_limit_do_not_fail_with_too_many_open_files() {
+    // Regression: ~3 descriptors per running instance, so `-j 150` under a
+    // limit of 256 failed most instances with EMFILE. ccflow now raises the
+    // soft limit to the hard one, and below that runs fewer at once.
+    let yaml = r#"version: 1
+name: fds
+tasks:
+  t:
+    for_each: { items: [RANGE] }
+    cache: false
+    run: sleep 0.3 && echo x >> .count/{{ item }}
+"#;
+    let items: Vec<String> = (0..150).map(|i| i.to_string()).collect();
+    let test = Test::new().workflow("fds", &yaml.replace("RANGE", &items.join(", ")));
+    // Only the soft limit is low: raised.
+    let out = run_with_open_file_limit(&test, "-Sn 256");
+    out.ok();
+    assert_eq!(test.counters().len(), 150);
+    // The hard limit is low too: fewer at once, with a message.
+    let out = run_with_open_file_limit(&test, "-n 256");
+    out.ok();
+    assert_eq!(test.total_count(), 300);
+    assert!(out.stderr.contains("open-file limit"), "{}", out.stderr);
+}
