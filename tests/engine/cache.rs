@@ -413,3 +413,45 @@ tasks:
     test.run().ok();
     assert_eq!(test.count("flaky"), 3);
 }
+
+#[test]
+fn garbage_in_the_stat_index_costs_a_rehash_never_a_wrong_hit() {
+    let test = pipe();
+    test.run().ok();
+    std::fs::write(test.path(".ccflow/index"), b"\x00\xffnot an index at all\n")
+        .expect("clobber index");
+    test.run().ok();
+    assert_eq!(test.count("gen"), 1, "unchanged inputs still hit");
+    test.write("in.txt", "again\n");
+    std::fs::write(test.path(".ccflow/index"), b"").expect("truncate index");
+    test.run().ok();
+    assert_eq!(test.count("gen"), 2, "a changed input is seen");
+    assert_eq!(test.read("final.txt"), "AGAIN\nAGAIN\n");
+}
+
+#[test]
+fn a_new_file_matching_an_input_glob_reruns_the_task() {
+    let yaml = r#"version: 1
+name: glob
+tasks:
+  cat:
+    inputs: ["src/**/*.txt"]
+    outputs: [all.txt]
+    run: echo x >> .count/cat && cat $(find src -name '*.txt' | sort) > all.txt
+"#;
+    let test = Test::new()
+        .workflow("glob", yaml)
+        .file("src/a.txt", "a\n")
+        .args(["run", "glob"]);
+    test.run().ok();
+    test.run().ok();
+    assert_eq!(test.count("cat"), 1);
+    test.write("src/deep/b.txt", "b\n");
+    test.run().ok();
+    assert_eq!(test.count("cat"), 2);
+    assert_eq!(test.read("all.txt"), "a\nb\n");
+    std::fs::remove_file(test.path("src/a.txt")).expect("rm");
+    test.run().ok();
+    assert_eq!(test.count("cat"), 3, "a deleted input reruns too");
+    assert_eq!(test.read("all.txt"), "b\n");
+}
