@@ -455,3 +455,33 @@ tasks:
     assert_eq!(test.count("cat"), 3, "a deleted input reruns too");
     assert_eq!(test.read("all.txt"), "b\n");
 }
+
+#[test]
+fn adding_a_declared_output_invalidates_the_entry() {
+    // Regression: `outputs` were not part of the key, so after adding
+    // `b.txt` the old entry (which never saved it) was a hit, and a clean
+    // checkout ended "cached" without `b.txt`.
+    let yaml = r#"version: 1
+name: outs
+tasks:
+  gen:
+    outputs: [a.txt]
+    run: echo x >> .count/gen && echo a > a.txt && echo b > b.txt
+"#;
+    let test = Test::new().workflow("outs", yaml).args(["run", "outs"]);
+    test.run().ok();
+    test.write(
+        ".claudecluster/outs.yaml",
+        &yaml.replace("[a.txt]", "[a.txt, b.txt]"),
+    );
+    std::fs::remove_file(test.path("a.txt")).expect("rm");
+    std::fs::remove_file(test.path("b.txt")).expect("rm");
+    test.run().ok();
+    assert_eq!(test.count("gen"), 2);
+    assert_eq!(test.read("b.txt"), "b\n");
+    // And from then on both are restored.
+    std::fs::remove_file(test.path("b.txt")).expect("rm");
+    test.run().ok();
+    assert_eq!(test.count("gen"), 2);
+    assert_eq!(test.read("b.txt"), "b\n");
+}
