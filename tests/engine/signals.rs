@@ -160,3 +160,36 @@ fn sigint_stops_every_task_writes_the_record_and_exits_130() {
 fn sigterm_stops_every_task_writes_the_record_and_exits_130() {
     interrupted_run(libc::SIGTERM);
 }
+
+#[test]
+fn work_finished_before_ctrl_c_is_cached_for_the_next_run() {
+    let yaml = r#"version: 1
+name: resume
+tasks:
+  quick:
+    for_each: { items: [a, b] }
+    outputs: ["q-{{ item }}"]
+    run: echo x >> .count/q-{{ item }}; echo {{ item }} > q-{{ item }}
+  hang:
+    outputs: [h]
+    run: echo x >> .count/h; [ -e go ] || sleep 1000; echo h > h
+"#;
+    let test = Test::new().workflow("resume", yaml).args(["run", "resume"]);
+    let child = test.spawn();
+    wait_until(Duration::from_secs(20), "every task to start", || {
+        test.counters().len() == 3
+    });
+    // Let the quick ones finish.
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&child, libc::SIGINT);
+    wait_output(child, Duration::from_secs(20)).expect_code(130);
+    test.write("go", "");
+    test.run().ok();
+    assert_eq!(
+        (test.count("q-a"), test.count("q-b"), test.count("h")),
+        (1, 1, 2)
+    );
+    let record = test.last_run();
+    assert_eq!(instance(&record, "quick[a]")["status"], "cached");
+    assert_eq!(test.read("h"), "h\n");
+}
