@@ -26,6 +26,38 @@ use crate::workflow::resolve::parse_duration;
 /// The environment variables a task inherits from the caller (SPEC §4).
 const BASE_ENV: [&str; 4] = ["PATH", "HOME", "LANG", "TERM"];
 
+/// Descriptors a running instance holds (output pipe ends, log file, and
+/// some slack for the cache and the reaper).
+const FILES_PER_INSTANCE: u64 = 4;
+
+/// Descriptors kept for ccflow itself (store, index, runtime, reporters).
+const FILES_RESERVED: u64 = 64;
+
+/// Raises the soft open-file limit to the hard one, as the Go runtime does:
+/// every running instance holds a few descriptors, so `-j 500` under the
+/// common soft limit of 1024 failed hundreds of instances with "too many
+/// open files". Returns the soft limit now in effect.
+fn raise_open_file_limit() -> Option<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit only writes the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } != 0 {
+        return None;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+        // SAFETY: setrlimit only reads the struct we pass. It fails when the
+        // hard limit is unlimited (Linux caps at `nr_open`); then the soft
+        // limit stays as it was.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const raised) } == 0 {
+            limit.rlim_cur = limit.rlim_max;
+        }
+    }
+    if limit.rlim_cur == libc::RLIM_INFINITY {
+        return None;
+    }
+    Some(limit.rlim_cur)
+}
+
 /// Runs a workflow.
 ///
 /// # Errors
@@ -151,9 +183,14 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
         };
         reporters.reporters.push(Box::new(EventsReporter::new(out)));
     }
+    let max_jobs = raise_open_file_limit().map(|limit| {
+        usize::try_from(limit.saturating_sub(FILES_RESERVED) / FILES_PER_INSTANCE)
+            .unwrap_or(usize::MAX)
+    });
     let options = RunOptions {
         jobs: args.jobs,
         keep_going: args.keep_going,
+        max_jobs,
     };
     let outcome = runtime.block_on(scheduler::run(plan, shared, options, reporters, notice_rx));
     Ok(match outcome.status {

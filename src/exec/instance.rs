@@ -227,6 +227,12 @@ pub fn instance_key(
     if let Some(workdir) = &rendered.workdir {
         key.extra.insert("workdir".into(), workdir.clone());
     }
+    // The declared outputs decide what a hit restores: without them in the
+    // key, adding `b.txt` to `outputs` hit the old entry, which never saved
+    // `b.txt`, and a clean checkout ended "cached" without it.
+    if !rendered.outputs.is_empty() {
+        key.extra.insert("outputs".into(), serde_json::to_string(&rendered.outputs).unwrap_or_default());
+    }
     if let Some(network) = &task.network {
         key.extra.insert("network".into(), network.clone());
     }

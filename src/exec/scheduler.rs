@@ -37,6 +37,9 @@ use crate::report::{Reporters, RunEvent};
 pub struct RunOptions {
     pub jobs: Option<usize>,
     pub keep_going: bool,
+    /// The most instances the process can run at once (open-file limit);
+    /// a larger `-j` or `concurrency` is lowered to it, with a message.
+    pub max_jobs: Option<usize>,
 }
 
 /// How the run ended.
@@ -115,6 +118,8 @@ pub async fn run(
         .or(plan.workflow.limits.global)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, std::num::NonZero::get))
         .max(1);
+    let requested_limit = global_limit;
+    let global_limit = options.max_jobs.map_or(global_limit, |cap| global_limit.min(cap.max(1)));
     let mut state = State {
         order: plan
             .ordered_nodes()
@@ -146,6 +151,11 @@ pub async fn run(
         workflow: state.plan.workflow.name.clone(),
         total,
     });
+    if global_limit < requested_limit {
+        state.reporters.event(&RunEvent::Message {
+            text: format!("ccflow: running at most {global_limit} instances at once instead of {requested_limit}: the open-file limit is too low (raise it with `ulimit -n`)"),
+        });
+    }
     state.write_record(RunStatus::Running);
     let nodes: Vec<NodeIndex> = state.plan.graph.node_indices().collect();
     for node in &nodes {
@@ -332,8 +342,12 @@ impl State {
                 },
             );
         }
-        for edge in self.plan.graph.edges_directed(node, Direction::Incoming) {
-            let source = edge.source();
+        // petgraph lists incoming edges newest first; a reduce must see its
+        // upstream instances in plan (item) order, or `cat {{ needs.a.outputs }}`
+        // concatenates backwards.
+        let mut sources: Vec<NodeIndex> = self.plan.graph.edges_directed(node, Direction::Incoming).map(|e| e.source()).collect();
+        sources.sort_by_key(|s| self.order.get(s).copied().unwrap_or(usize::MAX));
+        for source in sources {
             let upstream = &self.plan.graph[source];
             let name = &self.plan.workflow.tasks[upstream.task].name;
             let entry = needs.entry(name.clone()).or_default();
@@ -790,7 +804,9 @@ impl State {
 }
 
 /// Whether a task's templates read `needs` or `run`, which only the
-/// scheduler knows at run time.
+/// scheduler knows at run time, or a file through `read_file`, which an
+/// upstream task may rewrite before this one starts (a plan-time render
+/// would bake in the stale content).
 fn task_uses_runtime_context(task: &crate::workflow::Task) -> bool {
     let mut texts: Vec<&str> = Vec::new();
     match &task.kind {
@@ -804,7 +820,7 @@ fn task_uses_runtime_context(task: &crate::workflow::Task) -> bool {
     texts.extend(task.workdir.as_deref());
     texts
         .iter()
-        .any(|t| t.contains("needs") || t.contains("run."))
+        .any(|t| t.contains("needs") || t.contains("run.") || t.contains("read_file"))
 }
 
 struct JobResultBuilder;
