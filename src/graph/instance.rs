@@ -135,8 +135,8 @@ pub fn render(
             message.push_str(&format!(" (item `{label}`)"));
         }
         let mut d = Diagnostic::error("template", message).at(&workflow.file, span);
-        if error.message.starts_with("undefined") {
-            d = d.with_hint("templates see `item`, `vars`, `env`, `workflow`, `task`, `needs` and `run`");
+        if error.kind == crate::template::TemplateErrorKind::Undefined {
+            d.hints.extend(undefined_hints(workflow, task, &error.message));
         }
         d
     };
@@ -157,7 +157,7 @@ pub fn render(
                     return Err(fail(
                         "if",
                         TemplateError {
-                            message: format!("`if` rendered `{other}`, expected true or false"),
+                            message: format!("condition rendered `{other}`, expected `true` or `false`"),
                             line: None,
                             kind: crate::template::TemplateErrorKind::Render,
                         },
@@ -205,6 +205,39 @@ pub fn render(
     };
     inputs.extend(read_files.iter().cloned());
     Ok(RenderedInstance { command, prompt, inputs, outputs, env, workdir, enabled, verify, read_files })
+}
+
+/// What to do about an undefined template variable: `item` outside a
+/// fan-out, a misspelt `vars.x`/`needs.x`, or the list of what exists.
+fn undefined_hints(workflow: &Workflow, task: &Task, message: &str) -> Vec<String> {
+    // The message names the variable in backticks: "undefined template variable `vars.styel`".
+    let name = message.split('`').nth(1).unwrap_or("");
+    let mut parts = name.split('.');
+    let head = parts.next().unwrap_or("");
+    let member = parts.next();
+    let did_you_mean = |candidate: &str, known: Vec<&str>, what: &str| -> String {
+        crate::diagnostic::did_you_mean(candidate, known.iter().copied()).unwrap_or_else(|| {
+            if known.is_empty() {
+                format!("no {what} are declared")
+            } else {
+                format!("declared {what}: {}", known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", "))
+            }
+        })
+    };
+    match (head, member) {
+        ("item", _) if task.for_each.is_none() => {
+            vec![format!("`item` exists only in tasks with `for_each`; task `{}` does not fan out", task.name)]
+        }
+        ("vars", Some(var)) => {
+            vec![did_you_mean(var, workflow.vars.keys().map(String::as_str).collect(), "vars"), "declare variables under `vars:`".into()]
+        }
+        ("needs", Some(need)) => vec![did_you_mean(need, task.needs.iter().map(String::as_str).collect(), "needs of this task")],
+        ("env", Some(var)) => {
+            let known: Vec<&str> = workflow.env.keys().chain(task.env.keys()).map(String::as_str).collect();
+            vec![did_you_mean(var, known, "env variables"), "templates see only the `env` declared in the workflow".into()]
+        }
+        _ => vec!["templates see `item`, `vars`, `env`, `workflow`, `task`, `needs` and `run`".into()],
+    }
 }
 
 /// A shared, immutable instance handle.

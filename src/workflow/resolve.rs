@@ -18,8 +18,10 @@ use super::yaml::{self, pointer_segment, SpanMap};
 use crate::diagnostic::{did_you_mean, Diagnostic, SourceFile, Span};
 use crate::template::Templates;
 
-/// Files larger than this are refused before parsing.
-const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+/// Files larger than this are refused before parsing. Real workflows are a
+/// few kilobytes; a megabyte of YAML is generated data, which belongs in a
+/// file read by `lines_of`/`json_of`, and would take seconds to plan.
+const MAX_FILE_BYTES: u64 = 1024 * 1024;
 
 /// The outcome of loading: a workflow (when no error), plus every diagnostic.
 pub struct Loaded {
@@ -37,9 +39,9 @@ pub fn load(path: &Path, display: &str, root: &Path, vars: &BTreeMap<String, Str
             return fail(
                 Diagnostic::error(
                     "too-large",
-                    format!("workflow file is {} bytes, more than the limit of {MAX_FILE_BYTES}", meta.len()),
+                    format!("workflow file is {} bytes, more than the limit of {MAX_FILE_BYTES} (1 MiB)", meta.len()),
                 )
-                .in_file(&empty)
+                .at(&empty, Span::new(0, 0))
                 .with_hint("a workflow describes tasks; generate large item lists into a file and use `for_each: { lines_of: FILE }`"),
             );
         }
@@ -61,8 +63,11 @@ pub fn load(path: &Path, display: &str, root: &Path, vars: &BTreeMap<String, Str
         Ok(t) => t,
         Err(error) => {
             let offset = error.utf8_error().valid_up_to();
-            let lossy = String::from_utf8_lossy(error.as_bytes()).into_owned();
-            let file = SourceFile::new(display, lossy);
+            // Only the text before the bad byte is shown (control characters
+            // made visible): echoing binary garbage could upset the terminal.
+            let shown = printable(&String::from_utf8_lossy(&error.as_bytes()[..offset]));
+            let offset = shown.len();
+            let file = SourceFile::new(display, shown);
             return fail(
                 Diagnostic::error("encoding", "workflow file is not valid UTF-8 text")
                     .at(&file, Span::new(offset, offset + 1))
@@ -84,21 +89,26 @@ pub fn load_source(
 ) -> Loaded {
     let fail = |diagnostics| Loaded { workflow: None, diagnostics };
     if file.text.contains('\0') {
-        let offset = file.text.find('\0').unwrap_or(0);
+        let shown = SourceFile::new(file.name.clone(), printable(&file.text));
+        let offset = shown.text.find('\u{2400}').unwrap_or(0);
         return fail(vec![Diagnostic::error("encoding", "workflow file contains NUL bytes")
-            .at(file, Span::new(offset, offset + 1))
+            .at(&shown, Span::new(offset, offset + '\u{2400}'.len_utf8()))
             .with_hint("is this a binary file? workflows are YAML text")]);
     }
     if file.text.trim().is_empty() {
         return fail(vec![Diagnostic::error("empty", "workflow file is empty")
-            .in_file(file)
+            .at(file, Span::new(0, 0))
             .with_hint("start with `version: 1` and a `tasks:` mapping; `ccflow init` writes an example")]);
     }
     // Pass 1: YAML syntax.
     let (value, spans) = match yaml::parse(file) {
         Ok(parsed) => parsed,
         Err(error) => {
-            return fail(vec![Diagnostic::error("yaml", error.message).at(file, error.span)])
+            let mut diagnostic = Diagnostic::error("yaml", error.message).at(file, error.span);
+            if let Some(hint) = yaml_hint(&diagnostic.message) {
+                diagnostic = diagnostic.with_hint(hint);
+            }
+            return fail(vec![diagnostic]);
         }
     };
     if !value.is_object() {
@@ -150,6 +160,39 @@ pub fn load_source(
         }
         _ => Loaded { workflow: None, diagnostics },
     }
+}
+
+/// Control characters (other than newline and tab) made visible, so a
+/// diagnostic quoting the line cannot emit terminal escapes.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '\n' | '\t' => c,
+            '\0' => '\u{2400}',
+            c if c.is_control() => '\u{fffd}',
+            c => c,
+        })
+        .collect()
+}
+
+/// What to do about a YAML syntax error, from the parser's message.
+fn yaml_hint(message: &str) -> Option<&'static str> {
+    let hints: [(&str, &str); 7] = [
+        ("tabs", "indent with spaces: YAML does not allow tabs in indentation"),
+        ("quoted scalar", "is a quote (`\"` or `'`) left open on this line?"),
+        ("did not find expected key", "check the indentation of this line: keys of one mapping must line up"),
+        ("illegal placement of ':'", "is a `[` or `{` left open on an earlier line?"),
+        ("did not find expected ',' or", "is a `[` or `{` left open, or a `,` missing?"),
+        ("mapping values are not allowed", "quote a value that contains `: `, e.g. `run: \"echo a: b\"`"),
+        ("unknown anchor", "define the anchor (`&name`) before the alias (`*name`) that uses it"),
+    ];
+    if message.starts_with("duplicate key") {
+        return Some("keys of a mapping (and task names) must be unique: rename or merge one of them");
+    }
+    if message.contains("expected one YAML document") {
+        return Some("put each workflow in its own file under `.claudecluster/`");
+    }
+    hints.iter().find(|(needle, _)| message.contains(needle)).map(|(_, hint)| *hint)
 }
 
 /// The workflow with its ill-formed tasks (and top-level keys) left out.
@@ -289,12 +332,14 @@ impl Checker<'_> {
         for (name, value) in overrides {
             if !vars.contains_key(name) {
                 let hint = did_you_mean(name, vars.keys().map(String::as_str));
+                // Point at `vars:` when there is one, else at the top of the file.
+                let span = if raw.vars.is_empty() { Span::new(0, 0) } else { self.spans.key_or_value("/vars") };
                 let mut d = Diagnostic::error("unknown-var", format!("`--var {name}=...` sets a variable the workflow does not declare"))
-                    .in_file(&self.file)
-                    .with_hint(format!("declare it under `vars:` in {}", self.file.name));
+                    .at(&self.file, span);
                 if let Some(hint) = hint {
                     d = d.with_hint(hint);
                 }
+                d = d.with_hint(format!("declare it under `vars:` in {}", self.file.name));
                 self.diagnostics.push(d);
                 continue;
             }
@@ -325,8 +370,12 @@ impl Checker<'_> {
                 tasks.push(task);
             }
         }
-        if names.is_empty() {
-            self.error("no-tasks", "workflow has no tasks".into(), "/tasks", true);
+        // Without a `tasks` key the schema pass already said so.
+        let tasks_missing = self.diagnostics.iter().any(|d| d.code == "missing-key" && d.message.contains("`tasks`"));
+        if names.is_empty() && !tasks_missing {
+            self.error("no-tasks", "workflow has no tasks".into(), "/tasks", true)
+                .hints
+                .push("add a task under `tasks:`, e.g. `build: { run: make }`".into());
         }
         self.check_cycles(&tasks);
         let name = raw.name.clone().unwrap_or_else(|| {

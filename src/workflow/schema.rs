@@ -101,15 +101,137 @@ fn expectation(pointer: &str) -> Option<&'static str> {
     }
 }
 
+/// Replaces an `anyOf` error by the errors of the one alternative whose
+/// type matched (`agent: {promt: x}` is a `RawAgent` with an unknown key, not
+/// "not valid under any of the schemas"), recursively. An `anyOf` where no
+/// alternative's type matched stays as it is.
+fn flatten(error: jsonschema::ValidationError<'static>, out: &mut Vec<jsonschema::ValidationError<'static>>) {
+    let jsonschema::ValidationError { instance, kind, instance_path, schema_path } = error;
+    let ValidationErrorKind::AnyOf { context } = kind else {
+        out.push(jsonschema::ValidationError { instance, kind, instance_path, schema_path });
+        return;
+    };
+    let path = instance_path.to_string();
+    let is_type_mismatch = |branch: &Vec<jsonschema::ValidationError<'static>>| {
+        branch
+            .iter()
+            .all(|e| matches!(e.kind, ValidationErrorKind::Type { .. }) && e.instance_path.to_string() == path)
+    };
+    if context.iter().filter(|b| !is_type_mismatch(b)).count() == 1 {
+        for branch in context {
+            if !is_type_mismatch(&branch) {
+                for inner in branch {
+                    flatten(inner, out);
+                }
+            }
+        }
+        return;
+    }
+    out.push(jsonschema::ValidationError { instance, kind: ValidationErrorKind::AnyOf { context }, instance_path, schema_path });
+}
+
+/// The JSON types an error expected, named for humans (`null` left out).
+fn type_names(kind: &ValidationErrorKind) -> Vec<&'static str> {
+    let ValidationErrorKind::Type { kind } = kind else { return Vec::new() };
+    let types: Vec<jsonschema::JsonType> = match kind {
+        jsonschema::error::TypeKind::Single(t) => vec![*t],
+        jsonschema::error::TypeKind::Multiple(set) => set.iter().collect(),
+    };
+    types
+        .into_iter()
+        .filter_map(|t| match t {
+            jsonschema::JsonType::Array => Some("a list"),
+            jsonschema::JsonType::Boolean => Some("`true` or `false`"),
+            jsonschema::JsonType::Integer => Some("a whole number"),
+            jsonschema::JsonType::Number => Some("a number"),
+            jsonschema::JsonType::Object => Some("a mapping"),
+            jsonschema::JsonType::String => Some("a string"),
+            jsonschema::JsonType::Null => None,
+        })
+        .collect()
+}
+
+/// A value as messages show it: strings in backticks, the rest as JSON.
+fn shown(value: &Value) -> String {
+    match value {
+        Value::String(s) => format!("`{s}`"),
+        other => other.to_string(),
+    }
+}
+
+/// The first line holding YAML content (not blank, not a comment).
+fn first_content_line(file: &SourceFile) -> crate::diagnostic::Span {
+    let mut offset = 0;
+    for line in file.text.split_inclusive('\n') {
+        let trimmed = line.trim();
+        if !trimmed.is_empty() && !trimmed.starts_with('#') && trimmed != "---" {
+            let indent = line.len() - line.trim_start().len();
+            return crate::diagnostic::Span::new(offset + indent, offset + line.trim_end().len());
+        }
+        offset += line.len();
+    }
+    crate::diagnostic::Span::new(0, 0)
+}
+
+/// What a value violating `kind` at `pointer` should have been.
+fn detail(error: &jsonschema::ValidationError<'_>, pointer: &str) -> String {
+    let value = error.instance.as_ref();
+    match &error.kind {
+        ValidationErrorKind::Minimum { limit } => format!("must be at least {limit}"),
+        ValidationErrorKind::Maximum { limit } if pointer == "/version" => {
+            format!("unsupported format version {value}; this ccflow reads version {limit}")
+        }
+        ValidationErrorKind::Maximum { limit } => format!("must be at most {limit}"),
+        ValidationErrorKind::Enum { options } => {
+            let options: Vec<String> = options
+                .as_array()
+                .map(|o| o.iter().map(|v| format!("`{}`", v.as_str().map_or_else(|| v.to_string(), str::to_owned))).collect())
+                .unwrap_or_default();
+            format!("expected one of {}, found {}", options.join(", "), shown(value))
+        }
+        kind => {
+            if let Some(expected) = expectation(pointer) {
+                return expected.to_owned();
+            }
+            let mut names = type_names(kind);
+            if let ValidationErrorKind::AnyOf { context } = kind {
+                for branch in context {
+                    for e in branch {
+                        names.extend(type_names(&e.kind));
+                    }
+                }
+            }
+            names.dedup();
+            if names.is_empty() {
+                error.to_string()
+            } else {
+                let found = match value {
+                    Value::Null => "nothing".to_owned(),
+                    Value::Bool(_) => "a boolean".to_owned(),
+                    Value::Number(_) => format!("the number {value}"),
+                    Value::String(_) => format!("the string {}", shown(value)),
+                    Value::Array(_) => "a list".to_owned(),
+                    Value::Object(_) => "a mapping".to_owned(),
+                };
+                format!("expected {}, found {found}", names.join(" or "))
+            }
+        }
+    }
+}
+
 /// Validates `value` against the schema; every violation becomes a diagnostic at its span.
 #[must_use]
 pub fn validate(value: &Value, spans: &SpanMap, file: &std::sync::Arc<SourceFile>) -> Vec<Diagnostic> {
     let Some(validator) = validator() else {
         return vec![Diagnostic::error("schema", "the embedded schema does not compile").in_file(file)];
     };
+    let mut errors = Vec::new();
+    for error in validator.iter_errors(value) {
+        flatten(error.to_owned(), &mut errors);
+    }
     let mut diagnostics = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    for error in validator.iter_errors(value) {
+    for error in errors {
         let pointer = error.instance_path.to_string();
         let diagnostic = match &error.kind {
             ValidationErrorKind::AdditionalProperties { unexpected } => {
@@ -141,13 +263,20 @@ pub fn validate(value: &Value, spans: &SpanMap, file: &std::sync::Arc<SourceFile
             ValidationErrorKind::Required { property } => {
                 let (_, context) = describe(&pointer);
                 let name = property.as_str().unwrap_or("?");
+                // The top level has no key to point at: its first line stands for it.
+                let span = if pointer.is_empty() { first_content_line(file) } else { spans.key_or_value(&pointer) };
+                let hint = match name {
+                    "version" => "add `version: 1` as the first line".to_owned(),
+                    "tasks" => "add a `tasks:` mapping with at least one task, e.g. `tasks: { build: { run: make } }`".to_owned(),
+                    other => format!("add `{other}: ...`"),
+                };
                 Diagnostic::error("missing-key", format!("missing required key `{name}` {context}"))
-                    .at(file, spans.key_or_value(&pointer))
+                    .at(file, span)
+                    .with_hint(hint)
             }
             _ => {
                 let path = pointer_to_path(&pointer);
-                let detail = expectation(&pointer).map_or_else(|| error.to_string(), str::to_owned);
-                Diagnostic::error("invalid-value", format!("invalid value for `{path}`: {detail}"))
+                Diagnostic::error("invalid-value", format!("invalid value for `{path}`: {}", detail(&error, &pointer)))
                     .at(file, spans.value(&pointer))
             }
         };

@@ -263,13 +263,18 @@ impl Reader<'_> {
                         merges.push((value, value_offset));
                         continue;
                     }
-                    if map.contains_key(&name) {
-                        return Err(YamlError {
-                            message: format!("duplicate key `{name}`"),
-                            span: key_span,
-                        });
-                    }
                     let child = format!("{pointer}/{}", pointer_segment(&name));
+                    if map.contains_key(&name) {
+                        let first = self.spans.spans.get(&child).and_then(|s| s.key);
+                        let message = match first {
+                            Some(first) => format!(
+                                "duplicate key `{name}` (first defined on line {})",
+                                self.file.line_col(first.start).0
+                            ),
+                            None => format!("duplicate key `{name}`"),
+                        };
+                        return Err(YamlError { message, span: key_span });
+                    }
                     let value = self.node(event, value_offset, child, Some(key_span))?;
                     map.insert(name, value);
                 }
@@ -439,7 +444,7 @@ mod tests {
         let text = "tasks:\n  a: {run: x}\n  a: {run: y}\n";
         let file = SourceFile::new("t.yaml", text);
         let error = parse(&file).unwrap_err();
-        assert_eq!(error.message, "duplicate key `a`");
+        assert_eq!(error.message, "duplicate key `a` (first defined on line 2)");
         assert_eq!(file.line_col(error.span.start), (3, 3));
     }
 
