@@ -7,3 +7,5 @@ mod support;
 
 #[path = "agents/fanout.rs"]
 mod fanout;
+#[path = "agents/conflict.rs"]
+mod conflict;
