@@ -9,3 +9,5 @@ mod support;
 mod fanout;
 #[path = "agents/conflict.rs"]
 mod conflict;
+#[path = "agents/kill.rs"]
+mod kill;
