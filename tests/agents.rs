@@ -11,3 +11,5 @@ mod fanout;
 mod conflict;
 #[path = "agents/kill.rs"]
 mod kill;
+#[path = "agents/apply.rs"]
+mod apply;
