@@ -13,3 +13,13 @@ mod conflict;
 mod kill;
 #[path = "agents/apply.rs"]
 mod apply;
+#[path = "agents/budget.rs"]
+mod budget;
+#[path = "agents/ratelimit.rs"]
+mod ratelimit;
+#[path = "agents/salvage.rs"]
+mod salvage;
+#[path = "agents/supervision.rs"]
+mod supervision;
+#[path = "agents/verify.rs"]
+mod verify;
