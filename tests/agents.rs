@@ -23,3 +23,5 @@ mod salvage;
 mod supervision;
 #[path = "agents/verify.rs"]
 mod verify;
+#[path = "agents/examples.rs"]
+mod examples;
