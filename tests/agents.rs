@@ -5,16 +5,18 @@
 #[path = "agents/support.rs"]
 mod support;
 
-#[path = "agents/fanout.rs"]
-mod fanout;
-#[path = "agents/conflict.rs"]
-mod conflict;
-#[path = "agents/kill.rs"]
-mod kill;
 #[path = "agents/apply.rs"]
 mod apply;
 #[path = "agents/budget.rs"]
 mod budget;
+#[path = "agents/conflict.rs"]
+mod conflict;
+#[path = "agents/examples.rs"]
+mod examples;
+#[path = "agents/fanout.rs"]
+mod fanout;
+#[path = "agents/kill.rs"]
+mod kill;
 #[path = "agents/ratelimit.rs"]
 mod ratelimit;
 #[path = "agents/salvage.rs"]
@@ -23,5 +25,3 @@ mod salvage;
 mod supervision;
 #[path = "agents/verify.rs"]
 mod verify;
-#[path = "agents/examples.rs"]
-mod examples;

@@ -36,14 +36,20 @@ fn setup(claude: &std::path::Path) -> Repo {
 
 #[test]
 fn apply_branch_commits_each_instance_and_leaves_the_tree_alone() {
-    let Some(claude) = crate::support::claude() else { return };
+    let Some(claude) = crate::support::claude() else {
+        return;
+    };
     let repo = setup(&claude);
     let mock = Mock::start(SCRIPT);
     let before = repo.tree();
     let head = repo.git(&["rev-parse", "HEAD"]).trim().to_owned();
     let out = repo.ccflow(&mock, &["run", "apply", "--apply", "branch"]);
     assert_eq!(out.code, 0);
-    assert_eq!(repo.tree(), before, "--apply branch touched the working tree");
+    assert_eq!(
+        repo.tree(),
+        before,
+        "--apply branch touched the working tree"
+    );
     assert_eq!(repo.git(&["rev-parse", "HEAD"]).trim(), head);
     assert_eq!(repo.git(&["branch", "--show-current"]).trim(), "main");
     let record = repo.last_record();
@@ -52,23 +58,47 @@ fn apply_branch_commits_each_instance_and_leaves_the_tree_alone() {
     // The branch starts at the run's snapshot (the user's uncommitted work
     // as a commit on HEAD), then one commit per instance.
     let log = repo.git(&["log", "--format=%B%x00", &format!("{head}..{branch}")]);
-    let messages: Vec<&str> = log.split('\0').map(str::trim).filter(|m| !m.is_empty()).collect();
+    let messages: Vec<&str> = log
+        .split('\0')
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .collect();
     let instance_commits: Vec<&&str> = messages.iter().filter(|m| m.contains("edit[")).collect();
-    assert_eq!(instance_commits.len(), 2, "one commit per instance: {messages:#?}");
+    assert_eq!(
+        instance_commits.len(),
+        2,
+        "one commit per instance: {messages:#?}"
+    );
     for item in ["a", "b"] {
-        assert_eq!(instance_commits.iter().filter(|m| m.contains(&format!("edit[{item}]"))).count(), 1, "{messages:#?}");
+        assert_eq!(
+            instance_commits
+                .iter()
+                .filter(|m| m.contains(&format!("edit[{item}]")))
+                .count(),
+            1,
+            "{messages:#?}"
+        );
     }
     assert!(messages.len() <= 3, "{messages:#?}");
     let changed = repo.git(&["diff", "--name-only", &format!("{branch}~2..{branch}")]);
-    assert_eq!(changed.lines().collect::<Vec<_>>(), vec!["a.txt", "b.txt"], "only the agents' files in their commits");
+    assert_eq!(
+        changed.lines().collect::<Vec<_>>(),
+        vec!["a.txt", "b.txt"],
+        "only the agents' files in their commits"
+    );
     assert_eq!(repo.git(&["show", &format!("{branch}:b.txt")]), "after\n");
     // The agents worked on the snapshot, uncommitted change included.
-    assert_eq!(repo.git(&["show", &format!("{branch}:a.txt")]), "after\nuncommitted\n");
+    assert_eq!(
+        repo.git(&["show", &format!("{branch}:a.txt")]),
+        "after\nuncommitted\n"
+    );
 }
 
 #[test]
 fn apply_none_keeps_the_diffs_in_the_record_only() {
-    let Some(claude) = crate::support::claude() else { return };
+    let Some(claude) = crate::support::claude() else {
+        return;
+    };
     let repo = setup(&claude);
     let mock = Mock::start(SCRIPT);
     let before = repo.tree();
@@ -83,6 +113,11 @@ fn apply_none_keeps_the_diffs_in_the_record_only() {
         assert_eq!(inst["status"], "succeeded", "{inst:#}");
         let diff = inst["artifacts"]["diff"].as_str().expect("diff artifact");
         let diff = std::fs::read_to_string(repo.run_dir(&record).join(diff)).expect("diff file");
-        assert!(diff.contains(&format!("{item}.txt")) && diff.contains("-before") && diff.contains("+after"), "{diff}");
+        assert!(
+            diff.contains(&format!("{item}.txt"))
+                && diff.contains("-before")
+                && diff.contains("+after"),
+            "{diff}"
+        );
     }
 }

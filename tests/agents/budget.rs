@@ -6,7 +6,9 @@ use crate::support::{sonnet_cost, with_status, Mock, Repo};
 
 #[test]
 fn a_budget_for_two_and_a_half_sessions_stops_new_sessions() {
-    let Some(claude) = crate::support::claude() else { return };
+    let Some(claude) = crate::support::claude() else {
+        return;
+    };
     let repo = Repo::new(&claude);
     repo.workflow(
         "budget",
@@ -39,14 +41,28 @@ default:
     let not_started = with_status(&record, "not_started");
     assert!(!ran.is_empty() && ran.len() < 8, "{record:#}");
     assert_eq!(ran.len() + not_started.len(), 8, "{record:#}");
-    let summary = out.stderr.lines().find(|l| l.contains("budget exhausted")).expect("a budget exhausted summary");
+    let summary = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("budget exhausted"))
+        .expect("a budget exhausted summary");
     for id in &not_started {
-        assert!(summary.contains(id.as_str()), "`{id}` missing from: {summary}");
+        assert!(
+            summary.contains(id.as_str()),
+            "`{id}` missing from: {summary}"
+        );
     }
     let spent = record["usage"]["cost_usd"].as_f64().expect("cost");
     assert!(spent <= 0.0075 + per_session + 1e-9, "spent {spent}");
     #[expect(clippy::cast_precision_loss, reason = "small counts")]
     let expected = ran.len() as f64 * per_session;
-    assert!((spent - expected).abs() < 1e-9, "spent {spent}, expected {expected}");
-    assert_eq!(mock.stats().model_requests, ran.len() as u64, "no session started past the budget");
+    assert!(
+        (spent - expected).abs() < 1e-9,
+        "spent {spent}, expected {expected}"
+    );
+    assert_eq!(
+        mock.stats().model_requests,
+        ran.len() as u64,
+        "no session started past the budget"
+    );
 }

@@ -33,7 +33,9 @@ rules:
 
 #[test]
 fn same_lines_edited_twice_one_lands_the_other_is_a_kept_conflict() {
-    let Some(claude) = crate::support::claude() else { return };
+    let Some(claude) = crate::support::claude() else {
+        return;
+    };
     let repo = Repo::new(&claude);
     repo.write("shared.txt", "line one\nline two\n");
     repo.write("gamma.txt", "before\n");
@@ -63,11 +65,25 @@ tasks:
     let conflicts = with_status(&record, "conflict");
     assert_eq!(conflicts.len(), 1, "{record:#}");
     assert_eq!(landed.len(), 3, "{record:#}");
-    let (winner, loser) = if conflicts[0] == "shared[beta]" { ("alpha", "beta") } else { ("beta", "alpha") };
-    assert_eq!(repo.read("shared.txt"), format!("line {winner}\nline two\n"));
+    let (winner, loser) = if conflicts[0] == "shared[beta]" {
+        ("alpha", "beta")
+    } else {
+        ("beta", "alpha")
+    };
+    assert_eq!(
+        repo.read("shared.txt"),
+        format!("line {winner}\nline two\n")
+    );
     let lost = instance(&record, &format!("shared[{loser}]"));
-    assert!(lost["message"].as_str().is_some_and(|m| m.contains("`shared.txt`")), "{lost:#}");
-    let patch = lost["artifacts"]["diff"].as_str().expect("the conflicting patch is kept");
+    assert!(
+        lost["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("`shared.txt`")),
+        "{lost:#}"
+    );
+    let patch = lost["artifacts"]["diff"]
+        .as_str()
+        .expect("the conflicting patch is kept");
     let patch = std::fs::read_to_string(repo.run_dir(&record).join(patch)).expect("patch file");
     assert!(patch.contains(&format!("+line {loser}")), "{patch}");
     assert_eq!(repo.read("gamma.txt"), "after\n");
@@ -77,7 +93,9 @@ tasks:
 
 #[test]
 fn an_edit_outside_outputs_fails_its_instance_and_applies_nothing_of_it() {
-    let Some(claude) = crate::support::claude() else { return };
+    let Some(claude) = crate::support::claude() else {
+        return;
+    };
     let repo = Repo::new(&claude);
     for name in ["sneaky", "secret", "good1", "good2"] {
         repo.write(&format!("{name}.txt"), "before\n");
@@ -102,10 +120,20 @@ tasks:
     let sneaky = instance(&record, "own[sneaky]");
     assert_eq!(sneaky["status"], "failed", "{sneaky:#}");
     let message = sneaky["message"].as_str().unwrap_or_default();
-    assert!(message.contains("`secret.txt`") && !message.contains("`sneaky.txt`"), "{message}");
-    assert!(out.stderr.contains("secret.txt") || out.stdout.contains("secret.txt"), "the summary names the path");
+    assert!(
+        message.contains("`secret.txt`") && !message.contains("`sneaky.txt`"),
+        "{message}"
+    );
+    assert!(
+        out.stderr.contains("secret.txt") || out.stdout.contains("secret.txt"),
+        "the summary names the path"
+    );
     assert_eq!(repo.read("secret.txt"), "before\n");
-    assert_eq!(repo.read("sneaky.txt"), "before\n", "nothing of the rejected diff lands");
+    assert_eq!(
+        repo.read("sneaky.txt"),
+        "before\n",
+        "nothing of the rejected diff lands"
+    );
     assert_eq!(with_status(&record, "succeeded").len(), 2, "{record:#}");
     assert_eq!(repo.read("good1.txt"), "after\n");
     assert_eq!(repo.read("good2.txt"), "after\n");

@@ -35,7 +35,9 @@ tasks:
 
 #[test]
 fn eight_agents_edit_a_dirty_tree_then_rerun_is_free_and_incremental() {
-    let Some(claude) = crate::support::claude() else { return };
+    let Some(claude) = crate::support::claude() else {
+        return;
+    };
     let repo = Repo::new(&claude);
     for n in 1..=8 {
         repo.write(&format!("src/f{n}.rs"), format!("pub fn old_{n}() {{}}\n"));
@@ -53,7 +55,11 @@ fn eight_agents_edit_a_dirty_tree_then_rerun_is_free_and_incremental() {
     let first = repo.ccflow(&mock, &["run", "refactor", "-j", "8"]);
     assert_eq!(first.code, 0, "first run failed");
     for n in 1..=8 {
-        let expected = if n == 1 { "pub fn new_1() {}\n// uncommitted note\n".to_owned() } else { format!("pub fn new_{n}() {{}}\n") };
+        let expected = if n == 1 {
+            "pub fn new_1() {}\n// uncommitted note\n".to_owned()
+        } else {
+            format!("pub fn new_{n}() {{}}\n")
+        };
         assert_eq!(repo.read(&format!("src/f{n}.rs")), expected, "src/f{n}.rs");
     }
     assert_eq!(repo.read("docs/guide.md"), "guide v2 (uncommitted)\n");
@@ -62,7 +68,11 @@ fn eight_agents_edit_a_dirty_tree_then_rerun_is_free_and_incremental() {
     // Nothing got staged or committed behind the user's back.
     assert_eq!(repo.git(&["log", "--format=%s"]).lines().count(), 2);
     assert_eq!(repo.git(&["diff", "--cached", "--name-only"]), "");
-    assert!(repo.worktrees_left().is_empty(), "{:?}", repo.worktrees_left());
+    assert!(
+        repo.worktrees_left().is_empty(),
+        "{:?}",
+        repo.worktrees_left()
+    );
     assert_eq!(repo.git_worktrees().len(), 1);
 
     let stats = mock.stats();
@@ -96,14 +106,21 @@ fn eight_agents_edit_a_dirty_tree_then_rerun_is_free_and_incremental() {
     assert_eq!(total["cache_creation_tokens"], 8 * 2000);
     assert_eq!(total["cache_read_tokens"], 8 * 8000);
     let total_cost = total["cost_usd"].as_f64().expect("cost");
-    assert!((total_cost - sum).abs() < 1e-9 && (total_cost - 8.0 * per_instance).abs() < 1e-9, "total {total_cost}");
+    assert!(
+        (total_cost - sum).abs() < 1e-9 && (total_cost - 8.0 * per_instance).abs() < 1e-9,
+        "total {total_cost}"
+    );
 
     // A rerun: no request at all, the tree byte-identical.
     let before = repo.tree();
     let requests = mock.stats().requests;
     let second = repo.ccflow(&mock, &["run", "refactor", "-j", "8"]);
     assert_eq!(second.code, 0);
-    assert_eq!(mock.stats().requests, requests, "a cached rerun talked to the API");
+    assert_eq!(
+        mock.stats().requests,
+        requests,
+        "a cached rerun talked to the API"
+    );
     assert_eq!(repo.tree(), before, "a cached rerun changed the tree");
     let record = repo.last_record();
     assert_eq!(with_status(&record, "cached").len(), 8, "{record:#}");
@@ -114,10 +131,20 @@ fn eight_agents_edit_a_dirty_tree_then_rerun_is_free_and_incremental() {
     let third = repo.ccflow(&mock, &["run", "refactor", "-j", "8"]);
     assert_eq!(third.code, 0);
     let stats = mock.stats();
-    assert_eq!(stats.model_requests, 27, "one more session of three turns: {stats:?}");
+    assert_eq!(
+        stats.model_requests, 27,
+        "one more session of three turns: {stats:?}"
+    );
     let record = repo.last_record();
-    assert_eq!(with_status(&record, "succeeded"), vec!["refactor[src/f3.rs]".to_owned()], "{record:#}");
+    assert_eq!(
+        with_status(&record, "succeeded"),
+        vec!["refactor[src/f3.rs]".to_owned()],
+        "{record:#}"
+    );
     assert_eq!(with_status(&record, "cached").len(), 7);
-    assert_eq!(repo.read("src/f3.rs"), "pub fn new_3() {}\npub fn new_9() {}\n");
+    assert_eq!(
+        repo.read("src/f3.rs"),
+        "pub fn new_3() {}\npub fn new_9() {}\n"
+    );
     assert!((record["usage"]["cost_usd"].as_f64().expect("cost") - per_instance).abs() < 1e-9);
 }

@@ -64,9 +64,14 @@ fn setup(claude: &std::path::Path) -> (Repo, BTreeMap<String, Vec<u8>>) {
 fn start_in_flight(repo: &Repo, mock: &Mock) -> std::process::Child {
     let child = repo.spawn(mock, &["run", "kill", "-j", "8"]);
     let in_flight = crate::support::wait_for(Duration::from_secs(60), || {
-        repo.read("fast.txt") == "after\n" && mock.stats().per_rule.get("slow").copied().unwrap_or(0) >= 3
+        repo.read("fast.txt") == "after\n"
+            && mock.stats().per_rule.get("slow").copied().unwrap_or(0) >= 3
     });
-    assert!(in_flight, "sessions never got in flight: {:?}", mock.stats());
+    assert!(
+        in_flight,
+        "sessions never got in flight: {:?}",
+        mock.stats()
+    );
     // The hung requests have their headers; give the CLIs a moment to wait on them.
     std::thread::sleep(Duration::from_millis(300));
     child
@@ -78,7 +83,10 @@ fn expected_after_fast(before: &BTreeMap<String, Vec<u8>>) -> BTreeMap<String, V
     expected
 }
 
-fn wait_exit(child: &mut std::process::Child, within: Duration) -> Option<std::process::ExitStatus> {
+fn wait_exit(
+    child: &mut std::process::Child,
+    within: Duration,
+) -> Option<std::process::ExitStatus> {
     let deadline = std::time::Instant::now() + within;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
@@ -95,38 +103,57 @@ fn wait_exit(child: &mut std::process::Child, within: Duration) -> Option<std::p
 
 #[test]
 fn sigint_mid_run_cleans_up_and_keeps_only_applied_diffs() {
-    let Some(claude) = crate::support::claude() else { return };
+    let Some(claude) = crate::support::claude() else {
+        return;
+    };
     let (repo, before) = setup(&claude);
     let mock = Mock::start(HANGING);
     let mut child = start_in_flight(&repo, &mock);
     let pid = i32::try_from(child.id()).expect("pid");
     // SAFETY: signalling the child this test spawned.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
-    let status = wait_exit(&mut child, Duration::from_secs(20)).expect("ccflow did not stop within 20s of SIGINT");
+    let status = wait_exit(&mut child, Duration::from_secs(20))
+        .expect("ccflow did not stop within 20s of SIGINT");
     let stderr = std::fs::read_to_string(repo.home.join("ccflow.err")).unwrap_or_default();
     assert_eq!(status.code(), Some(130), "{stderr}");
     let leftover = repo.wait_no_processes(Duration::from_secs(5));
     assert!(leftover.is_empty(), "processes left: {leftover:#?}");
-    assert!(repo.worktrees_left().is_empty(), "{:?}", repo.worktrees_left());
+    assert!(
+        repo.worktrees_left().is_empty(),
+        "{:?}",
+        repo.worktrees_left()
+    );
     assert_eq!(repo.git_worktrees().len(), 1, "{:?}", repo.git_worktrees());
     assert_eq!(repo.tree(), expected_after_fast(&before));
     let record = repo.last_record();
     assert_eq!(record["status"], "interrupted", "{record:#}");
-    assert_eq!(with_status(&record, "succeeded"), vec!["edit[fast]".to_owned()]);
+    assert_eq!(
+        with_status(&record, "succeeded"),
+        vec!["edit[fast]".to_owned()]
+    );
 }
 
 #[test]
 fn sigkill_mid_run_then_the_next_run_cleans_up_and_finishes() {
-    let Some(claude) = crate::support::claude() else { return };
+    let Some(claude) = crate::support::claude() else {
+        return;
+    };
     let (repo, before) = setup(&claude);
     let hanging = Mock::start(HANGING);
     let mut child = start_in_flight(&repo, &hanging);
     child.kill().expect("SIGKILL");
     let _ = child.wait();
-    assert_eq!(repo.tree(), expected_after_fast(&before), "the tree right after the kill");
+    assert_eq!(
+        repo.tree(),
+        expected_after_fast(&before),
+        "the tree right after the kill"
+    );
     // The sessions die with ccflow rather than spend tokens for nobody.
     let orphans = repo.wait_no_processes(Duration::from_secs(5));
-    assert!(orphans.is_empty(), "sessions outlived a SIGKILLed ccflow: {orphans:#?}");
+    assert!(
+        orphans.is_empty(),
+        "sessions outlived a SIGKILLed ccflow: {orphans:#?}"
+    );
 
     // The next run (the hanging mock still up, so nothing ends by itself).
     let quick = Mock::start(QUICK);
@@ -134,15 +161,27 @@ fn sigkill_mid_run_then_the_next_run_cleans_up_and_finishes() {
     assert_eq!(out.code, 0);
     let leftover = repo.wait_no_processes(Duration::from_secs(5));
     assert!(leftover.is_empty(), "processes left: {leftover:#?}");
-    assert!(repo.worktrees_left().is_empty(), "{:?}", repo.worktrees_left());
+    assert!(
+        repo.worktrees_left().is_empty(),
+        "{:?}",
+        repo.worktrees_left()
+    );
     assert_eq!(repo.git_worktrees().len(), 1, "{:?}", repo.git_worktrees());
     let record = repo.last_record();
-    assert_eq!(with_status(&record, "cached"), vec!["edit[fast]".to_owned()], "{record:#}");
+    assert_eq!(
+        with_status(&record, "cached"),
+        vec!["edit[fast]".to_owned()],
+        "{record:#}"
+    );
     assert_eq!(with_status(&record, "succeeded").len(), 3);
     let mut expected = before;
     for name in ["fast", "slow1", "slow2", "slow3"] {
         expected.insert(format!("{name}.txt"), b"after\n".to_vec());
     }
     assert_eq!(repo.tree(), expected);
-    assert_eq!(quick.stats().per_rule.get("any"), Some(&6), "only the three slow instances ran again");
+    assert_eq!(
+        quick.stats().per_rule.get("any"),
+        Some(&6),
+        "only the three slow instances ran again"
+    );
 }

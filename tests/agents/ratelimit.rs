@@ -23,7 +23,9 @@ fn setup(claude: &std::path::Path, max_retries: &str) -> Repo {
 
 #[test]
 fn three_429s_then_success_lands_and_the_record_shows_the_retries() {
-    let Some(claude) = crate::support::claude() else { return };
+    let Some(claude) = crate::support::claude() else {
+        return;
+    };
     let repo = setup(&claude, "3");
     let mock = Mock::start(
         r#"
@@ -45,13 +47,23 @@ rules:
     let record = repo.last_record();
     let inst = instance(&record, "edit");
     assert_eq!(inst["status"], "succeeded", "{inst:#}");
-    let outcomes: Vec<&str> = inst["attempts"].as_array().expect("attempts").iter().filter_map(|a| a["outcome"].as_str()).collect();
-    assert!(outcomes.iter().any(|o| o.contains("3 API retries")), "{outcomes:#?}");
+    let outcomes: Vec<&str> = inst["attempts"]
+        .as_array()
+        .expect("attempts")
+        .iter()
+        .filter_map(|a| a["outcome"].as_str())
+        .collect();
+    assert!(
+        outcomes.iter().any(|o| o.contains("3 API retries")),
+        "{outcomes:#?}"
+    );
 }
 
 #[test]
 fn persistent_429s_are_retried_by_ccflow_then_reported() {
-    let Some(claude) = crate::support::claude() else { return };
+    let Some(claude) = crate::support::claude() else {
+        return;
+    };
     let repo = setup(&claude, "0");
     let mock = Mock::start(
         r#"
@@ -70,10 +82,23 @@ rules:
     let record = repo.last_record();
     let inst = instance(&record, "edit");
     assert_eq!(inst["status"], "failed", "{inst:#}");
-    assert!(inst["message"].as_str().is_some_and(|m| m.contains("rate limited") && m.contains("429")), "{inst:#}");
+    assert!(
+        inst["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("rate limited") && m.contains("429")),
+        "{inst:#}"
+    );
     let attempts = inst["attempts"].as_array().expect("attempts");
-    assert!(attempts.len() > 1, "ccflow retried the rate-limited session: {inst:#}");
-    assert!(attempts.iter().all(|a| a["outcome"].as_str().is_some_and(|o| o.contains("rate limited"))), "{inst:#}");
+    assert!(
+        attempts.len() > 1,
+        "ccflow retried the rate-limited session: {inst:#}"
+    );
+    assert!(
+        attempts.iter().all(|a| a["outcome"]
+            .as_str()
+            .is_some_and(|o| o.contains("rate limited"))),
+        "{inst:#}"
+    );
     // Sessions are not counted: every attempt reached the API at least once.
     assert!(mock.stats().faults_injected >= attempts.len() as u64);
     assert!(started.elapsed() < std::time::Duration::from_secs(60));

@@ -8,7 +8,9 @@ use crate::support::{instance, Mock, Repo};
 
 #[test]
 fn a_silent_session_is_killed_after_idle_timeout_and_retried() {
-    let Some(claude) = crate::support::claude() else { return };
+    let Some(claude) = crate::support::claude() else {
+        return;
+    };
     let repo = Repo::new(&claude);
     repo.workflow(
         "silent",
@@ -38,9 +40,17 @@ default:
     let attempts = inst["attempts"].as_array().expect("attempts");
     assert_eq!(attempts.len(), 2, "killed, retried once, killed: {inst:#}");
     for attempt in attempts {
-        assert!(attempt["outcome"].as_str().is_some_and(|o| o.contains("idle_timeout")), "{attempt:#}");
+        assert!(
+            attempt["outcome"]
+                .as_str()
+                .is_some_and(|o| o.contains("idle_timeout")),
+            "{attempt:#}"
+        );
         let ms = attempt["duration_ms"].as_u64().expect("duration");
-        assert!((2900..8000).contains(&ms), "an attempt took {ms} ms with idle_timeout 3s");
+        assert!(
+            (2900..8000).contains(&ms),
+            "an attempt took {ms} ms with idle_timeout 3s"
+        );
     }
     assert!(elapsed < Duration::from_secs(25), "{elapsed:?}");
     assert!(mock.stats().faults_injected >= 2);
@@ -51,7 +61,9 @@ default:
 
 #[test]
 fn a_cli_hanging_after_its_result_is_finished_as_a_success() {
-    let Some(claude) = crate::support::claude() else { return };
+    let Some(claude) = crate::support::claude() else {
+        return;
+    };
     let repo = Repo::new(&claude);
     // A stand-in for the CLI: a valid result line, a file edited, then a hang.
     let fake = repo.home.join("fake-claude");
@@ -67,7 +79,8 @@ exec sleep 1000
 "#,
     )
     .expect("write the stand-in");
-    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
     repo.workflow(
         "after",
         &format!(

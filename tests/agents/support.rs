@@ -21,10 +21,14 @@ pub fn claude() -> Option<PathBuf> {
         }
     }
     let output = Command::new("python3")
-        .args(["-c", "import claude_agent_sdk,os;print(os.path.dirname(claude_agent_sdk.__file__))"])
+        .args([
+            "-c",
+            "import claude_agent_sdk,os;print(os.path.dirname(claude_agent_sdk.__file__))",
+        ])
         .output();
     if let Ok(output) = output {
-        let path = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()).join("_bundled/claude");
+        let path =
+            PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()).join("_bundled/claude");
         if output.status.success() && path.is_file() {
             return Some(path);
         }
@@ -45,10 +49,20 @@ pub struct Mock {
 
 impl Mock {
     pub fn start(yaml: &str) -> Mock {
-        let script = Script::from_yaml_str(yaml, Path::new("mock.yaml")).expect("valid mock script");
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-        let server = runtime.block_on(MockServer::start(script, 0)).expect("start the mock");
-        Mock { server: Some(server), runtime }
+        let script =
+            Script::from_yaml_str(yaml, Path::new("mock.yaml")).expect("valid mock script");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let server = runtime
+            .block_on(MockServer::start(script, 0))
+            .expect("start the mock");
+        Mock {
+            server: Some(server),
+            runtime,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -64,10 +78,15 @@ impl Mock {
         use std::io::{Read, Write};
         let port = self.server.as_ref().expect("server").port();
         let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        stream.write_all(b"GET /__ccflow/stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("write");
+        stream
+            .write_all(b"GET /__ccflow/stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .expect("write");
         let mut text = String::new();
         stream.read_to_string(&mut text).expect("read");
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
         serde_json::from_str(body.trim()).expect("stats json")
     }
 }
@@ -98,8 +117,16 @@ pub struct Repo {
 }
 
 pub fn git(dir: &Path, args: &[&str]) -> String {
-    let output = Command::new("git").args(args).current_dir(dir).output().expect("run git");
-    assert!(output.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    let output = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run git");
+    assert!(
+        output.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
@@ -117,7 +144,13 @@ impl Repo {
         git(&root, &["config", "user.email", "test@example.com"]);
         git(&root, &["config", "user.name", "Test"]);
         git(&root, &["config", "commit.gpgsign", "false"]);
-        let repo = Repo { _dir: dir, root, home, claude: claude.to_path_buf(), env: Vec::new() };
+        let repo = Repo {
+            _dir: dir,
+            root,
+            home,
+            claude: claude.to_path_buf(),
+            env: Vec::new(),
+        };
         repo.write("README.md", "# test repo\n");
         repo.commit("initial");
         repo
@@ -175,13 +208,20 @@ impl Repo {
 
     /// Runs `ccflow ARGS` to the end.
     pub fn ccflow(&self, mock: &Mock, args: &[&str]) -> Output {
-        let output = self.command(mock, args).stdin(Stdio::null()).output().expect("spawn ccflow");
+        let output = self
+            .command(mock, args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("spawn ccflow");
         let output = Output {
             code: output.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         };
-        eprintln!("ccflow {args:?} -> {}\n--- stdout\n{}--- stderr\n{}", output.code, output.stdout, output.stderr);
+        eprintln!(
+            "ccflow {args:?} -> {}\n--- stdout\n{}--- stderr\n{}",
+            output.code, output.stdout, output.stderr
+        );
         output
     }
 
@@ -189,7 +229,12 @@ impl Repo {
     pub fn spawn(&self, mock: &Mock, args: &[&str]) -> Child {
         let out = std::fs::File::create(self.home.join("ccflow.out")).expect("out");
         let err = std::fs::File::create(self.home.join("ccflow.err")).expect("err");
-        self.command(mock, args).stdin(Stdio::null()).stdout(out).stderr(err).spawn().expect("spawn ccflow")
+        self.command(mock, args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn ccflow")
     }
 
     /// The record of the latest run (by start time).
@@ -200,7 +245,9 @@ impl Repo {
     }
 
     pub fn records(&self) -> Vec<serde_json::Value> {
-        let Ok(entries) = std::fs::read_dir(self.root.join(".ccflow/runs")) else { return Vec::new() };
+        let Ok(entries) = std::fs::read_dir(self.root.join(".ccflow/runs")) else {
+            return Vec::new();
+        };
         entries
             .filter_map(Result::ok)
             .filter_map(|e| std::fs::read(e.path().join("run.json")).ok())
@@ -209,13 +256,18 @@ impl Repo {
     }
 
     pub fn run_dir(&self, record: &serde_json::Value) -> PathBuf {
-        self.root.join(".ccflow/runs").join(record["run_id"].as_str().expect("run_id"))
+        self.root
+            .join(".ccflow/runs")
+            .join(record["run_id"].as_str().expect("run_id"))
     }
 
     /// Every file of the working tree (not `.git`, not `.ccflow`) with its bytes.
     pub fn tree(&self) -> BTreeMap<String, Vec<u8>> {
         fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
-            for entry in std::fs::read_dir(dir).expect("read_dir").filter_map(Result::ok) {
+            for entry in std::fs::read_dir(dir)
+                .expect("read_dir")
+                .filter_map(Result::ok)
+            {
                 let path = entry.path();
                 let name = entry.file_name();
                 if dir == root && (name == ".git" || name == ".ccflow") {
@@ -224,7 +276,11 @@ impl Repo {
                 if path.is_dir() {
                     walk(root, &path, out);
                 } else {
-                    let rel = path.strip_prefix(root).expect("prefix").display().to_string();
+                    let rel = path
+                        .strip_prefix(root)
+                        .expect("prefix")
+                        .display()
+                        .to_string();
                     out.insert(rel, std::fs::read(&path).expect("read"));
                 }
             }
@@ -237,7 +293,9 @@ impl Repo {
     /// Checkouts left under `.ccflow/worktrees` (folders holding a `.git` file).
     pub fn worktrees_left(&self) -> Vec<PathBuf> {
         fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
-            let Ok(entries) = std::fs::read_dir(dir) else { return };
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
             for entry in entries.filter_map(Result::ok) {
                 let path = entry.path();
                 if path.join(".git").exists() {
@@ -254,7 +312,11 @@ impl Repo {
 
     /// Lines of `git worktree list --porcelain` naming a worktree.
     pub fn git_worktrees(&self) -> Vec<String> {
-        self.git(&["worktree", "list", "--porcelain"]).lines().filter(|l| l.starts_with("worktree ")).map(str::to_owned).collect()
+        self.git(&["worktree", "list", "--porcelain"])
+            .lines()
+            .filter(|l| l.starts_with("worktree "))
+            .map(str::to_owned)
+            .collect()
     }
 
     /// Processes (other than this test) whose cwd is inside the repository
@@ -263,7 +325,9 @@ impl Repo {
         let me = std::process::id().to_string();
         let root = self.root.display().to_string();
         let mut found = Vec::new();
-        let Ok(entries) = std::fs::read_dir("/proc") else { return found };
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return found;
+        };
         for entry in entries.filter_map(Result::ok) {
             let pid = entry.file_name().to_string_lossy().into_owned();
             if !pid.chars().all(|c| c.is_ascii_digit()) || pid == me {
@@ -274,7 +338,9 @@ impl Repo {
             if cmdline.is_empty() {
                 continue; // zombie or kernel thread
             }
-            let cwd = std::fs::read_link(entry.path().join("cwd")).map(|p| p.display().to_string()).unwrap_or_default();
+            let cwd = std::fs::read_link(entry.path().join("cwd"))
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
             if cwd.starts_with(&root) || cmdline.contains(&root) {
                 found.push(format!("{pid} cwd={cwd} cmd={cmdline}"));
             }
@@ -332,6 +398,10 @@ pub fn wait_for(within: Duration, mut check: impl FnMut() -> bool) -> bool {
 /// cache write, cache read), as measured in `src/agent/tests.rs`.
 pub fn sonnet_cost(input: u64, output: u64, cache_write: u64, cache_read: u64) -> f64 {
     #[expect(clippy::cast_precision_loss, reason = "token counts are small")]
-    let cost = (input as f64 * 2.0 + output as f64 * 10.0 + cache_write as f64 * 2.5 + cache_read as f64 * 0.1) / 1e6;
+    let cost = (input as f64 * 2.0
+        + output as f64 * 10.0
+        + cache_write as f64 * 2.5
+        + cache_read as f64 * 0.1)
+        / 1e6;
     cost
 }

@@ -44,26 +44,48 @@ tasks:
 
 #[test]
 fn a_check_failing_once_resumes_the_session_and_then_lands() {
-    let Some(claude) = crate::support::claude() else { return };
+    let Some(claude) = crate::support::claude() else {
+        return;
+    };
     let repo = setup(&claude, "test -f marker", 2);
     let mock = Mock::start(SCRIPT);
     let out = repo.ccflow(&mock, &["run", "verify"]);
     assert_eq!(out.code, 0);
     assert_eq!(repo.read("notes.txt"), "after\n");
     assert!(repo.root.join("marker").is_file());
-    assert_eq!(mock.stats().per_rule.get("work"), Some(&4), "two turns, then two resumed");
+    assert_eq!(
+        mock.stats().per_rule.get("work"),
+        Some(&4),
+        "two turns, then two resumed"
+    );
     let record = repo.last_record();
     let inst = instance(&record, "work");
     assert_eq!(inst["status"], "succeeded", "{inst:#}");
-    assert_eq!(inst["attempts"].as_array().map(Vec::len), Some(2), "{inst:#}");
-    assert!(inst["artifacts"]["verify_1"].is_string() && inst["artifacts"]["verify_2"].is_string(), "{inst:#}");
-    let transcript = std::fs::read_to_string(repo.run_dir(&record).join(inst["artifacts"]["transcript"].as_str().expect("transcript"))).expect("transcript");
+    assert_eq!(
+        inst["attempts"].as_array().map(Vec::len),
+        Some(2),
+        "{inst:#}"
+    );
+    assert!(
+        inst["artifacts"]["verify_1"].is_string() && inst["artifacts"]["verify_2"].is_string(),
+        "{inst:#}"
+    );
+    let transcript = std::fs::read_to_string(
+        repo.run_dir(&record).join(
+            inst["artifacts"]["transcript"]
+                .as_str()
+                .expect("transcript"),
+        ),
+    )
+    .expect("transcript");
     assert!(transcript.contains("touch marker"));
 }
 
 #[test]
 fn a_check_that_never_passes_fails_and_applies_nothing() {
-    let Some(claude) = crate::support::claude() else { return };
+    let Some(claude) = crate::support::claude() else {
+        return;
+    };
     let repo = setup(&claude, "test -f never-there", 1);
     let mock = Mock::start(SCRIPT);
     let before = repo.tree();
@@ -73,6 +95,11 @@ fn a_check_that_never_passes_fails_and_applies_nothing() {
     let record = repo.last_record();
     let inst = instance(&record, "work");
     assert_eq!(inst["status"], "failed", "{inst:#}");
-    assert!(inst["message"].as_str().is_some_and(|m| m.contains("`verify` failed 2 time(s)")), "{inst:#}");
+    assert!(
+        inst["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("`verify` failed 2 time(s)")),
+        "{inst:#}"
+    );
     assert!(repo.worktrees_left().is_empty());
 }
