@@ -8,11 +8,21 @@
 # (package `busybox-static`, installed with apt-get when missing), applets
 # linked into /bin, a world-writable /tmp and an /etc/passwd naming root, the
 # invoking user and uid 1234 (tests run containers as those users).
+#
+# ccflow-test/agent:latest is the same plus the host's glibc libraries the
+# claude CLI (a Bun-compiled ELF) links against, copied to the same paths as
+# `ldd` lists them, so tests can bind-mount the host's `claude` binary into it
+# and run agent sessions in a container. The binary itself is not in the image.
+# The CLI is found as `$CCFLOW_TEST_CLAUDE`, else the claude-agent-sdk bundle,
+# else `claude` on PATH; without any, `ldd /bin/sh`'s libraries are used
+# (the same glibc set).
+#
 # Honours DOCKER_HOST like the docker CLI. Idempotent; safe to run in parallel
 # with itself (the build context is private and the tag is moved atomically).
 set -eu
 
-IMAGE=ccflow-test/busybox:latest
+BUSYBOX_IMAGE=ccflow-test/busybox:latest
+AGENT_IMAGE=ccflow-test/agent:latest
 force=0
 [ "${1:-}" = "--force" ] && force=1
 
@@ -21,18 +31,22 @@ if ! docker version >/dev/null 2>&1; then
     exit 1
 fi
 
-if [ "$force" = 0 ] && docker image inspect "$IMAGE" >/dev/null 2>&1; then
+# Whether an image must be (re)built.
+wanted() {
+    [ "$force" = 1 ] || ! docker image inspect "$1" >/dev/null 2>&1
+}
+
+if ! wanted "$BUSYBOX_IMAGE" && ! wanted "$AGENT_IMAGE"; then
     exit 0
 fi
 
-busybox=""
-for candidate in /bin/busybox /usr/bin/busybox; do
-    if [ -x "$candidate" ] && file -L "$candidate" 2>/dev/null | grep -q 'statically linked'; then
-        busybox=$candidate
-        break
-    fi
-done
-if [ -z "$busybox" ]; then
+find_busybox() {
+    for candidate in /bin/busybox /usr/bin/busybox; do
+        if [ -x "$candidate" ] && file -L "$candidate" 2>/dev/null | grep -q 'statically linked'; then
+            echo "$candidate"
+            return
+        fi
+    done
     # `file` may be missing: trust the busybox-static package instead.
     if ! dpkg -s busybox-static >/dev/null 2>&1; then
         echo "docker-images: installing busybox-static" >&2
@@ -40,46 +54,101 @@ if [ -z "$busybox" ]; then
         $sudo apt-get install -y busybox-static >/dev/null 2>&1 ||
             { $sudo apt-get update >/dev/null && $sudo apt-get install -y busybox-static >/dev/null; }
     fi
-    busybox=/bin/busybox
-fi
+    echo /bin/busybox
+}
 
-old_id=$(docker image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
-context=$(mktemp -d)
-trap 'rm -rf "$context"' EXIT
-mkdir -p "$context/bin" "$context/etc" "$context/tmp" "$context/workspace"
-chmod 1777 "$context/tmp"
-cp "$busybox" "$context/bin/busybox"
-for applet in $("$context/bin/busybox" --list); do
-    [ "$applet" = busybox ] || ln -s busybox "$context/bin/$applet"
-done
-uid=$(id -u)
-gid=$(id -g)
-{
-    echo "root:x:0:0:root:/root:/bin/sh"
-    [ "$uid" = 0 ] || echo "ccflow:x:$uid:$gid:ccflow:/tmp:/bin/sh"
-    echo "test:x:1234:1234:test:/tmp:/bin/sh"
-    echo "nobody:x:65534:65534:nobody:/nonexistent:/bin/false"
-} >"$context/etc/passwd"
-{
-    echo "root:x:0:"
-    [ "$gid" = 0 ] || echo "ccflow:x:$gid:"
-    echo "test:x:1234:"
-    echo "nogroup:x:65534:"
-} >"$context/etc/group"
-cat >"$context/Dockerfile" <<'EOF'
+find_claude() {
+    if [ -n "${CCFLOW_TEST_CLAUDE:-}" ] && [ -x "$CCFLOW_TEST_CLAUDE" ]; then
+        echo "$CCFLOW_TEST_CLAUDE"
+        return
+    fi
+    for python in python3 python; do
+        found=$("$python" -c 'import claude_agent_sdk, os; print(os.path.join(os.path.dirname(claude_agent_sdk.__file__), "_bundled", "claude"))' 2>/dev/null || true)
+        if [ -n "$found" ] && [ -x "$found" ]; then
+            echo "$found"
+            return
+        fi
+    done
+    command -v claude 2>/dev/null || true
+}
+
+busybox=$(find_busybox)
+contexts=""
+trap 'for c in $contexts; do rm -rf "$c"; done' EXIT
+
+# Writes the common busybox root into directory $1, with PATH $2.
+busybox_root() {
+    mkdir -p "$1/bin" "$1/etc" "$1/tmp" "$1/workspace"
+    chmod 1777 "$1/tmp"
+    cp "$busybox" "$1/bin/busybox"
+    for applet in $("$1/bin/busybox" --list); do
+        [ "$applet" = busybox ] || ln -s busybox "$1/bin/$applet"
+    done
+    uid=$(id -u)
+    gid=$(id -g)
+    {
+        echo "root:x:0:0:root:/root:/bin/sh"
+        [ "$uid" = 0 ] || echo "ccflow:x:$uid:$gid:ccflow:/tmp:/bin/sh"
+        echo "test:x:1234:1234:test:/tmp:/bin/sh"
+        echo "nobody:x:65534:65534:nobody:/nonexistent:/bin/false"
+    } >"$1/etc/passwd"
+    {
+        echo "root:x:0:"
+        [ "$gid" = 0 ] || echo "ccflow:x:$gid:"
+        echo "test:x:1234:"
+        echo "nogroup:x:65534:"
+    } >"$1/etc/group"
+    cat >"$1/Dockerfile" <<EOF
 FROM scratch
 COPY . /
-ENV PATH=/bin
+ENV PATH=$2
 CMD ["/bin/sh"]
 EOF
-printf 'Dockerfile\n.dockerignore\n' >"$context/.dockerignore"
-# The legacy builder needs no registry for FROM scratch; BuildKit may be
-# absent on Debian's docker.io, so ask for the classic one explicitly.
-DOCKER_BUILDKIT=0 docker build --quiet --tag "$IMAGE" "$context" >/dev/null 2>&1 ||
-    DOCKER_BUILDKIT=0 docker build --tag "$IMAGE" "$context"
-new_id=$(docker image inspect --format '{{.Id}}' "$IMAGE")
-# A forced rebuild would otherwise leave the previous image dangling.
-if [ -n "$old_id" ] && [ "$old_id" != "$new_id" ]; then
-    docker image rm "$old_id" >/dev/null 2>&1 || true
+    printf 'Dockerfile\n.dockerignore\n' >"$1/.dockerignore"
+}
+
+# Copies the shared libraries `ldd $2` lists into root $1, at the same paths
+# (symlinks resolved, so the image holds files, not dangling links).
+copy_libraries() {
+    ldd "$2" | awk '/=>/ { print $3 } !/=>/ && $1 ~ /^\// { print $1 }' | while read -r lib; do
+        [ -n "$lib" ] && [ -e "$lib" ] || continue
+        mkdir -p "$1$(dirname "$lib")"
+        cp -L "$lib" "$1$lib"
+    done
+}
+
+# Builds context $2 as tag $1, removing the image the tag named before.
+build() {
+    old_id=$(docker image inspect --format '{{.Id}}' "$1" 2>/dev/null || true)
+    # The legacy builder needs no registry for FROM scratch; BuildKit may be
+    # absent on Debian's docker.io, so ask for the classic one explicitly.
+    DOCKER_BUILDKIT=0 docker build --quiet --tag "$1" "$2" >/dev/null 2>&1 ||
+        DOCKER_BUILDKIT=0 docker build --tag "$1" "$2"
+    new_id=$(docker image inspect --format '{{.Id}}' "$1")
+    # A forced rebuild would otherwise leave the previous image dangling.
+    if [ -n "$old_id" ] && [ "$old_id" != "$new_id" ]; then
+        docker image rm "$old_id" >/dev/null 2>&1 || true
+    fi
+    echo "docker-images: built $1 ($new_id)" >&2
+}
+
+if wanted "$BUSYBOX_IMAGE"; then
+    context=$(mktemp -d)
+    contexts="$contexts $context"
+    busybox_root "$context" /bin
+    build "$BUSYBOX_IMAGE" "$context"
 fi
-echo "docker-images: built $IMAGE ($new_id)" >&2
+
+if wanted "$AGENT_IMAGE"; then
+    context=$(mktemp -d)
+    contexts="$contexts $context"
+    busybox_root "$context" /usr/local/bin:/bin
+    claude=$(find_claude)
+    copy_libraries "$context" "${claude:-/bin/sh}"
+    # glibc resolves users through NSS; files-only lookups need no daemon.
+    echo "passwd: files" >"$context/etc/nsswitch.conf"
+    echo "group: files" >>"$context/etc/nsswitch.conf"
+    echo "hosts: files dns" >>"$context/etc/nsswitch.conf"
+    mkdir -p "$context/usr/local/bin"
+    build "$AGENT_IMAGE" "$context"
+fi

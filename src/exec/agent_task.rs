@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::instance::{instance_key, JobResult, Notice, RunShared};
-use crate::agent::{build_args, claude_version, find_claude, AgentOptions};
-use crate::agent::{run_session, SessionOutcome, SessionSpec, SessionStatus};
+use crate::agent::{build_args, AgentOptions};
+use crate::agent::{SessionOutcome, SessionSpec, SessionStatus};
 use crate::cache::key::{CacheKey, KeyHash};
 use crate::cache::store::NewEntry;
 use crate::cli::ApplyMode;
@@ -187,12 +187,8 @@ pub async fn execute_agent(
     };
     // The CLI and its version (part of the key).
     let command = agent.command.clone();
-    let found = tokio::task::spawn_blocking(move || {
-        let binary = find_claude(command.as_deref()).map_err(|e| e.to_string())?;
-        let version = claude_version(&binary).map_err(|e| e.to_string())?;
-        Ok::<_, String>((binary, version))
-    })
-    .await;
+    let runner = task.runner;
+    let found = tokio::task::spawn_blocking(move || super::agent_docker::locate_claude(runner, command.as_deref()).map_err(|e| e.to_string())).await;
     let (binary, version) = match found {
         Ok(Ok(found)) => found,
         Ok(Err(message)) => return fail(result, message),
@@ -308,8 +304,14 @@ pub async fn execute_agent(
             kill_grace: shared.kill_grace,
         };
         let attempt_started = now_ms();
-        let outcome =
-            run_session(spec, shared.cancel.clone(), Some(Arc::clone(&job.activity))).await;
+        let outcome = super::agent_docker::run_agent_session(
+            &shared,
+            task,
+            &job.id,
+            spec,
+            Some(Arc::clone(&job.activity)),
+        )
+        .await;
         result.usage.add(&usage_of(&outcome));
         let text = session_text(&outcome.status);
         result.attempts.push(AttemptRecord {

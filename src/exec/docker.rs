@@ -483,6 +483,36 @@ impl DockerRunner {
         let _ = tokio::time::timeout(KILL_WAIT_TIMEOUT, exit.as_mut()).await;
     }
 
+    /// Force-removes the container named `name` (killing it if it runs);
+    /// `Ok(false)` when there is none. For containers started by the `docker`
+    /// CLI (agent sessions), whose ids ccflow never sees.
+    ///
+    /// # Errors
+    /// The engine refused the removal (other than "no such container").
+    pub async fn remove_by_name(&self, name: &str) -> Result<bool, DockerError> {
+        // One retry: `--rm` may be removing it already ("removal already in progress").
+        for attempt in 0..2 {
+            match self
+                .docker
+                .remove_container(name, Some(force_remove()))
+                .await
+            {
+                Ok(()) => return Ok(true),
+                Err(error) if is_not_found(&error) => return Ok(false),
+                Err(error) if attempt == 0 && is_conflict(&error) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(source) => {
+                    return Err(DockerError::Engine {
+                        operation: format!("remove container `{name}`"),
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(false)
+    }
+
     /// Force-removes every container labelled `ccflow.run=*` (left by a killed
     /// run) except those of `except_run`; returns how many were removed.
     pub async fn remove_leftovers(&self, except_run: Option<&str>) -> Result<usize, DockerError> {

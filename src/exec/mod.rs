@@ -4,6 +4,7 @@
 //! real process in its own process group and reports a typed
 //! [`ProcessOutcome`]; [`reaper`] makes sure nothing it started outlives it.
 
+pub mod agent_docker;
 pub mod agent_task;
 pub mod docker;
 pub mod instance;
