@@ -38,13 +38,19 @@ const FILES_RESERVED: u64 = 64;
 /// common soft limit of 1024 failed hundreds of instances with "too many
 /// open files". Returns the soft limit now in effect.
 fn raise_open_file_limit() -> Option<u64> {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit only writes the struct we pass.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } != 0 {
         return None;
     }
     if limit.rlim_cur < limit.rlim_max {
-        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
         // SAFETY: setrlimit only reads the struct we pass. It fails when the
         // hard limit is unlimited (Linux caps at `nr_open`); then the soft
         // limit stays as it was.

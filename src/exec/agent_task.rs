@@ -188,7 +188,10 @@ pub async fn execute_agent(
     // The CLI and its version (part of the key).
     let command = agent.command.clone();
     let runner = task.runner;
-    let found = tokio::task::spawn_blocking(move || super::agent_docker::locate_claude(runner, command.as_deref()).map_err(|e| e.to_string())).await;
+    let found = tokio::task::spawn_blocking(move || {
+        super::agent_docker::locate_claude(runner, command.as_deref()).map_err(|e| e.to_string())
+    })
+    .await;
     let (binary, version) = match found {
         Ok(Ok(found)) => found,
         Ok(Err(message)) => return fail(result, message),

@@ -231,7 +231,10 @@ pub fn instance_key(
     // key, adding `b.txt` to `outputs` hit the old entry, which never saved
     // `b.txt`, and a clean checkout ended "cached" without it.
     if !rendered.outputs.is_empty() {
-        key.extra.insert("outputs".into(), serde_json::to_string(&rendered.outputs).unwrap_or_default());
+        key.extra.insert(
+            "outputs".into(),
+            serde_json::to_string(&rendered.outputs).unwrap_or_default(),
+        );
     }
     if let Some(network) = &task.network {
         key.extra.insert("network".into(), network.clone());

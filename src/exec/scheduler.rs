@@ -119,7 +119,9 @@ pub async fn run(
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, std::num::NonZero::get))
         .max(1);
     let requested_limit = global_limit;
-    let global_limit = options.max_jobs.map_or(global_limit, |cap| global_limit.min(cap.max(1)));
+    let global_limit = options
+        .max_jobs
+        .map_or(global_limit, |cap| global_limit.min(cap.max(1)));
     let mut state = State {
         order: plan
             .ordered_nodes()
@@ -345,7 +347,12 @@ impl State {
         // petgraph lists incoming edges newest first; a reduce must see its
         // upstream instances in plan (item) order, or `cat {{ needs.a.outputs }}`
         // concatenates backwards.
-        let mut sources: Vec<NodeIndex> = self.plan.graph.edges_directed(node, Direction::Incoming).map(|e| e.source()).collect();
+        let mut sources: Vec<NodeIndex> = self
+            .plan
+            .graph
+            .edges_directed(node, Direction::Incoming)
+            .map(|e| e.source())
+            .collect();
         sources.sort_by_key(|s| self.order.get(s).copied().unwrap_or(usize::MAX));
         for source in sources {
             let upstream = &self.plan.graph[source];

@@ -95,7 +95,12 @@ pub fn text(plan: &Plan, notes: &Annotations) -> String {
 /// The JSON view (see README "plan --format json").
 #[must_use]
 pub fn json(plan: &Plan, notes: &Annotations) -> serde_json::Value {
-    serde_json::to_value(PlanJson { plan, notes, extra: &[] }).unwrap_or(serde_json::Value::Null)
+    serde_json::to_value(PlanJson {
+        plan,
+        notes,
+        extra: &[],
+    })
+    .unwrap_or(serde_json::Value::Null)
 }
 
 /// Writes the JSON view (pretty, with a final newline) straight to `out`,

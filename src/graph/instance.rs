@@ -19,7 +19,9 @@ use crate::workflow::yaml::pointer_segment;
 use crate::workflow::{Task, TaskKind, Workflow};
 
 /// A task instance's id: `task` or `task[label]`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(transparent)]
 pub struct InstanceId(pub String);
 
@@ -79,7 +81,12 @@ pub struct NeedContext {
 
 /// Builds the part of the template context shared by all instances of a task.
 #[must_use]
-pub fn base_context(workflow: &Workflow, task: &Task, needs: &BTreeMap<String, NeedContext>, run_id: &str) -> TemplateValue {
+pub fn base_context(
+    workflow: &Workflow,
+    task: &Task,
+    needs: &BTreeMap<String, NeedContext>,
+    run_id: &str,
+) -> TemplateValue {
     let needs: BTreeMap<&str, TemplateValue> = needs
         .iter()
         .map(|(name, need)| {
@@ -122,11 +129,22 @@ pub fn render(
 }
 
 /// The diagnostic for a template of `task` (under `key`) that failed.
-fn template_failure(workflow: &Workflow, task: &Task, item: Option<&ItemValue>, key: &str, error: TemplateError) -> Diagnostic {
+fn template_failure(
+    workflow: &Workflow,
+    task: &Task,
+    item: Option<&ItemValue>,
+    key: &str,
+    error: TemplateError,
+) -> Diagnostic {
     let pointer = format!("/tasks/{}", pointer_segment(&task.name));
     let value_span: Span = workflow.spans.value(&format!("{pointer}/{key}"));
     let span = template_span(&workflow.file, value_span, error.line);
-    let mut message = format!("{} in `{}` of task `{}`", error.message, key.replace('/', "."), task.name);
+    let mut message = format!(
+        "{} in `{}` of task `{}`",
+        error.message,
+        key.replace('/', "."),
+        task.name
+    );
     if let Some(item) = item {
         let label = match item {
             ItemValue::Path(p) => p.path.clone(),
@@ -136,7 +154,8 @@ fn template_failure(workflow: &Workflow, task: &Task, item: Option<&ItemValue>, 
     }
     let mut d = Diagnostic::error("template", message).at(&workflow.file, span);
     if error.kind == crate::template::TemplateErrorKind::Undefined {
-        d.hints.extend(undefined_hints(workflow, task, &error.message));
+        d.hints
+            .extend(undefined_hints(workflow, task, &error.message));
     }
     d
 }
@@ -157,37 +176,85 @@ impl<'a> TaskTemplates<'a> {
     ///
     /// # Errors
     /// A syntax error, located like a render error.
-    pub fn compile(workflow: &Workflow, templates: &'a Templates, task: &'a Task) -> Result<TaskTemplates<'a>, Diagnostic> {
+    pub fn compile(
+        workflow: &Workflow,
+        templates: &'a Templates,
+        task: &'a Task,
+    ) -> Result<TaskTemplates<'a>, Diagnostic> {
         let compile = |key: &str, source: &'a str, shell: bool| {
-            templates.compile(source, shell).map_err(|e| template_failure(workflow, task, None, key, e))
+            templates
+                .compile(source, shell)
+                .map_err(|e| template_failure(workflow, task, None, key, e))
         };
-        let condition = task.condition.as_deref().map(|c| compile("if", c, false)).transpose()?;
+        let condition = task
+            .condition
+            .as_deref()
+            .map(|c| compile("if", c, false))
+            .transpose()?;
         let body = match &task.kind {
             TaskKind::Shell { script, .. } => compile("run", script, true)?,
             TaskKind::Agent(agent) => compile("agent/prompt", &agent.prompt, false)?,
         };
-        let inputs = task.inputs.iter().enumerate().map(|(i, p)| compile(&format!("inputs/{i}"), p, false)).collect::<Result<_, _>>()?;
-        let outputs = task.outputs.iter().enumerate().map(|(i, p)| compile(&format!("outputs/{i}"), p, false)).collect::<Result<_, _>>()?;
+        let inputs = task
+            .inputs
+            .iter()
+            .enumerate()
+            .map(|(i, p)| compile(&format!("inputs/{i}"), p, false))
+            .collect::<Result<_, _>>()?;
+        let outputs = task
+            .outputs
+            .iter()
+            .enumerate()
+            .map(|(i, p)| compile(&format!("outputs/{i}"), p, false))
+            .collect::<Result<_, _>>()?;
         let env = task
             .env
             .iter()
-            .map(|(k, v)| Ok((k.as_str(), compile(&format!("env/{}", pointer_segment(k)), v, false)?)))
+            .map(|(k, v)| {
+                Ok((
+                    k.as_str(),
+                    compile(&format!("env/{}", pointer_segment(k)), v, false)?,
+                ))
+            })
             .collect::<Result<_, Diagnostic>>()?;
-        let workdir = task.workdir.as_deref().map(|w| compile("workdir", w, false)).transpose()?;
-        let verify = task.verify.as_deref().map(|v| compile("verify", v, true)).transpose()?;
-        Ok(TaskTemplates { condition, body, inputs, outputs, env, workdir, verify })
+        let workdir = task
+            .workdir
+            .as_deref()
+            .map(|w| compile("workdir", w, false))
+            .transpose()?;
+        let verify = task
+            .verify
+            .as_deref()
+            .map(|v| compile("verify", v, true))
+            .transpose()?;
+        Ok(TaskTemplates {
+            condition,
+            body,
+            inputs,
+            outputs,
+            env,
+            workdir,
+            verify,
+        })
     }
 
     /// Renders every template for one item.
     ///
     /// # Errors
     /// A diagnostic pointing at the template (task, key and line).
-    pub fn render(&self, workflow: &Workflow, task: &Task, item: Option<&ItemValue>, base: &TemplateValue) -> Result<RenderedInstance, Diagnostic> {
+    pub fn render(
+        &self,
+        workflow: &Workflow,
+        task: &Task,
+        item: Option<&ItemValue>,
+        base: &TemplateValue,
+    ) -> Result<RenderedInstance, Diagnostic> {
         let context = match item {
             Some(item) => minijinja::context! { item => item.to_template(), ..base.clone() },
             None => base.clone(),
         };
-        let fail = |key: &str, error: TemplateError| template_failure(workflow, task, item, key, error);
+        let fail =
+            |key: &str, error: TemplateError| template_failure(workflow, task, item, key, error);
         let mut read_files = BTreeSet::new();
         let mut text = |key: &str, template: &Compiled<'_>| -> Result<String, Diagnostic> {
             let out = template.render(&context).map_err(|e| fail(key, e))?;
@@ -205,7 +272,9 @@ impl<'a> TaskTemplates<'a> {
                         return Err(fail(
                             "if",
                             TemplateError {
-                                message: format!("condition rendered `{other}`, expected `true` or `false`"),
+                                message: format!(
+                                    "condition rendered `{other}`, expected `true` or `false`"
+                                ),
                                 line: None,
                                 kind: crate::template::TemplateErrorKind::Render,
                             },
@@ -232,9 +301,15 @@ impl<'a> TaskTemplates<'a> {
                 let pointer = format!("/tasks/{}", pointer_segment(&task.name));
                 return Err(Diagnostic::error(
                     "output-outside",
-                    format!("output `{rendered}` of task `{}` points outside the repository", task.name),
+                    format!(
+                        "output `{rendered}` of task `{}` points outside the repository",
+                        task.name
+                    ),
                 )
-                .at(&workflow.file, workflow.spans.value(&format!("{pointer}/outputs/{i}"))));
+                .at(
+                    &workflow.file,
+                    workflow.spans.value(&format!("{pointer}/outputs/{i}")),
+                ));
             }
             if !rendered.trim().is_empty() {
                 outputs.push(rendered);
@@ -242,7 +317,10 @@ impl<'a> TaskTemplates<'a> {
         }
         let mut env = BTreeMap::new();
         for (key, template) in &self.env {
-            env.insert((*key).to_owned(), text(&format!("env/{}", pointer_segment(key)), template)?);
+            env.insert(
+                (*key).to_owned(),
+                text(&format!("env/{}", pointer_segment(key)), template)?,
+            );
         }
         let workdir = match &self.workdir {
             Some(w) => Some(text("workdir", w)?),
@@ -253,7 +331,17 @@ impl<'a> TaskTemplates<'a> {
             None => None,
         };
         inputs.extend(read_files.iter().cloned());
-        Ok(RenderedInstance { command, prompt, inputs, outputs, env, workdir, enabled, verify, read_files })
+        Ok(RenderedInstance {
+            command,
+            prompt,
+            inputs,
+            outputs,
+            env,
+            workdir,
+            enabled,
+            verify,
+            read_files,
+        })
     }
 }
 
@@ -270,23 +358,54 @@ fn undefined_hints(workflow: &Workflow, task: &Task, message: &str) -> Vec<Strin
             if known.is_empty() {
                 format!("no {what} are declared")
             } else {
-                format!("declared {what}: {}", known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", "))
+                format!(
+                    "declared {what}: {}",
+                    known
+                        .iter()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
             }
         })
     };
     match (head, member) {
         ("item", _) if task.for_each.is_none() => {
-            vec![format!("`item` exists only in tasks with `for_each`; task `{}` does not fan out", task.name)]
+            vec![format!(
+                "`item` exists only in tasks with `for_each`; task `{}` does not fan out",
+                task.name
+            )]
         }
         ("vars", Some(var)) => {
-            vec![did_you_mean(var, workflow.vars.keys().map(String::as_str).collect(), "vars"), "declare variables under `vars:`".into()]
+            vec![
+                did_you_mean(
+                    var,
+                    workflow.vars.keys().map(String::as_str).collect(),
+                    "vars",
+                ),
+                "declare variables under `vars:`".into(),
+            ]
         }
-        ("needs", Some(need)) => vec![did_you_mean(need, task.needs.iter().map(String::as_str).collect(), "needs of this task")],
+        ("needs", Some(need)) => vec![did_you_mean(
+            need,
+            task.needs.iter().map(String::as_str).collect(),
+            "needs of this task",
+        )],
         ("env", Some(var)) => {
-            let known: Vec<&str> = workflow.env.keys().chain(task.env.keys()).map(String::as_str).collect();
-            vec![did_you_mean(var, known, "env variables"), "templates see only the `env` declared in the workflow".into()]
+            let known: Vec<&str> = workflow
+                .env
+                .keys()
+                .chain(task.env.keys())
+                .map(String::as_str)
+                .collect();
+            vec![
+                did_you_mean(var, known, "env variables"),
+                "templates see only the `env` declared in the workflow".into(),
+            ]
         }
-        _ => vec!["templates see `item`, `vars`, `env`, `workflow`, `task`, `needs` and `run`".into()],
+        _ => vec![
+            "templates see `item`, `vars`, `env`, `workflow`, `task`, `needs` and `run`".into(),
+        ],
     }
 }
 
