@@ -4,6 +4,11 @@
 //! context; the scheduler renders again just before running, with the real
 //! status and outputs of the dependencies.
 
+#![expect(
+    clippy::result_large_err,
+    reason = "a Diagnostic is built once per failure and carries its source; boxing buys nothing here"
+)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;

@@ -8,6 +8,11 @@
 //! rejected there), so it is acyclic by construction; the scheduler accepts
 //! nothing else.
 
+#![expect(
+    clippy::result_large_err,
+    reason = "a Diagnostic is built once per failure and carries its source; boxing buys nothing here"
+)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
