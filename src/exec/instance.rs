@@ -69,6 +69,8 @@ pub enum Notice {
         delay: Duration,
         reason: String,
     },
+    /// An agent was rate limited by the API (429/529/overloaded).
+    RateLimited { id: String },
 }
 
 /// One instance to execute.
