@@ -80,3 +80,15 @@ pub fn expand(root: &Path, patterns: &[String], honour_ignore: bool) -> Result<V
     }
     Ok(files.into_iter().collect())
 }
+
+/// The literal (glob-free) patterns that name nothing on disk: declared
+/// outputs a task did not create.
+#[must_use]
+pub fn missing_literals(root: &Path, patterns: &[String]) -> Vec<String> {
+    patterns
+        .iter()
+        .map(|p| p.trim_start_matches("./"))
+        .filter(|p| !has_glob(p) && std::fs::symlink_metadata(root.join(p)).is_err())
+        .map(str::to_owned)
+        .collect()
+}

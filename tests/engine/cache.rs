@@ -485,3 +485,33 @@ tasks:
     assert_eq!(test.count("gen"), 2);
     assert_eq!(test.read("b.txt"), "b\n");
 }
+
+#[test]
+fn a_declared_output_the_task_did_not_create_fails_the_instance() {
+    // Regression: the instance succeeded and its empty result was cached,
+    // so every later run was a "cached" success without `result.txt`.
+    let yaml = r#"version: 1
+name: typo
+tasks:
+  gen:
+    outputs: [result.txt, "logs/*.log"]
+    run: echo x >> .count/gen; echo oops > reslt.txt
+  use:
+    needs: [gen]
+    run: echo x >> .count/use
+"#;
+    let test = Test::new().workflow("typo", yaml).args(["run", "typo"]);
+    let out = test.run();
+    out.expect_code(1);
+    let record = test.last_run();
+    let gen = instance(&record, "gen");
+    assert_eq!(gen["status"], "failed");
+    let message = gen["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("`result.txt`") && !message.contains("logs"),
+        "names the missing literal output only: {message}"
+    );
+    assert_eq!(test.count("use"), 0);
+    test.run().expect_code(1);
+    assert_eq!(test.count("gen"), 2, "not cached");
+}
