@@ -25,13 +25,74 @@ use crate::support::repo_root;
 
 /// Fragments that matter to YAML, minijinja or ccflow, spliced in at random.
 const TOKENS: &[&str] = &[
-    ":", "{", "}", "[", "]", "&", "*", "!", "|", ">", "-", "'", "\"", "#", "%", "@", "`", ",", "?", "\t", "\n", " ",
-    "\\", "---", "...", "<<: *a", "&a ", "*a", "!!str ", "!!binary ", "{{ item }}", "{{", "}}", "{%", "%}", "{#",
-    "{{ needs.a.outputs }}", "{% for x in item %}{{ x }}{% endfor %}", "{{ vars.x|json }}", "{{ 'f'|read_file }}",
-    "needs: [a]", "for_each: { from: a }", "for_each: { files: '**' }", "for_each: { lines_of: f }",
-    "for_each: { matrix: { a: [1, 2], include: [{a: 3}] } }", "batch: 0", "batch: 2", "runner: docker",
-    "timeout: 1e309", "memory: 1e30g", "retries: -1", "0", "-1", "99999999999999999999", "1e400", ".nan", "~",
-    "null", "true", "é", "日本", "\u{202e}", "\u{feff}", "\r\n", "../", "/etc/passwd", "a/[b", "**/{a,b",
+    ":",
+    "{",
+    "}",
+    "[",
+    "]",
+    "&",
+    "*",
+    "!",
+    "|",
+    ">",
+    "-",
+    "'",
+    "\"",
+    "#",
+    "%",
+    "@",
+    "`",
+    ",",
+    "?",
+    "\t",
+    "\n",
+    " ",
+    "\\",
+    "---",
+    "...",
+    "<<: *a",
+    "&a ",
+    "*a",
+    "!!str ",
+    "!!binary ",
+    "{{ item }}",
+    "{{",
+    "}}",
+    "{%",
+    "%}",
+    "{#",
+    "{{ needs.a.outputs }}",
+    "{% for x in item %}{{ x }}{% endfor %}",
+    "{{ vars.x|json }}",
+    "{{ 'f'|read_file }}",
+    "needs: [a]",
+    "for_each: { from: a }",
+    "for_each: { files: '**' }",
+    "for_each: { lines_of: f }",
+    "for_each: { matrix: { a: [1, 2], include: [{a: 3}] } }",
+    "batch: 0",
+    "batch: 2",
+    "runner: docker",
+    "timeout: 1e309",
+    "memory: 1e30g",
+    "retries: -1",
+    "0",
+    "-1",
+    "99999999999999999999",
+    "1e400",
+    ".nan",
+    "~",
+    "null",
+    "true",
+    "é",
+    "日本",
+    "\u{202e}",
+    "\u{feff}",
+    "\r\n",
+    "../",
+    "/etc/passwd",
+    "a/[b",
+    "**/{a,b",
 ];
 
 fn seeds() -> Vec<String> {
@@ -97,7 +158,11 @@ fn mutate(rng: &mut fastrand::Rng, text: &str, seeds: &[String]) -> String {
             // Replace or insert a significant token at a random byte.
             let pos = char_boundary(text, rng.usize(..=text.len()));
             let token = TOKENS[rng.usize(..TOKENS.len())];
-            let end = if rng.bool() { char_boundary(text, pos + 1).max(pos) } else { pos };
+            let end = if rng.bool() {
+                char_boundary(text, pos + 1).max(pos)
+            } else {
+                pos
+            };
             let end = if end == pos && pos < text.len() && rng.bool() {
                 pos + text[pos..].chars().next().map_or(0, char::len_utf8)
             } else {
@@ -125,7 +190,10 @@ fn mutate(rng: &mut fastrand::Rng, text: &str, seeds: &[String]) -> String {
 fn fixture_root() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
     for (path, content) in [
-        ("src/lib.rs", "pub fn a() -> Result<(), Box<dyn std::error::Error>> { Ok(()) }\n"),
+        (
+            "src/lib.rs",
+            "pub fn a() -> Result<(), Box<dyn std::error::Error>> { Ok(()) }\n",
+        ),
         ("src/agent/mod.rs", "mod x;\n"),
         ("docs/index.md", "# Title\n"),
         ("README.md", "hello\n"),
@@ -182,9 +250,17 @@ fn no_input_makes_the_loader_or_planner_panic() {
     let seeds = seeds();
     assert!(seeds.len() > 10, "too few seeds");
     let root = fixture_root();
-    let seed: u64 = std::env::var("CCFLOW_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x00cc_f10f);
-    let iterations: Option<u64> = std::env::var("CCFLOW_FUZZ_ITERS").ok().and_then(|s| s.parse().ok());
-    let seconds: u64 = std::env::var("CCFLOW_FUZZ_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
+    let seed: u64 = std::env::var("CCFLOW_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x00cc_f10f);
+    let iterations: Option<u64> = std::env::var("CCFLOW_FUZZ_ITERS")
+        .ok()
+        .and_then(|s| s.parse().ok());
+    let seconds: u64 = std::env::var("CCFLOW_FUZZ_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
     let budget = Duration::from_secs(seconds);
     let mut rng = fastrand::Rng::with_seed(seed);
     let started = Instant::now();
@@ -228,5 +304,9 @@ fn no_input_makes_the_loader_or_planner_panic() {
         let _ = std::fs::write(&path, &slowest.1);
         crashes.push(format!("{}: took {:.1?}", path.display(), slowest.0));
     }
-    assert!(crashes.is_empty(), "inputs that panicked or hung:\n{}", crashes.join("\n"));
+    assert!(
+        crashes.is_empty(),
+        "inputs that panicked or hung:\n{}",
+        crashes.join("\n")
+    );
 }

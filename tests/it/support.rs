@@ -24,7 +24,11 @@ impl Test {
     pub fn new() -> Test {
         let dir = tempfile::tempdir().expect("create a temp dir");
         std::fs::create_dir_all(dir.path().join(".claudecluster")).expect("create .claudecluster");
-        Test { dir, args: Vec::new(), cwd: None }
+        Test {
+            dir,
+            args: Vec::new(),
+            cwd: None,
+        }
     }
 
     /// Writes `content` at `path` (relative to the temp dir), creating folders.
