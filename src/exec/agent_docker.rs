@@ -25,7 +25,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::agent::{claude_version, find_claude, run_session, AgentError, SessionOutcome, SessionSpec, SessionStatus};
+use crate::agent::{
+    claude_version, find_claude, run_session, AgentError, SessionOutcome, SessionSpec,
+    SessionStatus,
+};
 use crate::workflow::raw::Runner;
 use crate::workflow::Task;
 
@@ -51,7 +54,14 @@ const HOST_ONLY: [&str; 4] = ["PATH", "HOME", "TMPDIR", "CLAUDE_CONFIG_DIR"];
 /// The `docker` CLI's own settings, taken from ccflow's environment. A
 /// session variable of the same name cannot be passed by name (the client's
 /// value would win), so it goes as `NAME=VALUE`.
-const CLIENT_SETTINGS: [&str; 6] = ["DOCKER_HOST", "DOCKER_CONFIG", "DOCKER_CERT_PATH", "DOCKER_TLS_VERIFY", "DOCKER_API_VERSION", "DOCKER_CONTEXT"];
+const CLIENT_SETTINGS: [&str; 6] = [
+    "DOCKER_HOST",
+    "DOCKER_CONFIG",
+    "DOCKER_CERT_PATH",
+    "DOCKER_TLS_VERIFY",
+    "DOCKER_API_VERSION",
+    "DOCKER_CONTEXT",
+];
 /// `docker run`'s own failures: 125 (the daemon refused), 126 (the
 /// entrypoint cannot run), 127 (the entrypoint is not in the image).
 const DOCKER_RUN_FAILURES: std::ops::RangeInclusive<i32> = 125..=127;
@@ -68,7 +78,10 @@ const DOCKER_RUN_FAILURES: std::ops::RangeInclusive<i32> = 125..=127;
 ///
 /// # Errors
 /// The binary is missing or `--version` fails.
-pub fn locate_claude(runner: Runner, command: Option<&str>) -> Result<(PathBuf, String), AgentError> {
+pub fn locate_claude(
+    runner: Runner,
+    command: Option<&str>,
+) -> Result<(PathBuf, String), AgentError> {
     match (runner, command) {
         (Runner::Docker, Some(command)) if command.contains('/') => {
             let binary = find_claude(Some(command))?;
@@ -123,7 +136,10 @@ impl ContainerSession {
     /// The container's path of `claude` and the mount that puts it there.
     fn claude_in_container(&self) -> (String, Option<String>) {
         if self.claude.is_absolute() {
-            (CONTAINER_CLAUDE.to_owned(), Some(bind(&self.claude, CONTAINER_CLAUDE, true)))
+            (
+                CONTAINER_CLAUDE.to_owned(),
+                Some(bind(&self.claude, CONTAINER_CLAUDE, true)),
+            )
         } else {
             (self.claude.display().to_string(), None)
         }
@@ -131,8 +147,15 @@ impl ContainerSession {
 
     /// The names passed by name (`-e NAME`), and the literal `NAME=VALUE`s.
     fn container_env(&self) -> (Vec<String>, Vec<String>) {
-        let config_dir = if self.config_dir.is_some() { PERSISTENT_CONFIG_DIR } else { EPHEMERAL_CONFIG_DIR };
-        let mut literal = vec![format!("HOME={CONTAINER_HOME}"), format!("CLAUDE_CONFIG_DIR={config_dir}")];
+        let config_dir = if self.config_dir.is_some() {
+            PERSISTENT_CONFIG_DIR
+        } else {
+            EPHEMERAL_CONFIG_DIR
+        };
+        let mut literal = vec![
+            format!("HOME={CONTAINER_HOME}"),
+            format!("CLAUDE_CONFIG_DIR={config_dir}"),
+        ];
         let mut by_name = Vec::new();
         for (name, value) in &self.env {
             if HOST_ONLY.contains(&name.as_str()) || name.is_empty() || name.contains('=') {
@@ -152,7 +175,9 @@ impl ContainerSession {
     /// `docker`'s arguments: `run -i --rm ... IMAGE ARGS...`.
     #[must_use]
     pub fn docker_args(&self) -> Vec<String> {
-        let mut args: Vec<String> = ["run", "--interactive", "--rm", "--name"].map(str::to_owned).to_vec();
+        let mut args: Vec<String> = ["run", "--interactive", "--rm", "--name"]
+            .map(str::to_owned)
+            .to_vec();
         args.push(self.name.clone());
         for (key, value) in &self.labels {
             args.push("--label".to_owned());
@@ -174,7 +199,12 @@ impl ContainerSession {
             args.push("--mount".to_owned());
             args.push(bind(dir, PERSISTENT_CONFIG_DIR, false));
         }
-        args.extend(["--network".to_owned(), self.network.clone(), "--user".to_owned(), self.user.clone()]);
+        args.extend([
+            "--network".to_owned(),
+            self.network.clone(),
+            "--user".to_owned(),
+            self.user.clone(),
+        ]);
         if let Some(cpus) = self.cpus {
             args.extend(["--cpus".to_owned(), cpus.to_string()]);
         }
@@ -197,10 +227,17 @@ impl ContainerSession {
     /// and the value of every variable passed by name.
     #[must_use]
     pub fn client_env(&self, docker_host: &str) -> Vec<(String, String)> {
-        let session: BTreeMap<&str, &str> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let session: BTreeMap<&str, &str> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         let mut env: BTreeMap<String, String> = BTreeMap::new();
         for name in ["PATH", "HOME"] {
-            let value = session.get(name).map(|v| (*v).to_owned()).or_else(|| std::env::var(name).ok());
+            let value = session
+                .get(name)
+                .map(|v| (*v).to_owned())
+                .or_else(|| std::env::var(name).ok());
             if let Some(value) = value {
                 env.insert(name.to_owned(), value);
             }
@@ -234,7 +271,11 @@ fn bind(source: &Path, target: &str, read_only: bool) -> String {
             text
         }
     };
-    let mut mount = format!("type=bind,{},{}", field(format!("source={}", source.display())), field(format!("target={target}")));
+    let mut mount = format!(
+        "type=bind,{},{}",
+        field(format!("source={}", source.display())),
+        field(format!("target={target}"))
+    );
     if read_only {
         mount.push_str(",readonly");
     }
@@ -253,7 +294,13 @@ fn invoking_user() -> String {
 fn container_name(run_id: &str) -> String {
     let run: String = run_id
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(64)
         .collect();
     format!("ccflow-agent-{run}-{:08x}", fastrand::u32(..))
@@ -262,10 +309,13 @@ fn container_name(run_id: &str) -> String {
 /// The `docker` CLI on the caller's `PATH`.
 fn find_docker_cli() -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|dir| dir.join("docker")).find(|candidate| {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::metadata(candidate).is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
-    })
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("docker"))
+        .find(|candidate| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(candidate)
+                .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+        })
 }
 
 /// Removes the container when dropped, so an aborted session future leaves
@@ -277,7 +327,9 @@ struct RemoveOnDrop {
 
 impl RemoveOnDrop {
     async fn remove(&mut self) {
-        let Some(name) = self.name.clone() else { return };
+        let Some(name) = self.name.clone() else {
+            return;
+        };
         if let Err(error) = self.docker.remove_by_name(&name).await {
             tracing::warn!(container = %name, %error, "could not remove an agent's container");
         }
@@ -315,13 +367,24 @@ pub async fn run_agent_session(
         return not_started(&spec, "the Docker engine is not connected");
     };
     let Some(cli) = find_docker_cli() else {
-        return not_started(&spec, "the `docker` CLI is not on `PATH` (agents in containers run through it)");
+        return not_started(
+            &spec,
+            "the `docker` CLI is not on `PATH` (agents in containers run through it)",
+        );
     };
     let image = task.image.clone().unwrap_or_default();
     let image = shared.image_ids.get(&image).cloned().unwrap_or(image);
-    let persist = !spec.args.iter().any(|arg| arg == "--no-session-persistence");
+    let persist = !spec
+        .args
+        .iter()
+        .any(|arg| arg == "--no-session-persistence");
     let config_dir = persist
-        .then(|| spec.env.iter().find(|(k, _)| k == "CLAUDE_CONFIG_DIR").map(|(_, v)| PathBuf::from(v)))
+        .then(|| {
+            spec.env
+                .iter()
+                .find(|(k, _)| k == "CLAUDE_CONFIG_DIR")
+                .map(|(_, v)| PathBuf::from(v))
+        })
         .flatten();
     let mut labels = BTreeMap::new();
     labels.insert(RUN_LABEL.to_owned(), shared.run_id.clone());
@@ -334,10 +397,16 @@ pub async fn run_agent_session(
         worktree: spec.cwd.clone(),
         config_dir,
         env: spec.env.clone(),
-        network: task.network.clone().unwrap_or_else(|| DEFAULT_AGENT_NETWORK.to_owned()),
+        network: task
+            .network
+            .clone()
+            .unwrap_or_else(|| DEFAULT_AGENT_NETWORK.to_owned()),
         user: invoking_user(),
         cpus: task.cpus,
-        memory: task.memory.as_deref().and_then(crate::workflow::resolve::parse_memory),
+        memory: task
+            .memory
+            .as_deref()
+            .and_then(crate::workflow::resolve::parse_memory),
         labels,
     };
     let wrapped = SessionSpec {
@@ -346,7 +415,10 @@ pub async fn run_agent_session(
         env: session.client_env(docker.host()),
         ..spec
     };
-    let mut guard = RemoveOnDrop { docker: docker.clone(), name: Some(session.name.clone()) };
+    let mut guard = RemoveOnDrop {
+        docker: docker.clone(),
+        name: Some(session.name.clone()),
+    };
     let remove_on_cancel = async {
         shared.cancel.cancelled().await;
         if let Err(error) = docker.remove_by_name(&session.name).await {
@@ -371,9 +443,14 @@ pub async fn run_agent_session(
         guard.remove().await;
     }
     if outcome.result.is_none() && matches!(outcome.status, SessionStatus::NoResult) {
-        if let Some(code) = outcome.exit_code.filter(|code| DOCKER_RUN_FAILURES.contains(code)) {
+        if let Some(code) = outcome
+            .exit_code
+            .filter(|code| DOCKER_RUN_FAILURES.contains(code))
+        {
             outcome.status = SessionStatus::Failed {
-                reason: format!("the agent's container did not start (`docker run` exited with {code})"),
+                reason: format!(
+                    "the agent's container did not start (`docker run` exited with {code})"
+                ),
             };
         }
     }
@@ -383,7 +460,10 @@ pub async fn run_agent_session(
 /// A session that could not start, as [`run_session`] reports a spawn failure.
 fn not_started(spec: &SessionSpec, error: &str) -> SessionOutcome {
     SessionOutcome {
-        status: SessionStatus::SpawnFailed { binary: spec.binary.clone(), error: error.to_owned() },
+        status: SessionStatus::SpawnFailed {
+            binary: spec.binary.clone(),
+            error: error.to_owned(),
+        },
         result: None,
         exit_code: None,
         usage: crate::agent::Usage::default(),

@@ -21,7 +21,10 @@ fn session() -> ContainerSession {
         env: vec![
             ("ANTHROPIC_API_KEY".into(), "sk-secret".into()),
             ("ANTHROPIC_BASE_URL".into(), "http://127.0.0.1:9".into()),
-            ("CLAUDE_CONFIG_DIR".into(), "/repo/.ccflow/runs/r/agents/x.config".into()),
+            (
+                "CLAUDE_CONFIG_DIR".into(),
+                "/repo/.ccflow/runs/r/agents/x.config".into(),
+            ),
             ("DOCKER_HOST".into(), "tcp://inner:2375".into()),
             ("HOME".into(), "/home/me".into()),
             ("PATH".into(), "/usr/bin:/bin".into()),
@@ -37,7 +40,10 @@ fn session() -> ContainerSession {
 
 /// The value following `flag` each time it occurs.
 fn values<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
-    args.windows(2).filter(|w| w[0] == flag).map(|w| w[1].as_str()).collect()
+    args.windows(2)
+        .filter(|w| w[0] == flag)
+        .map(|w| w[1].as_str())
+        .collect()
 }
 
 #[test]
@@ -56,11 +62,20 @@ fn docker_args_mount_the_worktree_and_the_host_claude_only() {
     assert_eq!(values(&args, "--user"), ["1000:1000"]);
     assert_eq!(values(&args, "--cpus"), ["1.5"]);
     assert_eq!(values(&args, "--memory"), ["536870912"]);
-    assert_eq!(values(&args, "--label"), ["ccflow.instance=refactor[a.rs]", "ccflow.run=20260101-abc"]);
+    assert_eq!(
+        values(&args, "--label"),
+        ["ccflow.instance=refactor[a.rs]", "ccflow.run=20260101-abc"]
+    );
     // The image, then claude's own arguments, unchanged, at the end.
     let image_at = args.iter().position(|a| a == "sha256:feed").expect("image");
-    assert_eq!(args[image_at - 2..image_at], ["--entrypoint", "/usr/local/bin/claude"]);
-    assert_eq!(args[image_at + 1..], ["-p", "--output-format", "stream-json"]);
+    assert_eq!(
+        args[image_at - 2..image_at],
+        ["--entrypoint", "/usr/local/bin/claude"]
+    );
+    assert_eq!(
+        args[image_at + 1..],
+        ["-p", "--output-format", "stream-json"]
+    );
 }
 
 #[test]
@@ -79,12 +94,27 @@ fn secrets_are_passed_by_name_never_as_values() {
             "ANTHROPIC_BASE_URL",
         ]
     );
-    let client: BTreeMap<String, String> = session.client_env("unix:///run/docker.sock").into_iter().collect();
-    assert_eq!(client.get("ANTHROPIC_API_KEY").map(String::as_str), Some("sk-secret"));
-    assert_eq!(client.get("DOCKER_HOST").map(String::as_str), Some("unix:///run/docker.sock"));
+    let client: BTreeMap<String, String> = session
+        .client_env("unix:///run/docker.sock")
+        .into_iter()
+        .collect();
+    assert_eq!(
+        client.get("ANTHROPIC_API_KEY").map(String::as_str),
+        Some("sk-secret")
+    );
+    assert_eq!(
+        client.get("DOCKER_HOST").map(String::as_str),
+        Some("unix:///run/docker.sock")
+    );
     assert_eq!(client.get("HOME").map(String::as_str), Some("/home/me"));
-    assert_eq!(client.get("PATH").map(String::as_str), Some("/usr/bin:/bin"));
-    assert!(!client.contains_key("TMPDIR") && !client.contains_key("CLAUDE_CONFIG_DIR"), "{client:?}");
+    assert_eq!(
+        client.get("PATH").map(String::as_str),
+        Some("/usr/bin:/bin")
+    );
+    assert!(
+        !client.contains_key("TMPDIR") && !client.contains_key("CLAUDE_CONFIG_DIR"),
+        "{client:?}"
+    );
 }
 
 #[test]
@@ -114,7 +144,8 @@ fn locate_claude_in_a_container_defers_to_the_image_unless_given_a_path() {
     let (binary, version) = locate_claude(Runner::Docker, None).expect("no lookup on the host");
     assert_eq!(binary, PathBuf::from("claude"));
     assert_eq!(version, "`claude` of the image");
-    let (binary, _) = locate_claude(Runner::Docker, Some("claude-beta")).expect("no lookup on the host");
+    let (binary, _) =
+        locate_claude(Runner::Docker, Some("claude-beta")).expect("no lookup on the host");
     assert_eq!(binary, PathBuf::from("claude-beta"));
     // A path is a host binary, and must exist.
     let missing = locate_claude(Runner::Docker, Some("/nonexistent/claude"));
@@ -127,5 +158,9 @@ fn container_names_are_valid_and_unique() {
     let b = container_name("2026-01-01T00:00:00Z/ü");
     assert_ne!(a, b);
     assert!(a.starts_with("ccflow-agent-2026-01-01T00_00_00Z__-"), "{a}");
-    assert!(a.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')), "{a}");
+    assert!(
+        a.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')),
+        "{a}"
+    );
 }
