@@ -36,12 +36,20 @@ pub struct CommandError {
 impl CommandError {
     #[must_use]
     pub fn usage(message: impl Into<String>) -> CommandError {
-        CommandError { message: message.into(), hints: Vec::new(), status: ExitStatus::Invalid }
+        CommandError {
+            message: message.into(),
+            hints: Vec::new(),
+            status: ExitStatus::Invalid,
+        }
     }
 
     #[must_use]
     pub fn failed(message: impl Into<String>) -> CommandError {
-        CommandError { message: message.into(), hints: Vec::new(), status: ExitStatus::TaskFailed }
+        CommandError {
+            message: message.into(),
+            hints: Vec::new(),
+            status: ExitStatus::TaskFailed,
+        }
     }
 
     #[must_use]

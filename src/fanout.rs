@@ -30,13 +30,19 @@ impl PathItem {
     #[must_use]
     pub fn new(path: &str) -> PathItem {
         let p = Path::new(path);
-        let os = |s: Option<&std::ffi::OsStr>| s.map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let os = |s: Option<&std::ffi::OsStr>| {
+            s.map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
         PathItem {
             path: path.to_owned(),
             name: os(p.file_name()),
             stem: os(p.file_stem()),
             ext: os(p.extension()),
-            dir: p.parent().map(|d| d.to_string_lossy().into_owned()).unwrap_or_default(),
+            dir: p
+                .parent()
+                .map(|d| d.to_string_lossy().into_owned())
+                .unwrap_or_default(),
         }
     }
 }
@@ -78,7 +84,11 @@ impl ItemValue {
         match self {
             ItemValue::Path(p) => TemplateValue::from_object(p.clone()),
             ItemValue::Json(v) => TemplateValue::from_serialize(v),
-            ItemValue::Batch(items) => items.iter().map(ItemValue::to_template).collect::<Vec<_>>().into(),
+            ItemValue::Batch(items) => items
+                .iter()
+                .map(ItemValue::to_template)
+                .collect::<Vec<_>>()
+                .into(),
         }
     }
 
@@ -99,6 +109,17 @@ impl ItemValue {
             ItemValue::Path(p) => vec![p.path.clone()],
             ItemValue::Json(_) => Vec::new(),
             ItemValue::Batch(items) => items.iter().flat_map(ItemValue::paths).collect(),
+        }
+    }
+}
+
+/// Serialises as [`ItemValue::to_json`] would, without building the value.
+impl serde::Serialize for ItemValue {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ItemValue::Path(p) => p.serialize(serializer),
+            ItemValue::Json(v) => v.serialize(serializer),
+            ItemValue::Batch(items) => serializer.collect_seq(items),
         }
     }
 }
@@ -128,10 +149,16 @@ fn build_set(globs: &[String]) -> Result<globset::GlobSet, FanoutError> {
         let compiled = globset::GlobBuilder::new(glob.trim_start_matches("./"))
             .literal_separator(true)
             .build()
-            .map_err(|e| FanoutError::Glob { glob: glob.clone(), reason: e.kind().to_string() })?;
+            .map_err(|e| FanoutError::Glob {
+                glob: glob.clone(),
+                reason: e.kind().to_string(),
+            })?;
         builder.add(compiled);
     }
-    builder.build().map_err(|e| FanoutError::Glob { glob: globs.join(", "), reason: e.to_string() })
+    builder.build().map_err(|e| FanoutError::Glob {
+        glob: globs.join(", "),
+        reason: e.to_string(),
+    })
 }
 
 /// The directory part of a glob before its first wildcard (`src/a/**/*.rs` → `src/a`).
@@ -149,6 +176,24 @@ pub fn literal_prefix(glob: &str) -> &str {
     }
 }
 
+/// The directories to walk for `globs`: their literal prefixes, without
+/// those nested in another (`""` is the root).
+#[must_use]
+pub fn walk_starts(globs: &[String]) -> Vec<&str> {
+    let mut starts: Vec<&str> = globs.iter().map(|g| literal_prefix(g)).collect();
+    starts.sort_unstable();
+    starts.dedup();
+    starts
+        .iter()
+        .copied()
+        .filter(|s| {
+            !starts
+                .iter()
+                .any(|o| o != s && (o.is_empty() || s.starts_with(&format!("{o}/"))))
+        })
+        .collect()
+}
+
 /// Files under `root` matching any of `globs` and none of `exclude`, sorted.
 /// Honours .gitignore; never descends into `.git` or `.ccflow`.
 ///
@@ -157,18 +202,14 @@ pub fn literal_prefix(glob: &str) -> &str {
 pub fn files(root: &Path, globs: &[String], exclude: &[String]) -> Result<Vec<Item>, FanoutError> {
     let include = build_set(globs)?;
     let exclude = build_set(exclude)?;
-    let mut starts: Vec<&str> = globs.iter().map(|g| literal_prefix(g)).collect();
-    starts.sort_unstable();
-    starts.dedup();
-    // Drop starts nested in another start.
-    let starts: Vec<&str> = starts
-        .iter()
-        .copied()
-        .filter(|s| !starts.iter().any(|o| o != s && (o.is_empty() || s.starts_with(&format!("{o}/")))))
-        .collect();
+    let starts = walk_starts(globs);
     let mut found = Vec::new();
     for start in starts {
-        let dir = if start.is_empty() { root.to_path_buf() } else { root.join(start) };
+        let dir = if start.is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(start)
+        };
         if !dir.is_dir() {
             continue;
         }
@@ -185,12 +226,22 @@ pub fn files(root: &Path, globs: &[String], exclude: &[String]) -> Result<Vec<It
             })
             .build();
         for entry in walker {
-            let entry = entry.map_err(|e| FanoutError::Walk { path: dir.display().to_string(), reason: e.to_string() })?;
-            if !entry.file_type().is_some_and(|t| t.is_file() || t.is_symlink()) {
+            let entry = entry.map_err(|e| FanoutError::Walk {
+                path: dir.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            if !entry
+                .file_type()
+                .is_some_and(|t| t.is_file() || t.is_symlink())
+            {
                 continue;
             }
-            let Ok(relative) = entry.path().strip_prefix(root) else { continue };
-            let Some(relative) = relative.to_str() else { continue };
+            let Ok(relative) = entry.path().strip_prefix(root) else {
+                continue;
+            };
+            let Some(relative) = relative.to_str() else {
+                continue;
+            };
             let relative = relative.replace('\\', "/");
             if include.is_match(&relative) && !exclude.is_match(&relative) {
                 found.push(relative);
@@ -201,7 +252,10 @@ pub fn files(root: &Path, globs: &[String], exclude: &[String]) -> Result<Vec<It
     found.dedup();
     Ok(found
         .into_iter()
-        .map(|path| Item { label: path.clone(), value: ItemValue::Path(PathItem::new(&path)) })
+        .map(|path| Item {
+            label: path.clone(),
+            value: ItemValue::Path(PathItem::new(&path)),
+        })
         .collect())
 }
 
@@ -223,9 +277,16 @@ pub fn items(values: &[Value]) -> Vec<Item> {
         .enumerate()
         .map(|(i, value)| {
             let label = scalar_label(value)
-                .or_else(|| ["name", "id"].iter().find_map(|k| value.get(k).and_then(scalar_label)))
+                .or_else(|| {
+                    ["name", "id"]
+                        .iter()
+                        .find_map(|k| value.get(k).and_then(scalar_label))
+                })
                 .unwrap_or_else(|| i.to_string());
-            Item { label, value: ItemValue::Json(value.clone()) }
+            Item {
+                label,
+                value: ItemValue::Json(value.clone()),
+            }
         })
         .collect()
 }
@@ -251,7 +312,10 @@ pub fn matrix(matrix: &RawMatrix) -> Vec<Item> {
         combos.clear();
     }
     combos.retain(|combo| {
-        !matrix.exclude.iter().any(|ex| ex.iter().all(|(k, v)| combo.get(k) == Some(v)))
+        !matrix
+            .exclude
+            .iter()
+            .any(|ex| ex.iter().all(|(k, v)| combo.get(k) == Some(v)))
     });
     let mut extra_keys: Vec<String> = Vec::new();
     for include in &matrix.include {
@@ -259,7 +323,9 @@ pub fn matrix(matrix: &RawMatrix) -> Vec<Item> {
             .iter()
             .enumerate()
             .filter(|(_, combo)| {
-                include.iter().all(|(k, v)| !matrix.axes.contains_key(k) || combo.get(k) == Some(v))
+                include
+                    .iter()
+                    .all(|(k, v)| !matrix.axes.contains_key(k) || combo.get(k) == Some(v))
             })
             .map(|(i, _)| i)
             .collect();
@@ -287,11 +353,18 @@ pub fn matrix(matrix: &RawMatrix) -> Vec<Item> {
         .map(|combo| {
             let label = order
                 .iter()
-                .filter_map(|k| combo.get(*k).map(|v| format!("{k}={}", scalar_label(v).unwrap_or_else(|| v.to_string()))))
+                .filter_map(|k| {
+                    combo.get(*k).map(|v| {
+                        format!("{k}={}", scalar_label(v).unwrap_or_else(|| v.to_string()))
+                    })
+                })
                 .collect::<Vec<_>>()
                 .join(",");
             let value = Value::Object(combo.into_iter().collect());
-            Item { label, value: ItemValue::Json(value) }
+            Item {
+                label,
+                value: ItemValue::Json(value),
+            }
         })
         .collect()
 }
@@ -305,11 +378,17 @@ pub fn batch(items: Vec<Item>, size: usize) -> Vec<Item> {
     for item in items {
         chunk.push(item.value);
         if chunk.len() == size {
-            out.push(Item { label: out.len().to_string(), value: ItemValue::Batch(std::mem::take(&mut chunk)) });
+            out.push(Item {
+                label: out.len().to_string(),
+                value: ItemValue::Batch(std::mem::take(&mut chunk)),
+            });
         }
     }
     if !chunk.is_empty() {
-        out.push(Item { label: out.len().to_string(), value: ItemValue::Batch(chunk) });
+        out.push(Item {
+            label: out.len().to_string(),
+            value: ItemValue::Batch(chunk),
+        });
     }
     out
 }
@@ -321,13 +400,20 @@ pub fn batch(items: Vec<Item>, size: usize) -> Vec<Item> {
 /// The file is missing or not the expected shape.
 pub fn dynamic_items(root: &Path, file: &str, json: bool) -> Result<Vec<Item>, FanoutError> {
     let path = root.join(file);
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| FanoutError::Read { path: file.to_owned(), reason: e.to_string() })?;
+    let text = std::fs::read_to_string(&path).map_err(|e| FanoutError::Read {
+        path: file.to_owned(),
+        reason: e.to_string(),
+    })?;
     if json {
-        let value: Value = serde_json::from_str(&text)
-            .map_err(|e| FanoutError::NotJsonArray { path: file.to_owned(), reason: e.to_string() })?;
+        let value: Value = serde_json::from_str(&text).map_err(|e| FanoutError::NotJsonArray {
+            path: file.to_owned(),
+            reason: e.to_string(),
+        })?;
         let Value::Array(values) = value else {
-            return Err(FanoutError::NotJsonArray { path: file.to_owned(), reason: "the top-level value is not an array".into() });
+            return Err(FanoutError::NotJsonArray {
+                path: file.to_owned(),
+                reason: "the top-level value is not an array".into(),
+            });
         };
         return Ok(items(&values));
     }
@@ -341,7 +427,10 @@ pub fn dynamic_items(root: &Path, file: &str, json: bool) -> Result<Vec<Item>, F
             } else {
                 ItemValue::Json(Value::String(line.to_owned()))
             };
-            Item { label: line.to_owned(), value }
+            Item {
+                label: line.to_owned(),
+                value,
+            }
         })
         .collect())
 }
@@ -372,7 +461,14 @@ mod tests {
     fn files_honour_gitignore_and_exclude() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        for f in ["src/a.rs", "src/b/c.rs", "src/skip.rs", "target/x.rs", "README.md", ".ccflow/y.rs"] {
+        for f in [
+            "src/a.rs",
+            "src/b/c.rs",
+            "src/skip.rs",
+            "target/x.rs",
+            "README.md",
+            ".ccflow/y.rs",
+        ] {
             std::fs::create_dir_all(root.join(f).parent().unwrap()).unwrap();
             std::fs::write(root.join(f), "x").unwrap();
         }
@@ -404,13 +500,23 @@ mod tests {
         let labels: Vec<_> = matrix(&raw).into_iter().map(|i| i.label).collect();
         assert_eq!(
             labels,
-            ["os=linux,rust=1.80,extra=yes", "os=linux,rust=1.81,extra=yes", "os=mac,rust=1.81", "os=windows,rust=1.81"]
+            [
+                "os=linux,rust=1.80,extra=yes",
+                "os=linux,rust=1.81,extra=yes",
+                "os=mac,rust=1.81",
+                "os=windows,rust=1.81"
+            ]
         );
     }
 
     #[test]
     fn items_batches_and_unique_labels() {
-        let values = vec![serde_json::json!("a"), serde_json::json!({"name": "b"}), serde_json::json!({"x": 1}), serde_json::json!("a")];
+        let values = vec![
+            serde_json::json!("a"),
+            serde_json::json!({"name": "b"}),
+            serde_json::json!({"x": 1}),
+            serde_json::json!("a"),
+        ];
         let mut list = items(&values);
         unique_labels(&mut list);
         let labels: Vec<_> = list.iter().map(|i| i.label.as_str()).collect();

@@ -71,7 +71,11 @@ impl Templates {
                     out.write_str(&words.join(" "))?;
                     return Ok(());
                 }
-                let text = if value.is_none() { String::new() } else { value.to_string() };
+                let text = if value.is_none() {
+                    String::new()
+                } else {
+                    value.to_string()
+                };
                 out.write_str(&shell_quote(&text))?;
                 Ok(())
             } else {
@@ -79,44 +83,69 @@ impl Templates {
             }
         });
         env.add_filter("basename", |p: String| -> String {
-            Path::new(&p).file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+            Path::new(&p)
+                .file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
         });
         env.add_filter("dirname", |p: String| -> String {
-            Path::new(&p).parent().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+            Path::new(&p)
+                .parent()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
         });
         env.add_filter("stem", |p: String| -> String {
-            Path::new(&p).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+            Path::new(&p)
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
         });
         env.add_filter("ext", |p: String| -> String {
-            Path::new(&p).extension().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+            Path::new(&p)
+                .extension()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
         });
         env.add_filter("shell_quote", |v: Value| -> Value {
             Value::from_safe_string(shell_quote(&v.to_string()))
         });
         env.add_filter("json", |v: Value| -> Result<String, minijinja::Error> {
             serde_json::to_string(&v).map_err(|e| {
-                minijinja::Error::new(ErrorKind::InvalidOperation, format!("cannot encode as JSON: {e}"))
+                minijinja::Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("cannot encode as JSON: {e}"),
+                )
             })
         });
         let root: PathBuf = root.to_path_buf();
-        env.add_filter("read_file", move |_state: &State, p: String| -> Result<String, minijinja::Error> {
-            let relative = Path::new(&p);
-            if relative.is_absolute() || relative.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-                return Err(minijinja::Error::new(
-                    ErrorKind::InvalidOperation,
-                    format!("read_file: `{p}` must be a path inside the repository"),
-                ));
-            }
-            let text = std::fs::read_to_string(root.join(relative)).map_err(|e| {
-                minijinja::Error::new(ErrorKind::InvalidOperation, format!("read_file: cannot read `{p}`: {e}"))
-            })?;
-            READ_FILES.with(|files| {
-                if let Some(files) = files.borrow_mut().as_mut() {
-                    files.insert(p.clone());
+        env.add_filter(
+            "read_file",
+            move |_state: &State, p: String| -> Result<String, minijinja::Error> {
+                let relative = Path::new(&p);
+                if relative.is_absolute()
+                    || relative
+                        .components()
+                        .any(|c| matches!(c, std::path::Component::ParentDir))
+                {
+                    return Err(minijinja::Error::new(
+                        ErrorKind::InvalidOperation,
+                        format!("read_file: `{p}` must be a path inside the repository"),
+                    ));
                 }
-            });
-            Ok(text)
-        });
+                let text = std::fs::read_to_string(root.join(relative)).map_err(|e| {
+                    minijinja::Error::new(
+                        ErrorKind::InvalidOperation,
+                        format!("read_file: cannot read `{p}`: {e}"),
+                    )
+                })?;
+                READ_FILES.with(|files| {
+                    if let Some(files) = files.borrow_mut().as_mut() {
+                        files.insert(p.clone());
+                    }
+                });
+                Ok(text)
+            },
+        );
         Templates { env }
     }
 
@@ -135,17 +164,84 @@ impl Templates {
     ///
     /// # Errors
     /// Syntax errors, undefined names (strict), filter failures.
-    pub fn render(&self, source: &str, shell: bool, context: &Value) -> Result<Rendered, TemplateError> {
+    pub fn render(
+        &self,
+        source: &str,
+        shell: bool,
+        context: &Value,
+    ) -> Result<Rendered, TemplateError> {
+        self.compile(source, shell)?.render(context)
+    }
+
+    /// Compiles `source` once, to render it for many items (a fan-out of
+    /// 100,000 files would otherwise parse the same template 100,000 times).
+    ///
+    /// # Errors
+    /// A syntax error, with its line.
+    pub fn compile<'a>(
+        &'a self,
+        source: &'a str,
+        shell: bool,
+    ) -> Result<Compiled<'a>, TemplateError> {
         if !source.contains("{{") && !source.contains("{%") {
-            return Ok(Rendered { text: source.to_owned(), read_files: BTreeSet::new() });
+            return Ok(Compiled {
+                source,
+                template: None,
+            });
         }
         let name = if shell { "run.sh" } else { "text" };
+        let template = self
+            .env
+            .template_from_named_str(name, source)
+            .map_err(|e| convert(&e, source, None))?;
+        Ok(Compiled {
+            source,
+            template: Some(template),
+        })
+    }
+}
+
+impl Templates {
+    /// The variables `source` reads, dotted (`needs.lint.outputs`); empty
+    /// when it does not compile.
+    #[must_use]
+    pub fn referenced(&self, source: &str) -> std::collections::HashSet<String> {
+        if !source.contains("{{") && !source.contains("{%") {
+            return std::collections::HashSet::new();
+        }
+        self.env
+            .template_from_str(source)
+            .map(|t| t.undeclared_variables(true))
+            .unwrap_or_default()
+    }
+}
+
+/// A template compiled by [`Templates::compile`] (plain text stays as it is).
+pub struct Compiled<'a> {
+    source: &'a str,
+    template: Option<minijinja::Template<'a, 'a>>,
+}
+
+impl Compiled<'_> {
+    /// Renders with `context`.
+    ///
+    /// # Errors
+    /// Undefined names (strict), filter failures.
+    pub fn render(&self, context: &Value) -> Result<Rendered, TemplateError> {
+        let Some(template) = &self.template else {
+            return Ok(Rendered {
+                text: self.source.to_owned(),
+                read_files: BTreeSet::new(),
+            });
+        };
         READ_FILES.with(|files| *files.borrow_mut() = Some(BTreeSet::new()));
-        let result = self.env.render_named_str(name, source, context);
-        let read_files = READ_FILES.with(|files| files.borrow_mut().take()).unwrap_or_default();
+        let result = template.render(context);
+        let read_files = READ_FILES
+            .with(|files| files.borrow_mut().take())
+            .unwrap_or_default();
         match result {
             Ok(text) => Ok(Rendered { text, read_files }),
-            Err(error) => Err(convert(&error, source, Some(context))),
+            Err(error) => Err(convert(&error, self.source, Some(context))),
         }
     }
 }
@@ -154,7 +250,10 @@ fn convert(error: &minijinja::Error, source: &str, context: Option<&Value>) -> T
     let line = error.line();
     match error.kind() {
         ErrorKind::SyntaxError | ErrorKind::BadEscape => TemplateError {
-            message: format!("template syntax error: {}", error.detail().unwrap_or("invalid syntax")),
+            message: format!(
+                "template syntax error: {}",
+                error.detail().unwrap_or("invalid syntax")
+            ),
             line,
             kind: TemplateErrorKind::Syntax,
         },
@@ -164,12 +263,18 @@ fn convert(error: &minijinja::Error, source: &str, context: Option<&Value>) -> T
                 Some(name) => format!("undefined template variable `{name}`"),
                 None => "undefined template variable".to_owned(),
             };
-            TemplateError { message, line, kind: TemplateErrorKind::Undefined }
+            TemplateError {
+                message,
+                line,
+                kind: TemplateErrorKind::Undefined,
+            }
         }
         _ => TemplateError {
             message: format!(
                 "template error: {}",
-                error.detail().map_or_else(|| error.to_string(), str::to_owned)
+                error
+                    .detail()
+                    .map_or_else(|| error.to_string(), str::to_owned)
             ),
             line,
             kind: TemplateErrorKind::Render,
@@ -199,9 +304,10 @@ fn undefined_name(source: &str, context: &Value) -> Option<String> {
 #[must_use]
 pub fn shell_quote(text: &str) -> String {
     let plain = !text.is_empty()
-        && text
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/' | ':' | '=' | '@' | '%' | '+' | ','));
+        && text.chars().all(|c| {
+            c.is_ascii_alphanumeric()
+                || matches!(c, '_' | '-' | '.' | '/' | ':' | '=' | '@' | '%' | '+' | ',')
+        });
     if plain {
         text.to_owned()
     } else {
@@ -228,7 +334,13 @@ mod tests {
         assert_eq!(out.text, "echo $(rm -rf ~).rs");
         let out = t.render("echo {{ item }}", false, &ctx).unwrap();
         assert_eq!(out.text, "echo $(rm -rf ~).rs");
-        let out = t.render("cat {{ files }}", true, &context! { files => vec!["a b", "c"] }).unwrap();
+        let out = t
+            .render(
+                "cat {{ files }}",
+                true,
+                &context! { files => vec!["a b", "c"] },
+            )
+            .unwrap();
         assert_eq!(out.text, "cat 'a b' c");
         let out = t.render("echo {{ \"it's\" }}", true, &ctx).unwrap();
         assert_eq!(out.text, "echo 'it'\\''s'");
@@ -239,7 +351,11 @@ mod tests {
         let t = templates();
         let ctx = context! { p => "src/a/lib.rs" };
         let out = t
-            .render("{{ p|basename }} {{ p|dirname }} {{ p|stem }} {{ p|ext }}", false, &ctx)
+            .render(
+                "{{ p|basename }} {{ p|dirname }} {{ p|stem }} {{ p|ext }}",
+                false,
+                &ctx,
+            )
             .unwrap();
         assert_eq!(out.text, "lib.rs src/a lib rs");
         let out = t.render("{{ p|shell_quote }}", true, &ctx).unwrap();
@@ -269,7 +385,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("notes.txt"), "hello").unwrap();
         let t = Templates::new(dir.path());
-        let out = t.render("{{ 'notes.txt'|read_file }}", false, &context! {}).unwrap();
+        let out = t
+            .render("{{ 'notes.txt'|read_file }}", false, &context! {})
+            .unwrap();
         assert_eq!(out.text, "hello");
         assert!(out.read_files.contains("notes.txt"));
     }

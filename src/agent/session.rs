@@ -187,6 +187,7 @@ pub async fn run_session(
         // process it started (a Bash tool's `cargo build`, say).
         .process_group(0)
         .kill_on_drop(true);
+    die_with_parent(&mut command);
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(error) => {
@@ -479,6 +480,29 @@ fn group_has_live_member(pgid: i32) -> bool {
 
 /// SIGTERM to the group, up to `grace` for the leader to exit, then SIGKILL;
 /// reaps the leader and returns its exit status.
+/// Makes the CLI die with ccflow: when ccflow itself is SIGKILLed (OOM
+/// killer, CI timeout), nothing runs `kill_group`, and an orphaned session
+/// would go on spending tokens and editing a worktree nobody will read.
+/// `PR_SET_PDEATHSIG` fires when the spawning thread ends; sessions are
+/// spawned from the runtime's worker threads, which live as long as ccflow.
+fn die_with_parent(command: &mut Command) {
+    let parent = libc::pid_t::try_from(std::process::id()).unwrap_or(0);
+    // SAFETY: the closure runs in the forked child and makes only
+    // async-signal-safe calls (prctl, getppid, raise), no allocation.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // ccflow died between the fork and the prctl: nobody to signal us.
+            if libc::getppid() != parent {
+                libc::raise(libc::SIGKILL);
+            }
+            Ok(())
+        });
+    }
+}
+
 async fn kill_group(pgid: Option<i32>, child: &mut Child, grace: Duration) -> Option<ExitStatus> {
     signal_group(pgid, libc::SIGTERM);
     let exited = tokio::time::timeout(grace, child.wait()).await;

@@ -11,7 +11,8 @@ use crate::workflow::resolve::parse_memory;
 /// # Errors
 /// A bad size, or a cache that cannot be opened.
 pub fn run(args: &CacheArgs, ctx: &Ctx) -> CommandResult {
-    let store = Store::open(&ctx.state_dir.join("cache")).map_err(|e| CommandError::usage(format!("cannot open the cache: {e}")))?;
+    let store = Store::open(&ctx.state_dir.join("cache"))
+        .map_err(|e| CommandError::usage(format!("cannot open the cache: {e}")))?;
     let fail = |e: crate::cache::CacheError| CommandError::failed(e.to_string());
     match &args.command {
         CacheCommand::Stats => {
@@ -20,7 +21,11 @@ pub fn run(args: &CacheArgs, ctx: &Ctx) -> CommandResult {
             println!("{stats:#?}");
         }
         CacheCommand::Gc { max_size } => {
-            let limit = parse_memory(max_size).ok_or_else(|| CommandError::usage(format!("`--max-size {max_size}`: expected a size such as `500M` or `2G`")))?;
+            let limit = parse_memory(max_size).ok_or_else(|| {
+                CommandError::usage(format!(
+                    "`--max-size {max_size}`: expected a size such as `500M` or `2G`"
+                ))
+            })?;
             let report = store.gc(limit).map_err(fail)?;
             println!("{report:#?}");
         }

@@ -31,7 +31,7 @@ pub fn print_diagnostics(ctx: &Ctx, diagnostics: &[Diagnostic]) {
     for diagnostic in diagnostics {
         eprint!("{}", diagnostic.render(ctx.color));
         if ctx.github {
-            println!("{}", diagnostic.to_github_annotation());
+            eprintln!("{}", diagnostic.to_github_annotation());
         }
     }
 }
@@ -47,7 +47,9 @@ pub fn find(ctx: &Ctx, arg: &str) -> Result<std::path::PathBuf, CommandError> {
             if available.is_empty() {
                 error = error.hint("no workflows in `.claudecluster/`; `ccflow init` creates one");
             } else {
-                if let Some(h) = crate::diagnostic::did_you_mean(arg, available.iter().map(String::as_str)) {
+                if let Some(h) =
+                    crate::diagnostic::did_you_mean(arg, available.iter().map(String::as_str))
+                {
                     error = error.hint(h);
                 }
                 error = error.hint(format!("available: {}", available.join(", ")));
@@ -61,7 +63,11 @@ pub fn find(ctx: &Ctx, arg: &str) -> Result<std::path::PathBuf, CommandError> {
 ///
 /// # Errors
 /// Exit status 2 when the workflow is invalid.
-pub fn load(ctx: &Ctx, arg: &str, vars: &BTreeMap<String, String>) -> Result<Arc<Workflow>, CommandError> {
+pub fn load(
+    ctx: &Ctx,
+    arg: &str,
+    vars: &BTreeMap<String, String>,
+) -> Result<Arc<Workflow>, CommandError> {
     let path = find(ctx, arg)?;
     let display = display_path(&path, &ctx.cwd);
     let loaded = resolve::load(&path, &display, &ctx.root, vars);
@@ -89,7 +95,13 @@ pub fn prepare_docker(
     workflow: &Workflow,
     tasks: &[usize],
     run_id: Option<&str>,
-) -> Result<(Option<crate::exec::docker::DockerRunner>, std::collections::HashMap<String, String>), CommandError> {
+) -> Result<
+    (
+        Option<crate::exec::docker::DockerRunner>,
+        std::collections::HashMap<String, String>,
+    ),
+    CommandError,
+> {
     use crate::workflow::raw::Runner;
     let docker_tasks: Vec<&crate::workflow::Task> = tasks
         .iter()
@@ -108,7 +120,9 @@ pub fn prepare_docker(
         error
     };
     runtime.block_on(async {
-        let docker = crate::exec::docker::DockerRunner::connect().await.map_err(with_hint)?;
+        let docker = crate::exec::docker::DockerRunner::connect()
+            .await
+            .map_err(with_hint)?;
         let mut ids = std::collections::HashMap::new();
         for task in docker_tasks {
             let Some(image) = &task.image else { continue };
@@ -131,4 +145,28 @@ pub fn prepare_docker(
         }
         Ok((Some(docker), ids))
     })
+}
+
+/// Plans a loaded workflow and applies `--task`, printing diagnostics.
+///
+/// # Errors
+/// Template or fan-out errors, an unknown `--task` (exit 2).
+pub fn plan(
+    ctx: &Ctx,
+    workflow: Arc<Workflow>,
+    run_id: &str,
+    tasks: &[String],
+) -> Result<crate::graph::Plan, CommandError> {
+    let mut plan = crate::graph::Plan::build(workflow, run_id).map_err(|errors| {
+        print_diagnostics(ctx, &errors);
+        CommandError::usage("the workflow cannot be planned")
+    })?;
+    print_diagnostics(ctx, &plan.warnings);
+    if let Err(d) = plan.select(tasks) {
+        let message = d.message.clone();
+        let mut error = CommandError::usage(message);
+        error.hints.clone_from(&d.hints);
+        return Err(error);
+    }
+    Ok(plan)
 }

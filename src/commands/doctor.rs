@@ -16,7 +16,9 @@ pub fn run(ctx: &Ctx) -> CommandResult {
     let (major, minor, rev) = git2::Version::get().libgit2_version();
     println!("libgit2: {major}.{minor}.{rev}");
     match std::process::Command::new("git").arg("--version").output() {
-        Ok(out) if out.status.success() => println!("git: {}", String::from_utf8_lossy(&out.stdout).trim()),
+        Ok(out) if out.status.success() => {
+            println!("git: {}", String::from_utf8_lossy(&out.stdout).trim())
+        }
         _ => println!("git: not found (optional; ccflow uses libgit2)"),
     }
     match git2::Repository::discover(&ctx.root) {
@@ -27,24 +29,37 @@ pub fn run(ctx: &Ctx) -> CommandResult {
     match crate::agent::find_claude(None) {
         Ok(binary) => match crate::agent::claude_version(&binary) {
             Ok(version) => println!("claude CLI: {} ({version})", binary.display()),
-            Err(e) => println!("claude CLI: {} (cannot read its version: {e})", binary.display()),
+            Err(e) => println!(
+                "claude CLI: {} (cannot read its version: {e})",
+                binary.display()
+            ),
         },
         Err(e) => println!("claude CLI: {e}"),
     }
     // docker
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
     match runtime {
         Ok(runtime) => runtime.block_on(async {
             match crate::exec::docker::DockerRunner::connect().await {
                 Ok(docker) => match docker.engine_info().await {
                     Ok(info) => println!(
                         "docker engine: {} (server {}, API {} negotiated {}, {}/{})",
-                        info.host, info.server_version, info.api_version, info.negotiated_api_version, info.os, info.arch
+                        info.host,
+                        info.server_version,
+                        info.api_version,
+                        info.negotiated_api_version,
+                        info.os,
+                        info.arch
                     ),
                     Err(e) => println!("docker engine: reachable at {} but: {e}", docker.host()),
                 },
                 Err(e) => {
-                    let hint = e.hint().map(|h| format!(" (hint: {h})")).unwrap_or_default();
+                    let hint = e
+                        .hint()
+                        .map(|h| format!(" (hint: {h})"))
+                        .unwrap_or_default();
                     println!("docker engine: {e}{hint} — `runner: docker` tasks cannot run");
                 }
             }

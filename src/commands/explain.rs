@@ -23,27 +23,54 @@ pub fn run(args: &ExplainArgs, ctx: &Ctx) -> CommandResult {
         common::print_diagnostics(ctx, &errors);
         CommandError::usage("the workflow cannot be planned")
     })?;
-    let Some(&node) = plan.by_id.get(&crate::graph::InstanceId(args.instance.clone())) else {
-        let ids: Vec<String> = plan.ordered_nodes().iter().map(|n| plan.graph[*n].id.0.clone()).collect();
-        let mut error = CommandError::usage(format!("no instance `{}` in workflow `{}`", args.instance, workflow.name));
-        if let Some(h) = crate::diagnostic::did_you_mean(&args.instance, ids.iter().map(String::as_str)) {
+    let Some(&node) = plan
+        .by_id
+        .get(&crate::graph::InstanceId(args.instance.clone()))
+    else {
+        let ids: Vec<String> = plan
+            .ordered_nodes()
+            .iter()
+            .map(|n| plan.graph[*n].id.0.clone())
+            .collect();
+        let mut error = CommandError::usage(format!(
+            "no instance `{}` in workflow `{}`",
+            args.instance, workflow.name
+        ));
+        if let Some(h) =
+            crate::diagnostic::did_you_mean(&args.instance, ids.iter().map(String::as_str))
+        {
             error = error.hint(h);
         } else {
             let shown: Vec<&str> = ids.iter().take(8).map(String::as_str).collect();
-            error = error.hint(format!("instances: {}{}", shown.join(", "), if ids.len() > 8 { ", ..." } else { "" }));
+            error = error.hint(format!(
+                "instances: {}{}",
+                shown.join(", "),
+                if ids.len() > 8 { ", ..." } else { "" }
+            ));
         }
         return Err(error);
     };
     let instance = &plan.graph[node];
     if instance.kind != NodeKind::Instance {
-        println!("`{}` expands at run time (dynamic fan-out); explain one of its instances after a run", instance.id);
+        println!(
+            "`{}` expands at run time (dynamic fan-out); explain one of its instances after a run",
+            instance.id
+        );
         return Ok(ExitStatus::Success);
     }
     let task = &workflow.tasks[instance.task];
-    let store = Store::open(&ctx.state_dir.join("cache")).map_err(|e| CommandError::usage(format!("cannot open the cache: {e}")))?;
-    let index = StatIndex::open(&ctx.state_dir.join("index")).map_err(|e| CommandError::usage(format!("cannot open the index: {e}")))?;
-    let Some(previous) = store.latest_for_instance(&instance.id.0).map_err(|e| CommandError::usage(e.to_string()))? else {
-        println!("`{}` never ran (no cached entry): it would run", instance.id);
+    let store = Store::open(&ctx.state_dir.join("cache"))
+        .map_err(|e| CommandError::usage(format!("cannot open the cache: {e}")))?;
+    let index = StatIndex::open(&ctx.state_dir.join("index"))
+        .map_err(|e| CommandError::usage(format!("cannot open the index: {e}")))?;
+    let Some(previous) = store
+        .latest_for_instance(&instance.id.0)
+        .map_err(|e| CommandError::usage(e.to_string()))?
+    else {
+        println!(
+            "`{}` never ran (no cached entry): it would run",
+            instance.id
+        );
         return Ok(ExitStatus::Success);
     };
     if !task.cache {
@@ -52,7 +79,10 @@ pub fn run(args: &ExplainArgs, ctx: &Ctx) -> CommandResult {
     }
     // Upstream outputs as their latest entries recorded them.
     let mut deps = BTreeMap::new();
-    for upstream in plan.graph.neighbors_directed(node, petgraph::Direction::Incoming) {
+    for upstream in plan
+        .graph
+        .neighbors_directed(node, petgraph::Direction::Incoming)
+    {
         let id = &plan.graph[upstream].id.0;
         match store.latest_for_instance(id) {
             Ok(Some(entry)) => {
@@ -70,10 +100,22 @@ pub fn run(args: &ExplainArgs, ctx: &Ctx) -> CommandResult {
         .build()
         .map_err(|e| CommandError::usage(format!("cannot start the runtime: {e}")))?;
     let (_, image_ids) = common::prepare_docker(&runtime, &workflow, &[instance.task], None)?;
-    let (mut key, _) = instance_key(&workflow, &ctx.root, &index, &workflow.secrets, task, &rendered, &deps, &image_ids).map_err(CommandError::usage)?;
+    let (mut key, _) = instance_key(
+        &workflow,
+        &ctx.root,
+        &index,
+        &workflow.secrets,
+        task,
+        &rendered,
+        &deps,
+        &image_ids,
+    )
+    .map_err(CommandError::usage)?;
     // Agent keys carry the CLI version.
     if let crate::workflow::TaskKind::Agent(agent) = &task.kind {
-        match crate::agent::find_claude(agent.command.as_deref()).and_then(|b| crate::agent::claude_version(&b)) {
+        match crate::agent::find_claude(agent.command.as_deref())
+            .and_then(|b| crate::agent::claude_version(&b))
+        {
             Ok(version) => {
                 key.extra.insert("claude_version".into(), version);
             }
@@ -92,10 +134,18 @@ pub fn run(args: &ExplainArgs, ctx: &Ctx) -> CommandResult {
         post.inputs.insert(path.clone(), hash.clone());
     }
     if key == previous.key || (!previous.post_state.is_empty() && key == post) {
-        println!("`{}` is up to date: its cache key is unchanged since the last run ({})", instance.id, &key.hash().to_string()[..12]);
+        println!(
+            "`{}` is up to date: its cache key is unchanged since the last run ({})",
+            instance.id,
+            &key.hash().to_string()[..12]
+        );
         return Ok(ExitStatus::Success);
     }
-    let base = if previous.post_state.is_empty() { &previous.key } else { &post };
+    let base = if previous.post_state.is_empty() {
+        &previous.key
+    } else {
+        &post
+    };
     let changes = key.changes_since(base);
     println!("`{}` would run; since its last cached result:", instance.id);
     for change in changes {

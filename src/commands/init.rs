@@ -52,11 +52,18 @@ tasks:
 /// # Errors
 /// The example exists (without `--force`) or cannot be written.
 pub fn run(args: &crate::cli::InitArgs, ctx: &Ctx) -> CommandResult {
-    let root = if ctx.root.join(WORKFLOW_DIR).is_dir() { ctx.root.clone() } else { ctx.cwd.clone() };
+    let root = if ctx.root.join(WORKFLOW_DIR).is_dir() {
+        ctx.root.clone()
+    } else {
+        ctx.cwd.clone()
+    };
     let dir = root.join(WORKFLOW_DIR);
     let file = dir.join("example.yaml");
     if file.exists() && !args.force {
-        return Err(CommandError::usage(format!("`{}` already exists", file.display())).hint("pass `--force` to overwrite it"));
+        return Err(
+            CommandError::usage(format!("`{}` already exists", file.display()))
+                .hint("pass `--force` to overwrite it"),
+        );
     }
     let io = |e: std::io::Error| CommandError::usage(format!("cannot initialise: {e}"));
     fs_err::create_dir_all(&dir).map_err(io)?;

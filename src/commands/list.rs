@@ -14,7 +14,10 @@ use crate::workflow::resolve::{self, display_path};
 pub fn run(ctx: &Ctx) -> CommandResult {
     let files = discover::list_workflows(&ctx.root);
     if files.is_empty() {
-        eprintln!("no workflows in `{}`; `ccflow init` creates one", ctx.root.join(discover::WORKFLOW_DIR).display());
+        eprintln!(
+            "no workflows in `{}`; `ccflow init` creates one",
+            ctx.root.join(discover::WORKFLOW_DIR).display()
+        );
         return Ok(ExitStatus::Success);
     }
     for path in files {
@@ -22,12 +25,24 @@ pub fn run(ctx: &Ctx) -> CommandResult {
         let loaded = resolve::load(&path, &display, &ctx.root, &BTreeMap::new());
         match loaded.workflow {
             Some(workflow) => {
-                let description = workflow.description.as_deref().map(|d| format!(" — {d}")).unwrap_or_default();
+                let description = workflow
+                    .description
+                    .as_deref()
+                    .map(|d| format!(" — {d}"))
+                    .unwrap_or_default();
                 println!("{}  ({display}){description}", workflow.name);
                 for task in &workflow.tasks {
                     let kind = if task.is_agent() { "agent" } else { "run" };
-                    let fan = if task.for_each.is_some() { " [fan-out]" } else { "" };
-                    let description = task.description.as_deref().map(|d| format!("  {d}")).unwrap_or_default();
+                    let fan = if task.for_each.is_some() {
+                        " [fan-out]"
+                    } else {
+                        ""
+                    };
+                    let description = task
+                        .description
+                        .as_deref()
+                        .map(|d| format!("  {d}"))
+                        .unwrap_or_default();
                     println!("  {:<20} {kind}{fan}{description}", task.name);
                 }
             }

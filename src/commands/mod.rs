@@ -31,19 +31,31 @@ pub struct Ctx {
 
 impl Ctx {
     fn new(cli: &Cli) -> Result<Ctx, CommandError> {
-        let mut cwd = std::env::current_dir().map_err(|e| CommandError::usage(format!("cannot read the current directory: {e}")))?;
+        let mut cwd = std::env::current_dir()
+            .map_err(|e| CommandError::usage(format!("cannot read the current directory: {e}")))?;
         if let Some(dir) = &cli.directory {
             cwd = cwd.join(dir);
             if !cwd.is_dir() {
-                return Err(CommandError::usage(format!("`-C {}`: no such directory", dir.display())));
+                return Err(CommandError::usage(format!(
+                    "`-C {}`: no such directory",
+                    dir.display()
+                )));
             }
         }
         let cwd = cwd.canonicalize().unwrap_or(cwd);
         let root = discover::find_root(&cwd);
         let state_dir = discover::state_dir(&root);
-        let color = !cli.no_color && std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal();
+        let color = !cli.no_color
+            && std::env::var_os("NO_COLOR").is_none()
+            && std::io::stderr().is_terminal();
         let github = std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true");
-        Ok(Ctx { cwd, root, state_dir, color, github })
+        Ok(Ctx {
+            cwd,
+            root,
+            state_dir,
+            color,
+            github,
+        })
     }
 }
 

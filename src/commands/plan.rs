@@ -10,10 +10,13 @@ use super::common;
 use super::Ctx;
 use crate::cache::{StatIndex, Store};
 use crate::cli::{PlanArgs, PlanFormat};
-use crate::error::{CommandError, CommandResult, ExitStatus};
+use crate::error::{CommandResult, ExitStatus};
 use crate::exec::instance::instance_key;
 use crate::graph::{format, NodeKind, Plan};
 use crate::report::record::{list_runs, InstanceStatus, RunRecord};
+
+/// The most instances whose cache status `plan` predicts.
+const ANNOTATE_LIMIT: usize = 20_000;
 
 /// Prints the plan.
 ///
@@ -22,18 +25,7 @@ use crate::report::record::{list_runs, InstanceStatus, RunRecord};
 pub fn run(args: &PlanArgs, ctx: &Ctx) -> CommandResult {
     let vars = common::parse_vars(&args.vars)?;
     let workflow = common::load(ctx, &args.workflow, &vars)?;
-    let mut plan = match Plan::build(workflow, "plan") {
-        Ok(plan) => plan,
-        Err(errors) => {
-            common::print_diagnostics(ctx, &errors);
-            return Err(CommandError::usage("the workflow cannot be planned"));
-        }
-    };
-    common::print_diagnostics(ctx, &plan.warnings);
-    if let Err(d) = plan.select(&args.tasks) {
-        common::print_diagnostics(ctx, &[d]);
-        return Ok(ExitStatus::Invalid);
-    }
+    let plan = common::plan(ctx, workflow, "plan", &args.tasks)?;
     let notes = annotate(&plan, ctx);
     match args.format {
         PlanFormat::Text => {
@@ -46,12 +38,16 @@ pub fn run(args: &PlanArgs, ctx: &Ctx) -> CommandResult {
             }
         }
         PlanFormat::Json => {
-            let mut value = format::json(&plan, &notes);
+            let mut extra = Vec::new();
             if let Some((cost, sessions)) = estimate_cost(&plan, &notes, ctx) {
-                value["estimated_cost_usd"] = serde_json::json!(cost);
-                value["estimate_sessions"] = serde_json::json!(sessions);
+                extra.push(("estimated_cost_usd", serde_json::json!(cost)));
+                extra.push(("estimate_sessions", serde_json::json!(sessions)));
             }
-            println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            // A closed pipe (`| head`) is not an error worth reporting.
+            let _ = format::write_json(&plan, &notes, &extra, &mut out)
+                .and_then(|()| std::io::Write::flush(&mut out));
         }
         PlanFormat::Dot => print!("{}", format::dot(&plan, &notes)),
         PlanFormat::Mermaid => print!("{}", format::mermaid(&plan, &notes)),
@@ -63,12 +59,24 @@ pub fn run(args: &PlanArgs, ctx: &Ctx) -> CommandResult {
 /// order so upstream predictions feed downstream keys (early cutoff included).
 fn annotate(plan: &Plan, ctx: &Ctx) -> format::Annotations {
     let mut notes = format::Annotations::new();
+    // Predicting means hashing every input: past this size `plan` stays a
+    // quick look at the graph, and `run` finds out what is cached.
+    if plan.graph.node_count() > ANNOTATE_LIMIT {
+        eprintln!(
+            "note: {} instances: cache status not computed (more than {ANNOTATE_LIMIT})",
+            plan.graph.node_count()
+        );
+        return notes;
+    }
     let store = Store::open(&ctx.state_dir.join("cache")).ok();
     let index = StatIndex::open(&ctx.state_dir.join("index")).ok();
     let (Some(store), Some(index)) = (store, index) else {
         return notes;
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok();
     let all_tasks: Vec<usize> = (0..plan.workflow.tasks.len()).collect();
     let image_ids = runtime
         .as_ref()
@@ -77,7 +85,9 @@ fn annotate(plan: &Plan, ctx: &Ctx) -> format::Annotations {
         .unwrap_or_default();
     let mut claude_versions: HashMap<Option<String>, Option<String>> = HashMap::new();
     let mut predicted: HashMap<petgraph::stable_graph::NodeIndex, Option<String>> = HashMap::new();
-    let Ok(order) = petgraph::algo::toposort(&plan.graph, None) else { return notes };
+    let Ok(order) = petgraph::algo::toposort(&plan.graph, None) else {
+        return notes;
+    };
     for node in order {
         let instance = &plan.graph[node];
         let task = &plan.workflow.tasks[instance.task];
@@ -85,7 +95,9 @@ fn annotate(plan: &Plan, ctx: &Ctx) -> format::Annotations {
             if instance.kind != NodeKind::Instance {
                 return ("run (expands at run time)".to_owned(), None);
             }
-            let Some(rendered) = &instance.rendered else { return ("run".to_owned(), None) };
+            let Some(rendered) = &instance.rendered else {
+                return ("run".to_owned(), None);
+            };
             if !rendered.enabled {
                 return ("skip (`if` is false)".to_owned(), Some(String::new()));
             }
@@ -102,7 +114,16 @@ fn annotate(plan: &Plan, ctx: &Ctx) -> format::Annotations {
                 }
             }
             let rendered = (**rendered).clone();
-            let Ok((mut key, _)) = instance_key(&plan.workflow, &ctx.root, &index, &plan.workflow.secrets, task, &rendered, &deps, &image_ids) else {
+            let Ok((mut key, _)) = instance_key(
+                &plan.workflow,
+                &ctx.root,
+                &index,
+                &plan.workflow.secrets,
+                task,
+                &rendered,
+                &deps,
+                &image_ids,
+            ) else {
                 return ("run (inputs unreadable)".to_owned(), None);
             };
             if let crate::workflow::TaskKind::Agent(agent) = &task.kind {
@@ -114,7 +135,9 @@ fn annotate(plan: &Plan, ctx: &Ctx) -> format::Annotations {
                             .and_then(|b| crate::agent::claude_version(&b).ok())
                     })
                     .clone();
-                let Some(version) = version else { return ("run (claude CLI not found)".to_owned(), None) };
+                let Some(version) = version else {
+                    return ("run (claude CLI not found)".to_owned(), None);
+                };
                 key.extra.insert("claude_version".into(), version);
             }
             match store.lookup(&key.hash()) {
@@ -132,12 +155,19 @@ fn annotate(plan: &Plan, ctx: &Ctx) -> format::Annotations {
 /// The mean cost of each agent task's sessions in earlier runs, applied to
 /// the instances that would run.
 fn estimate_cost(plan: &Plan, notes: &format::Annotations, ctx: &Ctx) -> Option<(f64, usize)> {
-    if !plan.workflow.tasks.iter().any(crate::workflow::Task::is_agent) {
+    if !plan
+        .workflow
+        .tasks
+        .iter()
+        .any(crate::workflow::Task::is_agent)
+    {
         return None;
     }
     let mut per_task: HashMap<String, (f64, usize)> = HashMap::new();
     for dir in list_runs(&ctx.state_dir).into_iter().take(50) {
-        let Ok(record) = RunRecord::read(&dir) else { continue };
+        let Ok(record) = RunRecord::read(&dir) else {
+            continue;
+        };
         if record.workflow != plan.workflow.name {
             continue;
         }
@@ -157,7 +187,11 @@ fn estimate_cost(plan: &Plan, notes: &format::Annotations, ctx: &Ctx) -> Option<
     for node in plan.ordered_nodes() {
         let instance = &plan.graph[node];
         let task = &plan.workflow.tasks[instance.task];
-        if !task.is_agent() || !notes.get(&instance.id).is_some_and(|n| n.starts_with("run")) {
+        if !task.is_agent()
+            || !notes
+                .get(&instance.id)
+                .is_some_and(|n| n.starts_with("run"))
+        {
             continue;
         }
         if let Some((sum, count)) = per_task.get(&task.name) {

@@ -15,7 +15,6 @@ use crate::cli::RunArgs;
 use crate::error::{CommandError, CommandResult, ExitStatus};
 use crate::exec::instance::RunShared;
 use crate::exec::scheduler::{self, RunOptions};
-use crate::graph::Plan;
 use crate::report::events::EventsReporter;
 use crate::report::github::GithubReporter;
 use crate::report::plain::PlainReporter;
@@ -27,38 +26,74 @@ use crate::workflow::resolve::parse_duration;
 /// The environment variables a task inherits from the caller (SPEC §4).
 const BASE_ENV: [&str; 4] = ["PATH", "HOME", "LANG", "TERM"];
 
+/// Descriptors a running instance holds (output pipe ends, log file, and
+/// some slack for the cache and the reaper).
+const FILES_PER_INSTANCE: u64 = 4;
+
+/// Descriptors kept for ccflow itself (store, index, runtime, reporters).
+const FILES_RESERVED: u64 = 64;
+
+/// Raises the soft open-file limit to the hard one, as the Go runtime does:
+/// every running instance holds a few descriptors, so `-j 500` under the
+/// common soft limit of 1024 failed hundreds of instances with "too many
+/// open files". Returns the soft limit now in effect.
+fn raise_open_file_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } != 0 {
+        return None;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct we pass. It fails when the
+        // hard limit is unlimited (Linux caps at `nr_open`); then the soft
+        // limit stays as it was.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const raised) } == 0 {
+            limit.rlim_cur = limit.rlim_max;
+        }
+    }
+    if limit.rlim_cur == libc::RLIM_INFINITY {
+        return None;
+    }
+    Some(limit.rlim_cur)
+}
+
 /// Runs a workflow.
 ///
 /// # Errors
 /// Invalid workflow or arguments (exit 2); state directory not writable.
 pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
     if args.jobs == Some(0) {
-        return Err(CommandError::usage("`-j 0`: at least one job must run at a time").hint("use `-j 1` to run one instance at a time"));
+        return Err(
+            CommandError::usage("`-j 0`: at least one job must run at a time")
+                .hint("use `-j 1` to run one instance at a time"),
+        );
     }
     let vars = common::parse_vars(&args.vars)?;
     let workflow = common::load(ctx, &args.workflow, &vars)?;
     for name in &args.rerun {
         if workflow.task(name).is_none() {
-            let mut error = CommandError::usage(format!("`--rerun {name}`: no task `{name}` in workflow `{}`", workflow.name));
-            if let Some(h) = crate::diagnostic::did_you_mean(name, workflow.tasks.iter().map(|t| t.name.as_str())) {
+            let mut error = CommandError::usage(format!(
+                "`--rerun {name}`: no task `{name}` in workflow `{}`",
+                workflow.name
+            ));
+            if let Some(h) = crate::diagnostic::did_you_mean(
+                name,
+                workflow.tasks.iter().map(|t| t.name.as_str()),
+            ) {
                 error = error.hint(h);
             }
             return Err(error);
         }
     }
     let run_id = new_run_id();
-    let mut plan = match Plan::build(Arc::clone(&workflow), &run_id) {
-        Ok(plan) => plan,
-        Err(errors) => {
-            common::print_diagnostics(ctx, &errors);
-            return Err(CommandError::usage("the workflow cannot be planned"));
-        }
-    };
-    common::print_diagnostics(ctx, &plan.warnings);
-    if let Err(d) = plan.select(&args.tasks) {
-        common::print_diagnostics(ctx, &[d]);
-        return Ok(ExitStatus::Invalid);
-    }
+    let plan = common::plan(ctx, Arc::clone(&workflow), &run_id, &args.tasks)?;
     let io = |what: &str, e: std::io::Error| CommandError::usage(format!("cannot {what}: {e}"));
     let run_dir = scheduler::run_dir(&ctx.state_dir, &run_id);
     fs_err::create_dir_all(run_dir.join("logs")).map_err(|e| io("create the run directory", e))?;
@@ -73,24 +108,39 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
             None
         }
     };
-    let index = StatIndex::open(&ctx.state_dir.join("index")).map_err(|e| CommandError::usage(format!("cannot open the file-hash index: {e}")))?;
+    let index = StatIndex::open(&ctx.state_dir.join("index"))
+        .map_err(|e| CommandError::usage(format!("cannot open the file-hash index: {e}")))?;
     let mut secrets = Vec::new();
     for name in &workflow.secrets {
         match std::env::var(name) {
             Ok(value) => secrets.push((name.clone(), value)),
-            Err(_) => eprintln!("warning: secret `{name}` is not set in the environment; tasks will not see it"),
+            Err(_) => eprintln!(
+                "warning: secret `{name}` is not set in the environment; tasks will not see it"
+            ),
         }
     }
-    let base_env: Vec<(String, String)> = BASE_ENV.iter().filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v))).collect();
-    let kill_grace = std::env::var("CCFLOW_KILL_GRACE").ok().and_then(|v| parse_duration(&v).ok()).unwrap_or(Duration::from_secs(5));
-    let log_limit = std::env::var("CCFLOW_LOG_LIMIT").ok().and_then(|v| v.parse().ok()).unwrap_or(64 * 1024 * 1024);
+    let base_env: Vec<(String, String)> = BASE_ENV
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v)))
+        .collect();
+    let kill_grace = std::env::var("CCFLOW_KILL_GRACE")
+        .ok()
+        .and_then(|v| parse_duration(&v).ok())
+        .unwrap_or(Duration::from_secs(5));
+    let log_limit = std::env::var("CCFLOW_LOG_LIMIT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64 * 1024 * 1024);
     crate::exec::reaper::init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| CommandError::usage(format!("cannot start the runtime: {e}")))?;
-    let selected: Vec<usize> = (0..workflow.tasks.len()).filter(|i| !plan.task_nodes[*i].is_empty()).collect();
-    let (docker, image_ids) = common::prepare_docker(&runtime, &workflow, &selected, Some(&run_id))?;
+    let selected: Vec<usize> = (0..workflow.tasks.len())
+        .filter(|i| !plan.task_nodes[*i].is_empty())
+        .collect();
+    let (docker, image_ids) =
+        common::prepare_docker(&runtime, &workflow, &selected, Some(&run_id))?;
     let (notice_tx, notice_rx) = tokio::sync::mpsc::unbounded_channel();
     let shared = Arc::new(RunShared {
         workflow: Arc::clone(&workflow),
@@ -120,10 +170,16 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
     if std::io::stderr().is_terminal() && !ctx.github && std::env::var_os("CI").is_none() {
         reporters.reporters.push(Box::new(ProgressReporter::new()));
     } else {
-        reporters.reporters.push(Box::new(PlainReporter::new(Box::new(std::io::stderr()), ctx.github, args.replay)));
+        reporters.reporters.push(Box::new(PlainReporter::new(
+            Box::new(std::io::stderr()),
+            ctx.github,
+            args.replay,
+        )));
     }
     if ctx.github {
-        reporters.reporters.push(Box::new(GithubReporter::from_env()));
+        reporters
+            .reporters
+            .push(Box::new(GithubReporter::from_env()));
     }
     if let Some(target) = &args.events {
         let out: Box<dyn std::io::Write + Send> = if events_to_stdout {
@@ -133,11 +189,21 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
         };
         reporters.reporters.push(Box::new(EventsReporter::new(out)));
     }
-    let options = RunOptions { jobs: args.jobs, keep_going: args.keep_going };
+    let max_jobs = raise_open_file_limit().map(|limit| {
+        usize::try_from(limit.saturating_sub(FILES_RESERVED) / FILES_PER_INSTANCE)
+            .unwrap_or(usize::MAX)
+    });
+    let options = RunOptions {
+        jobs: args.jobs,
+        keep_going: args.keep_going,
+        max_jobs,
+    };
     let outcome = runtime.block_on(scheduler::run(plan, shared, options, reporters, notice_rx));
     Ok(match outcome.status {
         RunStatus::Succeeded => ExitStatus::Success,
         RunStatus::Interrupted => ExitStatus::Interrupted,
-        RunStatus::Failed | RunStatus::BudgetExhausted | RunStatus::Running => ExitStatus::TaskFailed,
+        RunStatus::Failed | RunStatus::BudgetExhausted | RunStatus::Running => {
+            ExitStatus::TaskFailed
+        }
     })
 }

@@ -11,16 +11,26 @@ use crate::report::{human_count, human_duration};
 fn run_dir(ctx: &Ctx, id: Option<&str>) -> Result<PathBuf, CommandError> {
     let runs = list_runs(&ctx.state_dir);
     match id {
-        None => runs.into_iter().next().ok_or_else(|| CommandError::usage("no runs recorded yet").hint("`ccflow run WORKFLOW` records one")),
+        None => runs.into_iter().next().ok_or_else(|| {
+            CommandError::usage("no runs recorded yet").hint("`ccflow run WORKFLOW` records one")
+        }),
         Some(id) => runs
             .iter()
             .find(|d| d.file_name().is_some_and(|n| n.to_string_lossy() == id))
             .or_else(|| {
-                let matches: Vec<&PathBuf> = runs.iter().filter(|d| d.file_name().is_some_and(|n| n.to_string_lossy().starts_with(id))).collect();
+                let matches: Vec<&PathBuf> = runs
+                    .iter()
+                    .filter(|d| {
+                        d.file_name()
+                            .is_some_and(|n| n.to_string_lossy().starts_with(id))
+                    })
+                    .collect();
                 (matches.len() == 1).then(|| matches[0])
             })
             .cloned()
-            .ok_or_else(|| CommandError::usage(format!("no run `{id}`")).hint("`ccflow runs` lists them")),
+            .ok_or_else(|| {
+                CommandError::usage(format!("no run `{id}`")).hint("`ccflow runs` lists them")
+            }),
     }
 }
 
@@ -34,7 +44,10 @@ pub fn runs(args: &RunsArgs, ctx: &Ctx) -> CommandResult {
         eprintln!("no runs recorded yet");
         return Ok(ExitStatus::Success);
     }
-    println!("{:<22} {:<16} {:<12} {:>8} {:>6} {:>6} {:>6} {:>9}", "RUN", "WORKFLOW", "STATUS", "TIME", "RAN", "CACHED", "FAILED", "TOKENS");
+    println!(
+        "{:<22} {:<16} {:<12} {:>8} {:>6} {:>6} {:>6} {:>9}",
+        "RUN", "WORKFLOW", "STATUS", "TIME", "RAN", "CACHED", "FAILED", "TOKENS"
+    );
     for dir in runs.into_iter().take(args.limit) {
         match RunRecord::read(&dir) {
             Ok(r) => println!(
@@ -48,7 +61,12 @@ pub fn runs(args: &RunsArgs, ctx: &Ctx) -> CommandResult {
                 r.counts.failed + r.counts.conflicts,
                 human_count(r.usage.total_tokens())
             ),
-            Err(e) => println!("{:<22} (unreadable: {e})", dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()),
+            Err(e) => println!(
+                "{:<22} (unreadable: {e})",
+                dir.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            ),
         }
     }
     Ok(ExitStatus::Success)
@@ -62,10 +80,19 @@ pub fn show(args: &ShowArgs, ctx: &Ctx) -> CommandResult {
     let dir = run_dir(ctx, args.run.as_deref())?;
     let record = RunRecord::read(&dir).map_err(CommandError::usage)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&record).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&record).unwrap_or_default()
+        );
         return Ok(ExitStatus::Success);
     }
-    println!("run {} of `{}` ({}): {}", record.run_id, record.workflow, record.workflow_file, record.status.word());
+    println!(
+        "run {} of `{}` ({}): {}",
+        record.run_id,
+        record.workflow,
+        record.workflow_file,
+        record.status.word()
+    );
     println!(
         "  {} instances: {} ran, {} cached, {} failed, {} skipped, {} blocked, {} not started; {} tokens, ${:.4}; {}",
         record.counts.total,
@@ -83,14 +110,29 @@ pub fn show(args: &ShowArgs, ctx: &Ctx) -> CommandResult {
         println!("  {message}");
     }
     for i in &record.instances {
-        let attempts = if i.attempts.len() > 1 { format!("  ({} attempts)", i.attempts.len()) } else { String::new() };
-        let tokens = if i.usage.total_tokens() > 0 { format!("  {} tok ${:.4}", human_count(i.usage.total_tokens()), i.usage.cost_usd) } else { String::new() };
+        let attempts = if i.attempts.len() > 1 {
+            format!("  ({} attempts)", i.attempts.len())
+        } else {
+            String::new()
+        };
+        let tokens = if i.usage.total_tokens() > 0 {
+            format!(
+                "  {} tok ${:.4}",
+                human_count(i.usage.total_tokens()),
+                i.usage.cost_usd
+            )
+        } else {
+            String::new()
+        };
         println!(
             "  {:<8} {:<40} {:>7}{tokens}{attempts}{}",
             i.status.word(),
             i.id,
             human_duration(std::time::Duration::from_millis(i.duration_ms)),
-            i.message.as_ref().map(|m| format!("  {m}")).unwrap_or_default()
+            i.message
+                .as_ref()
+                .map(|m| format!("  {m}"))
+                .unwrap_or_default()
         );
         for (name, path) in &i.artifacts {
             println!("           {name}: {}", dir.join(path).display());
@@ -107,8 +149,14 @@ pub fn logs(args: &LogsArgs, ctx: &Ctx) -> CommandResult {
     let dir = run_dir(ctx, args.run.as_deref())?;
     let record = RunRecord::read(&dir).map_err(CommandError::usage)?;
     let Some(instance) = record.instances.iter().find(|i| i.id == args.instance) else {
-        let mut error = CommandError::usage(format!("no instance `{}` in run {}", args.instance, record.run_id));
-        if let Some(h) = crate::diagnostic::did_you_mean(&args.instance, record.instances.iter().map(|i| i.id.as_str())) {
+        let mut error = CommandError::usage(format!(
+            "no instance `{}` in run {}",
+            args.instance, record.run_id
+        ));
+        if let Some(h) = crate::diagnostic::did_you_mean(
+            &args.instance,
+            record.instances.iter().map(|i| i.id.as_str()),
+        ) {
             error = error.hint(h);
         }
         return Err(error);
@@ -116,7 +164,11 @@ pub fn logs(args: &LogsArgs, ctx: &Ctx) -> CommandResult {
     if let Some(log) = &instance.log {
         let path = dir.join(log);
         // A task that printed nothing leaves no log file.
-        let bytes = if path.exists() { fs_err::read(&path).map_err(|e| CommandError::usage(e.to_string()))? } else { Vec::new() };
+        let bytes = if path.exists() {
+            fs_err::read(&path).map_err(|e| CommandError::usage(e.to_string()))?
+        } else {
+            Vec::new()
+        };
         if bytes.is_empty() {
             eprintln!("(`{}` printed nothing)", args.instance);
         }
@@ -138,5 +190,10 @@ pub fn logs(args: &LogsArgs, ctx: &Ctx) -> CommandResult {
             }
         }
     }
-    Err(CommandError::usage(format!("`{}` has no log in run {} (status: {})", args.instance, record.run_id, instance.status.word())))
+    Err(CommandError::usage(format!(
+        "`{}` has no log in run {} (status: {})",
+        args.instance,
+        record.run_id,
+        instance.status.word()
+    )))
 }

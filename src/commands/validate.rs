@@ -20,7 +20,10 @@ pub fn run(args: &ValidateArgs, ctx: &Ctx) -> CommandResult {
     let paths = if args.files.is_empty() {
         discover::list_workflows(&ctx.root)
     } else {
-        args.files.iter().map(|f| common::find(ctx, f)).collect::<Result<Vec<_>, _>>()?
+        args.files
+            .iter()
+            .map(|f| common::find(ctx, f))
+            .collect::<Result<Vec<_>, _>>()?
     };
     if paths.is_empty() {
         eprintln!("no workflows to validate; `ccflow init` creates one");
@@ -66,7 +69,15 @@ pub fn run(args: &ValidateArgs, ctx: &Ctx) -> CommandResult {
         let out = serde_json::json!({ "version": 1, "valid": failed == 0, "files": reports });
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     } else if failed > 0 {
-        eprintln!("error: {failed} of {} workflow file{} invalid", paths.len(), if paths.len() == 1 { " is" } else { "s are" });
+        eprintln!(
+            "error: {failed} of {} workflow file{} invalid",
+            paths.len(),
+            if paths.len() == 1 { " is" } else { "s are" }
+        );
     }
-    Ok(if failed == 0 { ExitStatus::Success } else { ExitStatus::Invalid })
+    Ok(if failed == 0 {
+        ExitStatus::Success
+    } else {
+        ExitStatus::Invalid
+    })
 }

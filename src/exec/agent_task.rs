@@ -47,16 +47,20 @@ async fn snapshot(shared: &Arc<RunShared>) -> Result<Arc<Snapshot>, String> {
                     let worktrees = shared.state_dir.join("worktrees");
                     // Leftovers of crashed runs go first.
                     let run_id = shared.run_id.clone();
-                    if let Err(e) = workspace::cleanup_stale(&shared.root, &worktrees, Some(&run_id)) {
+                    if let Err(e) =
+                        workspace::cleanup_stale(&shared.root, &worktrees, Some(&run_id))
+                    {
                         tracing::warn!("cannot clean up old worktrees: {e}");
                     }
-                    workspace::snapshot(&shared.root, &shared.run_id).map(Arc::new).map_err(|e| {
-                        let mut message = e.to_string();
-                        if let Some(hint) = e.hint() {
-                            message.push_str(&format!(" (hint: {hint})"));
-                        }
-                        message
-                    })
+                    workspace::snapshot(&shared.root, &shared.run_id)
+                        .map(Arc::new)
+                        .map_err(|e| {
+                            let mut message = e.to_string();
+                            if let Some(hint) = e.hint() {
+                                message.push_str(&format!(" (hint: {hint})"));
+                            }
+                            message
+                        })
                 })
                 .await
                 .unwrap_or_else(|e| Err(format!("snapshot task failed: {e}")))
@@ -82,10 +86,16 @@ fn options(agent: &AgentSpec, prompt: String) -> AgentOptions {
     }
 }
 
-fn agent_env(shared: &RunShared, rendered_env: &BTreeMap<String, String>, config_dir: &Path) -> Vec<(String, String)> {
+fn agent_env(
+    shared: &RunShared,
+    rendered_env: &BTreeMap<String, String>,
+    config_dir: &Path,
+) -> Vec<(String, String)> {
     let mut env: BTreeMap<String, String> = shared.base_env.iter().cloned().collect();
     for (key, value) in std::env::vars() {
-        if AGENT_ENV_PREFIXES.iter().any(|p| key.starts_with(p)) || AGENT_ENV_NAMES.contains(&key.as_str()) {
+        if AGENT_ENV_PREFIXES.iter().any(|p| key.starts_with(p))
+            || AGENT_ENV_NAMES.contains(&key.as_str())
+        {
             env.insert(key, value);
         }
     }
@@ -111,15 +121,28 @@ fn session_text(status: &SessionStatus) -> String {
     match status {
         SessionStatus::Succeeded => "succeeded".into(),
         SessionStatus::Failed { reason } => format!("the agent failed: {reason}"),
-        SessionStatus::RateLimited { status, retries_seen } => format!("rate limited by the API (HTTP {status}, {retries_seen} retries by the CLI)"),
-        SessionStatus::MaxTurns => "the agent hit `max_turns` (the diff so far is kept as a salvaged patch)".into(),
-        SessionStatus::MaxBudget => "the agent hit `max_budget_usd` (the diff so far is kept as a salvaged patch)".into(),
+        SessionStatus::RateLimited {
+            status,
+            retries_seen,
+        } => format!("rate limited by the API (HTTP {status}, {retries_seen} retries by the CLI)"),
+        SessionStatus::MaxTurns => {
+            "the agent hit `max_turns` (the diff so far is kept as a salvaged patch)".into()
+        }
+        SessionStatus::MaxBudget => {
+            "the agent hit `max_budget_usd` (the diff so far is kept as a salvaged patch)".into()
+        }
         SessionStatus::NoResult => "the session ended without a result".into(),
-        SessionStatus::Malformed { line, message } => format!("the session's output line {line} is not stream-json: {message}"),
-        SessionStatus::IdleTimeout => "the session went silent past `idle_timeout` and was killed".into(),
+        SessionStatus::Malformed { line, message } => {
+            format!("the session's output line {line} is not stream-json: {message}")
+        }
+        SessionStatus::IdleTimeout => {
+            "the session went silent past `idle_timeout` and was killed".into()
+        }
         SessionStatus::TimedOut => "timed out".into(),
         SessionStatus::Cancelled => "cancelled".into(),
-        SessionStatus::SpawnFailed { binary, error } => format!("cannot start `{}`: {error}", binary.display()),
+        SessionStatus::SpawnFailed { binary, error } => {
+            format!("cannot start `{}`: {error}", binary.display())
+        }
     }
 }
 
@@ -128,14 +151,26 @@ fn rate_limit_backoff(attempt: u32) -> Duration {
         .ok()
         .and_then(|v| crate::workflow::resolve::parse_duration(&v).ok())
         .unwrap_or(Duration::from_secs(5));
-    let factor = 2f64.powi(i32::try_from(attempt.saturating_sub(1)).unwrap_or(10).min(10));
+    let factor = 2f64.powi(
+        i32::try_from(attempt.saturating_sub(1))
+            .unwrap_or(10)
+            .min(10),
+    );
     Duration::from_secs_f64((base.as_secs_f64() * factor * (0.5 + fastrand::f64())).min(600.0))
 }
 
 /// Runs one agent instance. `result` arrives with the rendered instance's
 /// identity filled in.
-#[expect(clippy::too_many_lines, reason = "the steps of SPEC §5 in order, each short")]
-pub async fn execute_agent(shared: Arc<RunShared>, job: super::instance::Job, mut result: JobResult, started: Instant) -> JobResult {
+#[expect(
+    clippy::too_many_lines,
+    reason = "the steps of SPEC §5 in order, each short"
+)]
+pub async fn execute_agent(
+    shared: Arc<RunShared>,
+    job: super::instance::Job,
+    mut result: JobResult,
+    started: Instant,
+) -> JobResult {
     let workflow = Arc::clone(&shared.workflow);
     let task: &Task = &workflow.tasks[job.task];
     let TaskKind::Agent(agent) = &task.kind else {
@@ -153,7 +188,10 @@ pub async fn execute_agent(shared: Arc<RunShared>, job: super::instance::Job, mu
     // The CLI and its version (part of the key).
     let command = agent.command.clone();
     let runner = task.runner;
-    let found = tokio::task::spawn_blocking(move || super::agent_docker::locate_claude(runner, command.as_deref()).map_err(|e| e.to_string())).await;
+    let found = tokio::task::spawn_blocking(move || {
+        super::agent_docker::locate_claude(runner, command.as_deref()).map_err(|e| e.to_string())
+    })
+    .await;
     let (binary, version) = match found {
         Ok(Ok(found)) => found,
         Ok(Err(message)) => return fail(result, message),
@@ -166,7 +204,16 @@ pub async fn execute_agent(shared: Arc<RunShared>, job: super::instance::Job, mu
         let deps = job.deps.clone();
         let task_index = job.task;
         tokio::task::spawn_blocking(move || {
-            instance_key(&shared.workflow, &shared.root, &shared.index, &shared.workflow.secrets, &shared.workflow.tasks[task_index], &key_rendered, &deps, &shared.image_ids)
+            instance_key(
+                &shared.workflow,
+                &shared.root,
+                &shared.index,
+                &shared.workflow.secrets,
+                &shared.workflow.tasks[task_index],
+                &key_rendered,
+                &deps,
+                &shared.image_ids,
+            )
         })
         .await
     };
@@ -202,23 +249,41 @@ pub async fn execute_agent(shared: Arc<RunShared>, job: super::instance::Job, mu
 
     let snapshot = match snapshot(&shared).await {
         Ok(s) => s,
-        Err(message) => return fail(result, format!("cannot snapshot the working tree: {message}")),
+        Err(message) => {
+            return fail(
+                result,
+                format!("cannot snapshot the working tree: {message}"),
+            )
+        }
     };
-    let worktree_dir = shared.state_dir.join("worktrees").join(&shared.run_id).join(format!("{}", job.node.index()));
+    let worktree_dir = shared
+        .state_dir
+        .join("worktrees")
+        .join(&shared.run_id)
+        .join(format!("{}", job.node.index()));
     let worktree = {
         let snapshot = Arc::clone(&snapshot);
         let dir = worktree_dir.clone();
         let name = format!("{}", job.node.index());
-        match tokio::task::spawn_blocking(move || workspace::create_worktree(&snapshot, &dir, &name)).await {
+        match tokio::task::spawn_blocking(move || {
+            workspace::create_worktree(&snapshot, &dir, &name)
+        })
+        .await
+        {
             Ok(Ok(w)) => w,
             Ok(Err(e)) => return fail(result, format!("cannot create the agent's worktree: {e}")),
             Err(e) => return fail(result, format!("cannot create the agent's worktree: {e}")),
         }
     };
-    let config_dir = shared.run_dir.join("agents").join(format!("{file_stem}.config"));
+    let config_dir = shared
+        .run_dir
+        .join("agents")
+        .join(format!("{file_stem}.config"));
     let _ = fs_err::create_dir_all(&config_dir);
     let transcript = agents_dir.join(format!("{file_stem}.ndjson"));
-    result.artifacts.insert("transcript".into(), rel(&shared, &transcript));
+    result
+        .artifacts
+        .insert("transcript".into(), rel(&shared, &transcript));
     let persist = rendered.verify.is_some();
     let mut opts = options(agent, prompt.clone());
     let env = agent_env(&shared, &rendered.env, &config_dir);
@@ -242,7 +307,14 @@ pub async fn execute_agent(shared: Arc<RunShared>, job: super::instance::Job, mu
             kill_grace: shared.kill_grace,
         };
         let attempt_started = now_ms();
-        let outcome = super::agent_docker::run_agent_session(&shared, task, &job.id, spec, Some(Arc::clone(&job.activity))).await;
+        let outcome = super::agent_docker::run_agent_session(
+            &shared,
+            task,
+            &job.id,
+            spec,
+            Some(Arc::clone(&job.activity)),
+        )
+        .await;
         result.usage.add(&usage_of(&outcome));
         let text = session_text(&outcome.status);
         result.attempts.push(AttemptRecord {
@@ -250,25 +322,43 @@ pub async fn execute_agent(shared: Arc<RunShared>, job: super::instance::Job, mu
             started_unix_ms: attempt_started,
             duration_ms: u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX),
             exit_code: outcome.exit_code,
-            outcome: if outcome.api_retries > 0 { format!("{text} ({} API retries)", outcome.api_retries) } else { text.clone() },
+            outcome: if outcome.api_retries > 0 {
+                format!("{text} ({} API retries)", outcome.api_retries)
+            } else {
+                text.clone()
+            },
         });
         result.exit_code = outcome.exit_code;
         match &outcome.status {
             SessionStatus::Succeeded => {}
-            SessionStatus::RateLimited { .. } if rate_limit_round < RATE_LIMIT_RETRIES && !shared.cancel.is_cancelled() => {
+            SessionStatus::RateLimited { .. }
+                if rate_limit_round < RATE_LIMIT_RETRIES && !shared.cancel.is_cancelled() =>
+            {
                 rate_limit_round += 1;
                 let delay = rate_limit_backoff(rate_limit_round);
-                let _ = shared.notices.send(Notice::Retrying { id: job.id.clone(), attempt: attempt + 1, delay, reason: text });
+                let _ = shared.notices.send(Notice::Retrying {
+                    id: job.id.clone(),
+                    attempt: attempt + 1,
+                    delay,
+                    reason: text,
+                });
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     () = shared.cancel.cancelled() => {}
                 }
                 continue;
             }
-            SessionStatus::IdleTimeout | SessionStatus::NoResult if *idle_retries_left > 0 && !shared.cancel.is_cancelled() => {
+            SessionStatus::IdleTimeout | SessionStatus::NoResult
+                if *idle_retries_left > 0 && !shared.cancel.is_cancelled() =>
+            {
                 *idle_retries_left -= 1;
                 let delay = Duration::from_millis(200);
-                let _ = shared.notices.send(Notice::Retrying { id: job.id.clone(), attempt: attempt + 1, delay, reason: text });
+                let _ = shared.notices.send(Notice::Retrying {
+                    id: job.id.clone(),
+                    attempt: attempt + 1,
+                    delay,
+                    reason: text,
+                });
                 continue;
             }
             status => {
@@ -282,7 +372,10 @@ pub async fn execute_agent(shared: Arc<RunShared>, job: super::instance::Job, mu
                 if let SessionStatus::Failed { .. } | SessionStatus::NoResult = status {
                     let tail = outcome.stderr_tail.trim();
                     if !tail.is_empty() {
-                        message.push_str(&format!("; stderr: {}", tail.lines().last().unwrap_or(tail)));
+                        message.push_str(&format!(
+                            "; stderr: {}",
+                            tail.lines().last().unwrap_or(tail)
+                        ));
                     }
                 }
                 result.message = Some(message);
@@ -291,7 +384,9 @@ pub async fn execute_agent(shared: Arc<RunShared>, job: super::instance::Job, mu
                         if !patch.is_empty() {
                             let path = agents_dir.join(format!("{file_stem}.salvaged.patch"));
                             if fs_err::write(&path, patch.text.as_bytes()).is_ok() {
-                                result.artifacts.insert("salvaged_patch".into(), rel(&shared, &path));
+                                result
+                                    .artifacts
+                                    .insert("salvaged_patch".into(), rel(&shared, &path));
                             }
                         }
                     }
@@ -300,11 +395,15 @@ pub async fn execute_agent(shared: Arc<RunShared>, job: super::instance::Job, mu
             }
         }
         // Verification gate.
-        let Some(check) = &rendered.verify else { break true };
+        let Some(check) = &rendered.verify else {
+            break true;
+        };
         let (passed, output) = run_verify(&shared, check, &worktree.path, &env).await;
         let log = agents_dir.join(format!("{file_stem}.verify-{}.log", verify_round + 1));
         let _ = fs_err::write(&log, &output);
-        result.artifacts.insert(format!("verify_{}", verify_round + 1), rel(&shared, &log));
+        result
+            .artifacts
+            .insert(format!("verify_{}", verify_round + 1), rel(&shared, &log));
         if passed {
             break true;
         }
@@ -315,9 +414,21 @@ pub async fn execute_agent(shared: Arc<RunShared>, job: super::instance::Job, mu
             break false;
         }
         resume.clone_from(&outcome.session_id);
-        let tail: String = String::from_utf8_lossy(&output).chars().rev().take(4000).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail: String = String::from_utf8_lossy(&output)
+            .chars()
+            .rev()
+            .take(4000)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         opts.prompt = format!("The check `{check}` failed after your changes. Its output:\n\n{tail}\n\nFix the problem so that the check passes.");
-        let _ = shared.notices.send(Notice::Retrying { id: job.id.clone(), attempt: attempt + 1, delay: Duration::ZERO, reason: "`verify` failed; resuming the session with its output".into() });
+        let _ = shared.notices.send(Notice::Retrying {
+            id: job.id.clone(),
+            attempt: attempt + 1,
+            delay: Duration::ZERO,
+            reason: "`verify` failed; resuming the session with its output".into(),
+        });
     };
     if !session_ok {
         remove_worktree(&snapshot, worktree).await;
@@ -336,14 +447,31 @@ pub async fn execute_agent(shared: Arc<RunShared>, job: super::instance::Job, mu
     let patch_path = agents_dir.join(format!("{file_stem}.patch"));
     if !patch.is_empty() {
         let _ = fs_err::write(&patch_path, patch.text.as_bytes());
-        result.artifacts.insert("diff".into(), rel(&shared, &patch_path));
+        result
+            .artifacts
+            .insert("diff".into(), rel(&shared, &patch_path));
     }
     match workspace::paths_outside(&patch, &rendered.outputs) {
         Ok(outside) if !outside.is_empty() => {
-            return fail(result, format!("the agent changed files outside `outputs`: {}; nothing was applied", outside.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", ")));
+            return fail(
+                result,
+                format!(
+                    "the agent changed files outside `outputs`: {}; nothing was applied",
+                    outside
+                        .iter()
+                        .map(|p| format!("`{p}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
         }
         Ok(_) => {}
-        Err(e) => return fail(result, format!("cannot check the diff against `outputs`: {e}")),
+        Err(e) => {
+            return fail(
+                result,
+                format!("cannot check the diff against `outputs`: {e}"),
+            )
+        }
     }
     let summary = result_summary(&transcript);
     if let Err(message) = land(&shared, &snapshot, &patch, &job.id, &summary, &mut result).await {
@@ -363,7 +491,19 @@ pub async fn execute_agent(shared: Arc<RunShared>, job: super::instance::Job, mu
         let usage = result.usage;
         let paths: Vec<String> = patch.paths().iter().map(|p| (*p).to_owned()).collect();
         let transcript2 = transcript.clone();
-        let saved = tokio::task::spawn_blocking(move || save_agent(&shared2, &id, key, &inputs, &bytes, &paths, &transcript2, usage)).await;
+        let saved = tokio::task::spawn_blocking(move || {
+            save_agent(
+                &shared2,
+                &id,
+                key,
+                &inputs,
+                &bytes,
+                &paths,
+                &transcript2,
+                usage,
+            )
+        })
+        .await;
         if let Ok(Err(e)) | Err(e) = saved.map_err(|e| e.to_string()) {
             tracing::warn!("cannot save the cache entry of `{}`: {e}", job.id);
         }
@@ -373,15 +513,24 @@ pub async fn execute_agent(shared: Arc<RunShared>, job: super::instance::Job, mu
 }
 
 fn rel(shared: &RunShared, path: &Path) -> String {
-    path.strip_prefix(&shared.run_dir).unwrap_or(path).display().to_string()
+    path.strip_prefix(&shared.run_dir)
+        .unwrap_or(path)
+        .display()
+        .to_string()
 }
 
-async fn diff_blocking(snapshot: &Arc<Snapshot>, worktree: &workspace::Worktree) -> Result<Patch, String> {
+async fn diff_blocking(
+    snapshot: &Arc<Snapshot>,
+    worktree: &workspace::Worktree,
+) -> Result<Patch, String> {
     let snapshot = Arc::clone(snapshot);
     let worktree = worktree.clone();
-    tokio::task::spawn_blocking(move || workspace::diff(&snapshot, &worktree).map_err(|e| format!("cannot diff the agent's worktree: {e}")))
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()))
+    tokio::task::spawn_blocking(move || {
+        workspace::diff(&snapshot, &worktree)
+            .map_err(|e| format!("cannot diff the agent's worktree: {e}"))
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()))
 }
 
 async fn remove_worktree(snapshot: &Arc<Snapshot>, worktree: workspace::Worktree) {
@@ -396,18 +545,33 @@ async fn remove_worktree(snapshot: &Arc<Snapshot>, worktree: workspace::Worktree
 
 /// The agent's final text, for commit messages.
 fn result_summary(transcript: &Path) -> String {
-    let Ok(text) = std::fs::read_to_string(transcript) else { return String::new() };
+    let Ok(text) = std::fs::read_to_string(transcript) else {
+        return String::new();
+    };
     text.lines()
         .rev()
         .find_map(|line| {
             let value: serde_json::Value = serde_json::from_str(line).ok()?;
-            (value.get("type")?.as_str()? == "result").then(|| value.get("result").and_then(|r| r.as_str()).unwrap_or("").to_owned())
+            (value.get("type")?.as_str()? == "result").then(|| {
+                value
+                    .get("result")
+                    .and_then(|r| r.as_str())
+                    .unwrap_or("")
+                    .to_owned()
+            })
         })
         .unwrap_or_default()
 }
 
 /// Lands a patch per `--apply`, serialized so diffs land in completion order.
-async fn land(shared: &Arc<RunShared>, snapshot: &Arc<Snapshot>, patch: &Patch, id: &str, summary: &str, result: &mut JobResult) -> Result<(), String> {
+async fn land(
+    shared: &Arc<RunShared>,
+    snapshot: &Arc<Snapshot>,
+    patch: &Patch,
+    id: &str,
+    summary: &str,
+    result: &mut JobResult,
+) -> Result<(), String> {
     if patch.is_empty() {
         return Ok(());
     }
@@ -416,11 +580,19 @@ async fn land(shared: &Arc<RunShared>, snapshot: &Arc<Snapshot>, patch: &Patch, 
     let patch2 = patch.clone();
     let mode = shared.apply_mode;
     let branch = format!("ccflow/{}", shared.run_id);
-    let first_line = summary.lines().find(|l| !l.trim().is_empty()).unwrap_or("").chars().take(200).collect::<String>();
+    let first_line = summary
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .chars()
+        .take(200)
+        .collect::<String>();
     let message = format!("ccflow: {id}\n\n{first_line}\n\nrun {}", shared.run_id);
     let outcome = tokio::task::spawn_blocking(move || match mode {
         ApplyMode::Worktree => workspace::apply(&snapshot, &patch2).map(Some),
-        ApplyMode::Branch => workspace::commit_to_branch(&snapshot, &branch, &patch2, &message).map(|_| None),
+        ApplyMode::Branch => {
+            workspace::commit_to_branch(&snapshot, &branch, &patch2, &message).map(|_| None)
+        }
         ApplyMode::None => Ok(None),
     })
     .await
@@ -437,7 +609,13 @@ async fn land(shared: &Arc<RunShared>, snapshot: &Arc<Snapshot>, patch: &Patch, 
 }
 
 /// A cache hit: re-apply the cached patch. `None` when there is no usable entry.
-async fn cache_hit(shared: &Arc<RunShared>, id: &str, key: &KeyHash, agents_dir: &Path, file_stem: &str) -> Option<Result<(Usage, BTreeMap<String, String>), String>> {
+async fn cache_hit(
+    shared: &Arc<RunShared>,
+    id: &str,
+    key: &KeyHash,
+    agents_dir: &Path,
+    file_stem: &str,
+) -> Option<Result<(Usage, BTreeMap<String, String>), String>> {
     let store = shared.store.as_ref()?;
     let entry = match store.lookup(key) {
         Ok(Some(entry)) => entry,
@@ -447,10 +625,18 @@ async fn cache_hit(shared: &Arc<RunShared>, id: &str, key: &KeyHash, agents_dir:
             return None;
         }
     };
-    let usage: Usage = entry.metadata.get("usage").and_then(|u| serde_json::from_value(u.clone()).ok()).unwrap_or_default();
+    let usage: Usage = entry
+        .metadata
+        .get("usage")
+        .and_then(|u| serde_json::from_value(u.clone()).ok())
+        .unwrap_or_default();
     let mut artifacts = BTreeMap::new();
     let patch = match entry.attachments.get("patch") {
-        Some(hash) => match store.read_blob(hash).map_err(|e| e.to_string()).and_then(|b| Patch::from_bytes(&b).map_err(|e| e.to_string())) {
+        Some(hash) => match store
+            .read_blob(hash)
+            .map_err(|e| e.to_string())
+            .and_then(|b| Patch::from_bytes(&b).map_err(|e| e.to_string()))
+        {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!("cached patch of `{id}` is unreadable ({e}); running it");
@@ -484,7 +670,10 @@ async fn cache_hit(shared: &Arc<RunShared>, id: &str, key: &KeyHash, agents_dir:
     Some(Ok((usage, artifacts)))
 }
 
-#[expect(clippy::too_many_arguments, reason = "one call site; the entry's parts")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; the entry's parts"
+)]
 fn save_agent(
     shared: &RunShared,
     id: &str,
@@ -495,8 +684,13 @@ fn save_agent(
     transcript: &Path,
     usage: Usage,
 ) -> Result<(), String> {
-    let Some(store) = &shared.store else { return Ok(()) };
-    let temp = shared.run_dir.join("agents").join(format!("{}.patch.bin", file_name_for(id)));
+    let Some(store) = &shared.store else {
+        return Ok(());
+    };
+    let temp = shared
+        .run_dir
+        .join("agents")
+        .join(format!("{}.patch.bin", file_name_for(id)));
     fs_err::write(&temp, patch).map_err(|e| e.to_string())?;
     // Post-state: the files the patch touched, as the user's tree holds them now.
     let mut post_state = BTreeMap::new();
@@ -504,7 +698,10 @@ fn save_agent(
     for path in changed {
         let full = shared.root.join(path);
         if full.is_file() {
-            let hash = shared.index.hash_file(&shared.root, path).map_err(|e| e.to_string())?;
+            let hash = shared
+                .index
+                .hash_file(&shared.root, path)
+                .map_err(|e| e.to_string())?;
             post_state.insert(path.clone(), hash.hash.clone());
             if inputs.contains_key(path) || key.inputs.contains_key(path) {
                 post.inputs.insert(path.clone(), hash.hash);
@@ -533,22 +730,42 @@ fn save_agent(
         post_state,
         metadata: serde_json::json!({ "usage": usage }),
     };
-    store.save(&keys, entry, &shared.root).map_err(|e| e.to_string())?;
+    store
+        .save(&keys, entry, &shared.root)
+        .map_err(|e| e.to_string())?;
     let _ = fs_err::remove_file(&temp);
     Ok(())
 }
 
 /// Runs the `verify` check in the worktree; returns (passed, output).
-async fn run_verify(shared: &RunShared, check: &str, dir: &Path, env: &[(String, String)]) -> (bool, Vec<u8>) {
-    let log = std::env::temp_dir().join(format!("ccflow-verify-{}-{}.log", std::process::id(), fastrand::u64(..)));
+async fn run_verify(
+    shared: &RunShared,
+    check: &str,
+    dir: &Path,
+    env: &[(String, String)],
+) -> (bool, Vec<u8>) {
+    let log = std::env::temp_dir().join(format!(
+        "ccflow-verify-{}-{}.log",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
     let spec = super::local::ProcessSpec {
-        command: super::local::CommandLine::Shell { interpreter: vec!["sh".into(), "-c".into()], script: check.to_owned() },
+        command: super::local::CommandLine::Shell {
+            interpreter: vec!["sh".into(), "-c".into()],
+            script: check.to_owned(),
+        },
         env: env.to_vec(),
         cwd: dir.to_path_buf(),
         log_path: log.clone(),
         timeout: Some(Duration::from_secs(1800)),
         kill_grace: shared.kill_grace,
-        masks: shared.secrets.iter().map(|(_, v)| v.clone()).chain(CREDENTIALS.iter().filter_map(|k| std::env::var(k).ok())).filter(|v| !v.is_empty()).collect(),
+        masks: shared
+            .secrets
+            .iter()
+            .map(|(_, v)| v.clone())
+            .chain(CREDENTIALS.iter().filter_map(|k| std::env::var(k).ok()))
+            .filter(|v| !v.is_empty())
+            .collect(),
         log_limit: 1024 * 1024,
         stdin: None,
         instance_token: format!("{}/verify/{}", shared.run_id, fastrand::u64(..)),

@@ -63,7 +63,12 @@ pub struct RunShared {
 /// A message from a running instance to the scheduler loop.
 #[derive(Debug)]
 pub enum Notice {
-    Retrying { id: String, attempt: u32, delay: Duration, reason: String },
+    Retrying {
+        id: String,
+        attempt: u32,
+        delay: Duration,
+        reason: String,
+    },
 }
 
 /// One instance to execute.
@@ -130,7 +135,10 @@ impl JobResult {
 fn hash_files(shared: &RunShared, files: &[String]) -> Result<BTreeMap<String, String>, String> {
     let mut hashes = BTreeMap::new();
     for file in files {
-        let hash = shared.index.hash_file(&shared.root, file).map_err(|e| e.to_string())?;
+        let hash = shared
+            .index
+            .hash_file(&shared.root, file)
+            .map_err(|e| e.to_string())?;
         hashes.insert(file.clone(), hash.hash);
     }
     Ok(hashes)
@@ -140,7 +148,10 @@ fn hash_files(shared: &RunShared, files: &[String]) -> Result<BTreeMap<String, S
 ///
 /// # Errors
 /// Inputs that cannot be expanded or hashed.
-#[expect(clippy::too_many_arguments, reason = "explain, plan and the executor call it with their own state")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "explain, plan and the executor call it with their own state"
+)]
 pub fn instance_key(
     workflow: &Workflow,
     root: &Path,
@@ -152,11 +163,18 @@ pub fn instance_key(
     image_ids: &HashMap<String, String>,
 ) -> Result<(CacheKey, BTreeMap<String, String>), String> {
     // Agents read what they edit: without `inputs`, their outputs are their inputs.
-    let patterns = if task.is_agent() && rendered.inputs.is_empty() { &rendered.outputs } else { &rendered.inputs };
-    let input_files = paths::expand(root, patterns, true).map_err(|e| format!("cannot expand inputs: {e}"))?;
+    let patterns = if task.is_agent() && rendered.inputs.is_empty() {
+        &rendered.outputs
+    } else {
+        &rendered.inputs
+    };
+    let input_files =
+        paths::expand(root, patterns, true).map_err(|e| format!("cannot expand inputs: {e}"))?;
     let mut inputs = BTreeMap::new();
     for file in &input_files {
-        let hash = index.hash_file(root, file).map_err(|e| format!("cannot hash input `{file}`: {e}"))?;
+        let hash = index
+            .hash_file(root, file)
+            .map_err(|e| format!("cannot hash input `{file}`: {e}"))?;
         inputs.insert(file.clone(), hash.hash);
     }
     let mut key = CacheKey::new(task.name.clone());
@@ -182,7 +200,12 @@ pub fn instance_key(
         Runner::Docker => "docker".into(),
     };
     // The image's id, not its tag: a rebuilt image reruns the task.
-    key.image_id = task.image.as_ref().map(|image| image_ids.get(image).cloned().unwrap_or_else(|| image.clone()));
+    key.image_id = task.image.as_ref().map(|image| {
+        image_ids
+            .get(image)
+            .cloned()
+            .unwrap_or_else(|| image.clone())
+    });
     if let Some(cpus) = task.cpus {
         key.resources.insert("cpus".into(), cpus.to_string());
     }
@@ -195,24 +218,41 @@ pub fn instance_key(
     key.secrets.sort();
     key.inputs.clone_from(&inputs);
     key.deps.clone_from(deps);
-    if let TaskKind::Shell { shell: Some(shell), .. } = &task.kind {
+    if let TaskKind::Shell {
+        shell: Some(shell), ..
+    } = &task.kind
+    {
         key.extra.insert("shell".into(), shell.join(" "));
     }
     if let Some(workdir) = &rendered.workdir {
         key.extra.insert("workdir".into(), workdir.clone());
+    }
+    // The declared outputs decide what a hit restores: without them in the
+    // key, adding `b.txt` to `outputs` hit the old entry, which never saved
+    // `b.txt`, and a clean checkout ended "cached" without it.
+    if !rendered.outputs.is_empty() {
+        key.extra.insert(
+            "outputs".into(),
+            serde_json::to_string(&rendered.outputs).unwrap_or_default(),
+        );
     }
     if let Some(network) = &task.network {
         key.extra.insert("network".into(), network.clone());
     }
     if let Some(verify) = &rendered.verify {
         key.extra.insert("verify".into(), verify.clone());
-        key.extra.insert("verify_attempts".into(), task.verify_attempts.to_string());
+        key.extra
+            .insert("verify_attempts".into(), task.verify_attempts.to_string());
     }
     Ok((key, inputs))
 }
 
 /// The process environment: the caller's basics, declared env, secrets.
-pub fn process_env(shared: &RunShared, rendered: &RenderedInstance, id: &str) -> Vec<(String, String)> {
+pub fn process_env(
+    shared: &RunShared,
+    rendered: &RenderedInstance,
+    id: &str,
+) -> Vec<(String, String)> {
     let mut env: BTreeMap<String, String> = shared.base_env.iter().cloned().collect();
     env.extend(shared.workflow.env.clone());
     env.extend(rendered.env.clone());
@@ -223,7 +263,11 @@ pub fn process_env(shared: &RunShared, rendered: &RenderedInstance, id: &str) ->
 }
 
 fn backoff_delay(base: Duration, attempt: u32) -> Duration {
-    let factor = 2f64.powi(i32::try_from(attempt.saturating_sub(1)).unwrap_or(30).min(30));
+    let factor = 2f64.powi(
+        i32::try_from(attempt.saturating_sub(1))
+            .unwrap_or(30)
+            .min(30),
+    );
     let jitter = 0.5 + fastrand::f64();
     let seconds = (base.as_secs_f64() * factor * jitter).min(300.0);
     Duration::from_secs_f64(seconds)
@@ -253,7 +297,16 @@ pub async fn execute(shared: Arc<RunShared>, job: Job) -> JobResult {
         let task_index = job.task;
         tokio::task::spawn_blocking(move || {
             let names = shared.workflow.secrets.clone();
-            instance_key(&shared.workflow, &shared.root, &shared.index, &names, &shared.workflow.tasks[task_index], &rendered, &deps, &shared.image_ids)
+            instance_key(
+                &shared.workflow,
+                &shared.root,
+                &shared.index,
+                &names,
+                &shared.workflow.tasks[task_index],
+                &rendered,
+                &deps,
+                &shared.image_ids,
+            )
         })
         .await
     };
@@ -278,7 +331,10 @@ pub async fn execute(shared: Arc<RunShared>, job: Job) -> JobResult {
     if use_cache {
         loop {
             let waiter = {
-                let mut inflight = shared.inflight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut inflight = shared
+                    .inflight
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 match inflight.get(&key_hash) {
                     Some(notify) => Some(Arc::clone(notify)),
                     None => {
@@ -293,7 +349,12 @@ pub async fn execute(shared: Arc<RunShared>, job: Job) -> JobResult {
                 Some(notify) => {
                     let notified = notify.notified();
                     // Re-check: the owner may have finished between lookup and subscribe.
-                    if shared.inflight.lock().map(|m| m.contains_key(&key_hash)).unwrap_or(false) {
+                    if shared
+                        .inflight
+                        .lock()
+                        .map(|m| m.contains_key(&key_hash))
+                        .unwrap_or(false)
+                    {
                         notified.await;
                     }
                 }
@@ -313,30 +374,43 @@ pub async fn execute(shared: Arc<RunShared>, job: Job) -> JobResult {
     if may_hit {
         if let Some(store) = &shared.store {
             match store.lookup(&key_hash) {
-                Ok(Some(entry)) if entry.exit_code == 0 => match store.restore_with_index(&entry, &shared.root, Some(&shared.index)) {
-                    Ok(_) => {
-                        result.status = InstanceStatus::Cached;
-                        result.outputs = entry.outputs.iter().map(|o| (o.path.clone(), o.hash.clone())).collect();
-                        result.exit_code = Some(0);
-                        if let Some(usage) = entry.metadata.get("usage") {
-                            result.usage = serde_json::from_value(usage.clone()).unwrap_or_default();
-                        }
-                        if let Some(log) = &entry.log {
-                            if let Ok(bytes) = store.read_blob(log) {
-                                let path = shared.run_dir.join("logs").join(format!("{}.log", crate::report::record::file_name_for(&job.id)));
-                                if fs_err::write(&path, bytes).is_ok() {
-                                    result.log_path = Some(path);
+                Ok(Some(entry)) if entry.exit_code == 0 => {
+                    match store.restore_with_index(&entry, &shared.root, Some(&shared.index)) {
+                        Ok(_) => {
+                            result.status = InstanceStatus::Cached;
+                            result.outputs = entry
+                                .outputs
+                                .iter()
+                                .map(|o| (o.path.clone(), o.hash.clone()))
+                                .collect();
+                            result.exit_code = Some(0);
+                            if let Some(usage) = entry.metadata.get("usage") {
+                                result.usage =
+                                    serde_json::from_value(usage.clone()).unwrap_or_default();
+                            }
+                            if let Some(log) = &entry.log {
+                                if let Ok(bytes) = store.read_blob(log) {
+                                    let path = shared.run_dir.join("logs").join(format!(
+                                        "{}.log",
+                                        crate::report::record::file_name_for(&job.id)
+                                    ));
+                                    if fs_err::write(&path, bytes).is_ok() {
+                                        result.log_path = Some(path);
+                                    }
                                 }
                             }
+                            result.duration = started.elapsed();
+                            release(&shared);
+                            return result;
                         }
-                        result.duration = started.elapsed();
-                        release(&shared);
-                        return result;
+                        Err(e) => {
+                            tracing::warn!(
+                                "cache entry for `{}` could not be restored ({e}); running it",
+                                job.id
+                            );
+                        }
                     }
-                    Err(e) => {
-                        tracing::warn!("cache entry for `{}` could not be restored ({e}); running it", job.id);
-                    }
-                },
+                }
                 Ok(_) => {}
                 Err(e) => tracing::warn!("cache lookup for `{}` failed ({e}); running it", job.id),
             }
@@ -344,16 +418,33 @@ pub async fn execute(shared: Arc<RunShared>, job: Job) -> JobResult {
     }
 
     // Run, with retries.
-    let log_path = shared.run_dir.join("logs").join(format!("{}.log", crate::report::record::file_name_for(&job.id)));
+    let log_path = shared.run_dir.join("logs").join(format!(
+        "{}.log",
+        crate::report::record::file_name_for(&job.id)
+    ));
     result.log_path = Some(log_path.clone());
-    let cwd = rendered.workdir.as_ref().map_or_else(|| shared.root.clone(), |w| shared.root.join(w));
+    let cwd = rendered
+        .workdir
+        .as_ref()
+        .map_or_else(|| shared.root.clone(), |w| shared.root.join(w));
     let command = match &task.kind {
-        TaskKind::Shell { script: _, shell: Some(shell) } => {
-            CommandLine::Shell { interpreter: shell.clone(), script: rendered.command.clone().unwrap_or_default() }
-        }
-        _ => CommandLine::Auto { script: rendered.command.clone().unwrap_or_default() },
+        TaskKind::Shell {
+            script: _,
+            shell: Some(shell),
+        } => CommandLine::Shell {
+            interpreter: shell.clone(),
+            script: rendered.command.clone().unwrap_or_default(),
+        },
+        _ => CommandLine::Auto {
+            script: rendered.command.clone().unwrap_or_default(),
+        },
     };
-    let masks: Vec<String> = shared.secrets.iter().map(|(_, v)| v.clone()).filter(|v| !v.is_empty()).collect();
+    let masks: Vec<String> = shared
+        .secrets
+        .iter()
+        .map(|(_, v)| v.clone())
+        .filter(|v| !v.is_empty())
+        .collect();
     let attempts = task.retry.attempts.max(1);
     let mut attempt = 0;
     loop {
@@ -375,7 +466,9 @@ pub async fn execute(shared: Arc<RunShared>, job: Job) -> JobResult {
                 stdin: None,
                 instance_token: format!("{}/{}/{attempt}", shared.run_id, job.node.index()),
             };
-            let report = super::local::run(spec, shared.cancel.clone(), Some(Arc::clone(&job.activity))).await;
+            let report =
+                super::local::run(spec, shared.cancel.clone(), Some(Arc::clone(&job.activity)))
+                    .await;
             let mut text = report.outcome.to_string();
             if report.log_truncated {
                 text.push_str(" (log truncated)");
@@ -390,7 +483,11 @@ pub async fn execute(shared: Arc<RunShared>, job: Job) -> JobResult {
                 ProcessOutcome::Exited { code } => Some(code),
                 _ => None,
             };
-            AttemptOutcome { status, exit_code, text }
+            AttemptOutcome {
+                status,
+                exit_code,
+                text,
+            }
         };
         let exit_code = attempt_outcome.exit_code;
         let outcome_text = attempt_outcome.text.clone();
@@ -418,7 +515,12 @@ pub async fn execute(shared: Arc<RunShared>, job: Job) -> JobResult {
             break;
         }
         let delay = backoff_delay(task.retry.backoff, attempt);
-        let _ = shared.notices.send(Notice::Retrying { id: job.id.clone(), attempt: attempt + 1, delay, reason: outcome_text });
+        let _ = shared.notices.send(Notice::Retrying {
+            id: job.id.clone(),
+            attempt: attempt + 1,
+            delay,
+            reason: outcome_text,
+        });
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = shared.cancel.cancelled() => break,
@@ -436,7 +538,10 @@ pub async fn execute(shared: Arc<RunShared>, job: Job) -> JobResult {
         let id = job.id.clone();
         let log = log_path.clone();
         let inputs2 = inputs.clone();
-        let saved = tokio::task::spawn_blocking(move || save(&shared2, &id, &rendered2, key, &inputs2, &log, use_cache)).await;
+        let saved = tokio::task::spawn_blocking(move || {
+            save(&shared2, &id, &rendered2, key, &inputs2, &log, use_cache)
+        })
+        .await;
         match saved {
             Ok(Ok(outputs)) => result.outputs = outputs,
             Ok(Err(message)) => {
@@ -463,8 +568,19 @@ struct AttemptOutcome {
 
 /// Runs one attempt of a `runner: docker` instance: the repository is the
 /// container's `/workspace`.
-async fn run_container(shared: &RunShared, task: &Task, rendered: &RenderedInstance, job: &Job, log_path: &Path, masks: &[String]) -> AttemptOutcome {
-    let failed = |text: String| AttemptOutcome { status: InstanceStatus::Failed, exit_code: None, text };
+async fn run_container(
+    shared: &RunShared,
+    task: &Task,
+    rendered: &RenderedInstance,
+    job: &Job,
+    log_path: &Path,
+    masks: &[String],
+) -> AttemptOutcome {
+    let failed = |text: String| AttemptOutcome {
+        status: InstanceStatus::Failed,
+        exit_code: None,
+        text,
+    };
     let Some(docker) = &shared.docker else {
         return failed("the Docker engine is not connected".into());
     };
@@ -472,11 +588,19 @@ async fn run_container(shared: &RunShared, task: &Task, rendered: &RenderedInsta
     let image = shared.image_ids.get(&image).cloned().unwrap_or(image);
     let script = rendered.command.clone().unwrap_or_default();
     let mut command = match &task.kind {
-        TaskKind::Shell { shell: Some(shell), .. } => shell.clone(),
+        TaskKind::Shell {
+            shell: Some(shell), ..
+        } => shell.clone(),
         _ => vec!["sh".to_owned(), "-c".to_owned()],
     };
     command.push(script);
-    let mut spec = super::docker::ContainerSpec::new(image, command, shared.root.clone(), shared.run_id.clone(), log_path.to_path_buf());
+    let mut spec = super::docker::ContainerSpec::new(
+        image,
+        command,
+        shared.root.clone(),
+        shared.run_id.clone(),
+        log_path.to_path_buf(),
+    );
     // Only what the task declares: the caller's PATH/HOME mean nothing in the image.
     let mut env: BTreeMap<String, String> = shared.workflow.env.clone();
     env.extend(rendered.env.clone());
@@ -485,29 +609,54 @@ async fn run_container(shared: &RunShared, task: &Task, rendered: &RenderedInsta
     env.insert("CCFLOW_INSTANCE".into(), job.id.clone());
     spec.env = env.into_iter().collect();
     if let Some(workdir) = &rendered.workdir {
-        spec.workdir = format!("{}/{}", super::docker::WORKSPACE_TARGET, workdir.trim_start_matches("./"));
+        spec.workdir = format!(
+            "{}/{}",
+            super::docker::WORKSPACE_TARGET,
+            workdir.trim_start_matches("./")
+        );
     }
     spec.network.clone_from(&task.network);
     spec.cpus = task.cpus;
-    spec.memory = task.memory.as_deref().and_then(crate::workflow::resolve::parse_memory);
-    spec.labels.insert(super::docker::INSTANCE_LABEL.to_owned(), job.id.clone());
+    spec.memory = task
+        .memory
+        .as_deref()
+        .and_then(crate::workflow::resolve::parse_memory);
+    spec.labels
+        .insert(super::docker::INSTANCE_LABEL.to_owned(), job.id.clone());
     spec.masks = masks.to_vec();
     spec.timeout = task.timeout;
     spec.kill_grace = shared.kill_grace;
-    let report = docker.run(spec, shared.cancel.clone(), Some(Arc::clone(&job.activity))).await;
+    let report = docker
+        .run(spec, shared.cancel.clone(), Some(Arc::clone(&job.activity)))
+        .await;
     use super::docker::ContainerOutcome;
     let text = match &report.outcome {
-        ContainerOutcome::OomKilled => format!("killed: out of memory (limit {})", task.memory.clone().unwrap_or_default()),
+        ContainerOutcome::OomKilled => format!(
+            "killed: out of memory (limit {})",
+            task.memory.clone().unwrap_or_default()
+        ),
         other => other.to_string(),
     };
     match report.outcome {
         ContainerOutcome::Exited { code } => AttemptOutcome {
-            status: if code == 0 { InstanceStatus::Succeeded } else { InstanceStatus::Failed },
+            status: if code == 0 {
+                InstanceStatus::Succeeded
+            } else {
+                InstanceStatus::Failed
+            },
             exit_code: i32::try_from(code).ok(),
             text,
         },
-        ContainerOutcome::TimedOut { .. } => AttemptOutcome { status: InstanceStatus::TimedOut, exit_code: None, text },
-        ContainerOutcome::Cancelled => AttemptOutcome { status: InstanceStatus::Cancelled, exit_code: None, text },
+        ContainerOutcome::TimedOut { .. } => AttemptOutcome {
+            status: InstanceStatus::TimedOut,
+            exit_code: None,
+            text,
+        },
+        ContainerOutcome::Cancelled => AttemptOutcome {
+            status: InstanceStatus::Cancelled,
+            exit_code: None,
+            text,
+        },
         _ => failed(text),
     }
 }
@@ -528,7 +677,10 @@ fn save(
         if let Ok(target) = std::fs::canonicalize(shared.root.join(output)) {
             let root = std::fs::canonicalize(&shared.root).unwrap_or_else(|_| shared.root.clone());
             if !target.starts_with(&root) {
-                return Err(format!("output `{output}` is a symlink pointing outside the repository (`{}`)", target.display()));
+                return Err(format!(
+                    "output `{output}` is a symlink pointing outside the repository (`{}`)",
+                    target.display()
+                ));
             }
         }
     }
@@ -537,9 +689,15 @@ fn save(
     if !use_cache {
         return Ok(pairs);
     }
-    let Some(store) = &shared.store else { return Ok(pairs) };
+    let Some(store) = &shared.store else {
+        return Ok(pairs);
+    };
     // In-place: outputs that are also inputs changed under the task.
-    let in_place: BTreeMap<String, String> = hashes.iter().filter(|(path, _)| inputs.contains_key(*path)).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let in_place: BTreeMap<String, String> = hashes
+        .iter()
+        .filter(|(path, _)| inputs.contains_key(*path))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let mut keys = vec![key.hash()];
     let mut post_state = BTreeMap::new();
     if !in_place.is_empty() {
@@ -565,7 +723,9 @@ fn save(
     };
     match store.save(&keys, entry, &shared.root) {
         Ok(_) => Ok(pairs),
-        Err(crate::cache::CacheError::OutputOutsideRoot { path }) => Err(format!("output `{path}` points outside the repository")),
+        Err(crate::cache::CacheError::OutputOutsideRoot { path }) => {
+            Err(format!("output `{path}` points outside the repository"))
+        }
         Err(e) => {
             // A cache failure never fails the task; it only costs a rerun.
             tracing::warn!("cannot save the cache entry of `{id}`: {e}");

@@ -16,7 +16,11 @@ fn has_glob(pattern: &str) -> bool {
 ///
 /// # Errors
 /// A malformed glob, naming it.
-pub fn expand(root: &Path, patterns: &[String], honour_ignore: bool) -> Result<Vec<String>, String> {
+pub fn expand(
+    root: &Path,
+    patterns: &[String],
+    honour_ignore: bool,
+) -> Result<Vec<String>, String> {
     let mut files = BTreeSet::new();
     let mut globs = Vec::new();
     for pattern in patterns {
@@ -47,16 +51,13 @@ pub fn expand(root: &Path, patterns: &[String], honour_ignore: bool) -> Result<V
                 builder.add(compiled);
             }
             let set = builder.build().map_err(|e| e.to_string())?;
-            let mut starts: Vec<&str> = globs.iter().map(|g| crate::fanout::literal_prefix(g)).collect();
-            starts.sort_unstable();
-            starts.dedup();
-            let starts: Vec<&str> = starts
-                .iter()
-                .copied()
-                .filter(|s| !starts.iter().any(|o| o != s && (o.is_empty() || s.starts_with(&format!("{o}/")))))
-                .collect();
+            let starts = crate::fanout::walk_starts(&globs);
             let entries = starts.into_iter().flat_map(|start| {
-                let dir = if start.is_empty() { root.to_path_buf() } else { root.join(start) };
+                let dir = if start.is_empty() {
+                    root.to_path_buf()
+                } else {
+                    root.join(start)
+                };
                 ignore::WalkBuilder::new(dir)
                     .standard_filters(false)
                     .filter_entry(|e| {
@@ -66,10 +67,15 @@ pub fn expand(root: &Path, patterns: &[String], honour_ignore: bool) -> Result<V
                     .build()
             });
             for entry in entries.flatten() {
-                if !entry.file_type().is_some_and(|t| t.is_file() || t.is_symlink()) {
+                if !entry
+                    .file_type()
+                    .is_some_and(|t| t.is_file() || t.is_symlink())
+                {
                     continue;
                 }
-                let Ok(relative) = entry.path().strip_prefix(root) else { continue };
+                let Ok(relative) = entry.path().strip_prefix(root) else {
+                    continue;
+                };
                 if let Some(relative) = relative.to_str() {
                     if set.is_match(relative) {
                         files.insert(relative.to_owned());

@@ -27,14 +27,19 @@ use tokio::sync::mpsc;
 use super::instance::{execute, Job, JobResult, Notice, RunShared};
 use crate::graph::instance::{base_context, render, NeedContext};
 use crate::graph::{NodeKind, Plan};
-use crate::report::record::{now_ms, Counts, InstanceRecord, InstanceStatus, RunRecord, RunStatus, Usage, RECORD_VERSION};
-use crate::report::{RunEvent, Reporters};
+use crate::report::record::{
+    now_ms, Counts, InstanceRecord, InstanceStatus, RunRecord, RunStatus, Usage, RECORD_VERSION,
+};
+use crate::report::{Reporters, RunEvent};
 
 /// How to run.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     pub jobs: Option<usize>,
     pub keep_going: bool,
+    /// The most instances the process can run at once (open-file limit);
+    /// a larger `-j` or `concurrency` is lowered to it, with a message.
+    pub max_jobs: Option<usize>,
 }
 
 /// How the run ended.
@@ -100,15 +105,30 @@ struct BudgetState {
 }
 
 /// Runs the plan to completion.
-pub async fn run(plan: Plan, shared: Arc<RunShared>, options: RunOptions, reporters: Reporters, mut notices: mpsc::UnboundedReceiver<Notice>) -> RunOutcome {
+pub async fn run(
+    plan: Plan,
+    shared: Arc<RunShared>,
+    options: RunOptions,
+    reporters: Reporters,
+    mut notices: mpsc::UnboundedReceiver<Notice>,
+) -> RunOutcome {
     let clock = Instant::now();
     let global_limit = options
         .jobs
         .or(plan.workflow.limits.global)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, std::num::NonZero::get))
         .max(1);
+    let requested_limit = global_limit;
+    let global_limit = options
+        .max_jobs
+        .map_or(global_limit, |cap| global_limit.min(cap.max(1)));
     let mut state = State {
-        order: plan.ordered_nodes().into_iter().enumerate().map(|(i, n)| (n, i)).collect(),
+        order: plan
+            .ordered_nodes()
+            .into_iter()
+            .enumerate()
+            .map(|(i, n)| (n, i))
+            .collect(),
         plan,
         shared,
         options,
@@ -133,13 +153,25 @@ pub async fn run(plan: Plan, shared: Arc<RunShared>, options: RunOptions, report
         workflow: state.plan.workflow.name.clone(),
         total,
     });
+    if global_limit < requested_limit {
+        state.reporters.event(&RunEvent::Message {
+            text: format!("ccflow: running at most {global_limit} instances at once instead of {requested_limit}: the open-file limit is too low (raise it with `ulimit -n`)"),
+        });
+    }
     state.write_record(RunStatus::Running);
     let nodes: Vec<NodeIndex> = state.plan.graph.node_indices().collect();
     for node in &nodes {
-        let degree = state.plan.graph.edges_directed(*node, Direction::Incoming).count();
+        let degree = state
+            .plan
+            .graph
+            .edges_directed(*node, Direction::Incoming)
+            .count();
         state.indegree.insert(*node, degree);
     }
-    let mut initially_ready: Vec<NodeIndex> = nodes.into_iter().filter(|n| state.indegree[n] == 0).collect();
+    let mut initially_ready: Vec<NodeIndex> = nodes
+        .into_iter()
+        .filter(|n| state.indegree[n] == 0)
+        .collect();
     initially_ready.sort_by_key(|n| state.order.get(n).copied().unwrap_or(usize::MAX));
     for node in initially_ready {
         state.make_ready(node);
@@ -149,7 +181,8 @@ pub async fn run(plan: Plan, shared: Arc<RunShared>, options: RunOptions, report
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let mut sigterm =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     loop {
         state.start_ready(&done_tx);
         if state.running.is_empty() && (state.ready.is_empty() || state.stop) {
@@ -168,8 +201,19 @@ pub async fn run(plan: Plan, shared: Arc<RunShared>, options: RunOptions, report
         }
     }
     // Drain retry notices that raced with completion.
-    while let Ok(Notice::Retrying { id, attempt, delay, reason }) = notices.try_recv() {
-        state.reporters.event(&RunEvent::TaskRetrying { id, attempt, delay, reason });
+    while let Ok(Notice::Retrying {
+        id,
+        attempt,
+        delay,
+        reason,
+    }) = notices.try_recv()
+    {
+        state.reporters.event(&RunEvent::TaskRetrying {
+            id,
+            attempt,
+            delay,
+            reason,
+        });
     }
     if let Some(store) = &state.shared.store {
         if let Err(e) = store.flush() {
@@ -178,7 +222,11 @@ pub async fn run(plan: Plan, shared: Arc<RunShared>, options: RunOptions, report
     }
     // Agents' worktrees and the snapshot ref go with the run.
     if let Some(Ok(snapshot)) = state.shared.snapshot.get() {
-        let _ = crate::workspace::cleanup_stale(&state.shared.root, &state.shared.state_dir.join("worktrees"), None);
+        let _ = crate::workspace::cleanup_stale(
+            &state.shared.root,
+            &state.shared.state_dir.join("worktrees"),
+            None,
+        );
         if let Err(e) = crate::workspace::release_snapshot(snapshot) {
             tracing::warn!("cannot release the snapshot: {e}");
         }
@@ -195,7 +243,10 @@ pub async fn run(plan: Plan, shared: Arc<RunShared>, options: RunOptions, report
             .into_iter()
             .filter(|n| {
                 state.plan.graph[*n].kind == NodeKind::Instance
-                    && matches!(state.status.get(n), None | Some(InstanceStatus::NotStarted | InstanceStatus::Blocked))
+                    && matches!(
+                        state.status.get(n),
+                        None | Some(InstanceStatus::NotStarted | InstanceStatus::Blocked)
+                    )
             })
             .map(|n| state.plan.graph[n].id.0.clone())
             .collect();
@@ -235,12 +286,18 @@ async fn recv_signal(signal: &mut Option<tokio::signal::unix::Signal>) -> Option
 
 impl State {
     fn instance_count(&self) -> usize {
-        self.plan.graph.node_indices().filter(|n| self.plan.graph[*n].kind == NodeKind::Instance).count()
+        self.plan
+            .graph
+            .node_indices()
+            .filter(|n| self.plan.graph[*n].kind == NodeKind::Instance)
+            .count()
     }
 
     fn interrupt(&mut self) {
         if !self.interrupted {
-            self.reporters.event(&RunEvent::Message { text: "ccflow: interrupted; stopping running tasks".into() });
+            self.reporters.event(&RunEvent::Message {
+                text: "ccflow: interrupted; stopping running tasks".into(),
+            });
         }
         self.interrupted = true;
         self.stop = true;
@@ -261,8 +318,15 @@ impl State {
             NodeKind::Instance => {
                 let task = &self.plan.workflow.tasks[instance.task];
                 let order = self.order.get(&node).copied().unwrap_or(usize::MAX);
-                self.ready.push(Ready { priority: task.priority, depth: instance.depth, order, node });
-                self.reporters.event(&RunEvent::TaskQueued { id: instance.id.0.clone() });
+                self.ready.push(Ready {
+                    priority: task.priority,
+                    depth: instance.depth,
+                    order,
+                    node,
+                });
+                self.reporters.event(&RunEvent::TaskQueued {
+                    id: instance.id.0.clone(),
+                });
             }
         }
     }
@@ -272,22 +336,41 @@ impl State {
         let mut needs: BTreeMap<String, NeedContext> = BTreeMap::new();
         let task = &self.plan.workflow.tasks[self.plan.graph[node].task];
         for need in &task.needs {
-            needs.insert(need.clone(), NeedContext { status: "succeeded".into(), ..NeedContext::default() });
+            needs.insert(
+                need.clone(),
+                NeedContext {
+                    status: "succeeded".into(),
+                    ..NeedContext::default()
+                },
+            );
         }
-        for edge in self.plan.graph.edges_directed(node, Direction::Incoming) {
-            let source = edge.source();
+        // petgraph lists incoming edges newest first; a reduce must see its
+        // upstream instances in plan (item) order, or `cat {{ needs.a.outputs }}`
+        // concatenates backwards.
+        let mut sources: Vec<NodeIndex> = self
+            .plan
+            .graph
+            .edges_directed(node, Direction::Incoming)
+            .map(|e| e.source())
+            .collect();
+        sources.sort_by_key(|s| self.order.get(s).copied().unwrap_or(usize::MAX));
+        for source in sources {
             let upstream = &self.plan.graph[source];
             let name = &self.plan.workflow.tasks[upstream.task].name;
             let entry = needs.entry(name.clone()).or_default();
             if let Some(result) = self.results.get(&source) {
-                entry.outputs.extend(result.outputs.iter().map(|(p, _)| p.clone()));
+                entry
+                    .outputs
+                    .extend(result.outputs.iter().map(|(p, _)| p.clone()));
             }
             if let Some(item) = &upstream.item {
                 entry.items.push(item.to_json());
             }
             match self.status.get(&source) {
                 Some(s) if s.is_failure() => entry.status = "failed".into(),
-                Some(InstanceStatus::Skipped) if entry.status != "failed" => entry.status = "skipped".into(),
+                Some(InstanceStatus::Skipped) if entry.status != "failed" => {
+                    entry.status = "skipped".into()
+                }
                 _ => {}
             }
         }
@@ -310,7 +393,11 @@ impl State {
                     self.order.insert(*n, next);
                 }
                 for n in &new_nodes {
-                    let targets: Vec<NodeIndex> = self.plan.graph.neighbors_directed(*n, Direction::Outgoing).collect();
+                    let targets: Vec<NodeIndex> = self
+                        .plan
+                        .graph
+                        .neighbors_directed(*n, Direction::Outgoing)
+                        .collect();
                     for t in targets {
                         if !new_nodes.contains(&t) {
                             *self.indegree.entry(t).or_insert(0) += 1;
@@ -329,7 +416,9 @@ impl State {
             }
             Err(diagnostic) => {
                 let id = self.plan.graph[node].id.0.clone();
-                let task = self.plan.workflow.tasks[self.plan.graph[node].task].name.clone();
+                let task = self.plan.workflow.tasks[self.plan.graph[node].task]
+                    .name
+                    .clone();
                 let message = diagnostic.message.clone();
                 self.status.insert(node, InstanceStatus::Failed);
                 let record = InstanceRecord {
@@ -348,7 +437,10 @@ impl State {
                     usage: Usage::default(),
                     artifacts: BTreeMap::new(),
                 };
-                self.reporters.event(&RunEvent::TaskFinished { record, log_path: None });
+                self.reporters.event(&RunEvent::TaskFinished {
+                    record,
+                    log_path: None,
+                });
                 self.failed = true;
                 if !self.options.keep_going {
                     self.stop = true;
@@ -403,7 +495,13 @@ impl State {
         if task_uses_runtime_context(task) {
             let needs = self.needs_context(node);
             let base = base_context(&workflow, task, &needs, &self.shared.run_id);
-            match render(&workflow, &self.plan.templates, task, instance.item.as_ref(), &base) {
+            match render(
+                &workflow,
+                &self.plan.templates,
+                task,
+                instance.item.as_ref(),
+                &base,
+            ) {
                 Ok(r) => rendered = Arc::new(r),
                 Err(diagnostic) => {
                     let mut result = JobResultBuilder::failed(node, diagnostic.message);
@@ -425,9 +523,21 @@ impl State {
             })
             .collect();
         let activity = Arc::new(Mutex::new(String::new()));
-        self.reporters.event(&RunEvent::TaskStarted { id: instance.id.0.clone(), attempt: 1, activity: Arc::clone(&activity) });
+        self.reporters.event(&RunEvent::TaskStarted {
+            id: instance.id.0.clone(),
+            attempt: 1,
+            activity: Arc::clone(&activity),
+        });
         self.running.insert(node, instance.id.0.clone());
-        let job = Job { node, id: instance.id.0.clone(), task: instance.task, label: instance.label.clone(), rendered, deps, activity };
+        let job = Job {
+            node,
+            id: instance.id.0.clone(),
+            task: instance.task,
+            label: instance.label.clone(),
+            rendered,
+            deps,
+            activity,
+        };
         let shared = Arc::clone(&self.shared);
         let done = done.clone();
         tokio::spawn(async move {
@@ -480,13 +590,20 @@ impl State {
             finished_unix_ms: Some(now_ms()),
             duration_ms: u64::try_from(result.duration.as_millis()).unwrap_or(u64::MAX),
             exit_code: result.exit_code,
-            log: result.log_path.as_ref().and_then(|p| p.strip_prefix(&self.shared.run_dir).ok()).map(|p| p.display().to_string()),
+            log: result
+                .log_path
+                .as_ref()
+                .and_then(|p| p.strip_prefix(&self.shared.run_dir).ok())
+                .map(|p| p.display().to_string()),
             message: result.message.clone(),
             cache_key: result.key.clone(),
             usage: result.usage,
             artifacts: result.artifacts.clone(),
         };
-        self.reporters.event(&RunEvent::TaskFinished { record, log_path: result.log_path.clone() });
+        self.reporters.event(&RunEvent::TaskFinished {
+            record,
+            log_path: result.log_path.clone(),
+        });
         self.results.insert(node, result);
         self.release_successors(node, !failed || tolerated);
     }
@@ -499,7 +616,12 @@ impl State {
         }
         let workflow = Arc::clone(&self.plan.workflow);
         let task = &workflow.tasks[task_index];
-        let stats = self.budget.per_task.get(&task_index).copied().unwrap_or_default();
+        let stats = self
+            .budget
+            .per_task
+            .get(&task_index)
+            .copied()
+            .unwrap_or_default();
         // The running mean of this task's finished sessions, else its own limit.
         let own_limit = match &task.kind {
             crate::workflow::TaskKind::Agent(agent) => agent.max_budget_usd.unwrap_or(0.0),
@@ -514,10 +636,12 @@ impl State {
         let reserved_tokens: u64 = self.budget.reserved.values().map(|r| r.1).sum();
         let budget = workflow.budget;
         let over_cost = budget.max_cost_usd.is_some_and(|max| {
-            self.budget.spent.cost_usd >= max || self.budget.spent.cost_usd + reserved_cost + expected_cost > max
+            self.budget.spent.cost_usd >= max
+                || self.budget.spent.cost_usd + reserved_cost + expected_cost > max
         });
         let over_tokens = budget.max_tokens.is_some_and(|max| {
-            self.budget.spent.total_tokens() >= max || self.budget.spent.total_tokens() + reserved_tokens + expected_tokens > max
+            self.budget.spent.total_tokens() >= max
+                || self.budget.spent.total_tokens() + reserved_tokens + expected_tokens > max
         });
         let task_running: Vec<(f64, u64)> = self
             .budget
@@ -528,16 +652,25 @@ impl State {
             .collect();
         let task_reserved_cost: f64 = task_running.iter().map(|r| r.0).sum();
         let task_reserved_tokens: u64 = task_running.iter().map(|r| r.1).sum();
-        let task_over = task.budget.max_cost_usd.is_some_and(|max| stats.3.cost_usd + task_reserved_cost + expected_cost > max || stats.3.cost_usd >= max)
-            || task.budget.max_tokens.is_some_and(|max| stats.3.total_tokens() + task_reserved_tokens + expected_tokens > max || stats.3.total_tokens() >= max);
+        let task_over = task.budget.max_cost_usd.is_some_and(|max| {
+            stats.3.cost_usd + task_reserved_cost + expected_cost > max || stats.3.cost_usd >= max
+        }) || task.budget.max_tokens.is_some_and(|max| {
+            stats.3.total_tokens() + task_reserved_tokens + expected_tokens > max
+                || stats.3.total_tokens() >= max
+        });
         if over_cost || over_tokens {
             self.budget.exhausted = true;
             return Err("not started: budget exhausted".into());
         }
         if task_over {
-            return Err(format!("not started: the budget of task `{}` is exhausted", task.name));
+            return Err(format!(
+                "not started: the budget of task `{}` is exhausted",
+                task.name
+            ));
         }
-        self.budget.reserved.insert(node, (expected_cost, expected_tokens));
+        self.budget
+            .reserved
+            .insert(node, (expected_cost, expected_tokens));
         Ok(())
     }
 
@@ -564,14 +697,21 @@ impl State {
             usage: Usage::default(),
             artifacts: BTreeMap::new(),
         };
-        self.reporters.event(&RunEvent::TaskFinished { record, log_path: None });
+        self.reporters.event(&RunEvent::TaskFinished {
+            record,
+            log_path: None,
+        });
         self.results.insert(node, result);
         self.release_successors(node, false);
     }
 
     /// Decrements successors; on failure, blocks everything downstream.
     fn release_successors(&mut self, node: NodeIndex, success: bool) {
-        let successors: Vec<NodeIndex> = self.plan.graph.neighbors_directed(node, Direction::Outgoing).collect();
+        let successors: Vec<NodeIndex> = self
+            .plan
+            .graph
+            .neighbors_directed(node, Direction::Outgoing)
+            .collect();
         for s in successors {
             if self.status.contains_key(&s) {
                 continue;
@@ -608,13 +748,17 @@ impl State {
                 continue;
             }
             let task = &self.plan.workflow.tasks[instance.task];
-            let st = self.status.get(&node).copied().unwrap_or(if self.running.contains_key(&node) {
-                InstanceStatus::Running
-            } else if status == RunStatus::Running {
-                InstanceStatus::Pending
-            } else {
-                InstanceStatus::NotStarted
-            });
+            let st =
+                self.status
+                    .get(&node)
+                    .copied()
+                    .unwrap_or(if self.running.contains_key(&node) {
+                        InstanceStatus::Running
+                    } else if status == RunStatus::Running {
+                        InstanceStatus::Pending
+                    } else {
+                        InstanceStatus::NotStarted
+                    });
             let result = self.results.get(&node);
             if let Some(r) = result {
                 usage.add(&r.usage);
@@ -626,10 +770,17 @@ impl State {
                 status: st,
                 attempts: result.map(|r| r.attempts.clone()).unwrap_or_default(),
                 started_unix_ms: result.map(|r| r.started_unix_ms),
-                finished_unix_ms: result.map(|r| r.started_unix_ms + u64::try_from(r.duration.as_millis()).unwrap_or(0)),
-                duration_ms: result.map_or(0, |r| u64::try_from(r.duration.as_millis()).unwrap_or(u64::MAX)),
+                finished_unix_ms: result.map(|r| {
+                    r.started_unix_ms + u64::try_from(r.duration.as_millis()).unwrap_or(0)
+                }),
+                duration_ms: result.map_or(0, |r| {
+                    u64::try_from(r.duration.as_millis()).unwrap_or(u64::MAX)
+                }),
                 exit_code: result.and_then(|r| r.exit_code),
-                log: result.and_then(|r| r.log_path.as_ref()).and_then(|p| p.strip_prefix(&self.shared.run_dir).ok()).map(|p| p.display().to_string()),
+                log: result
+                    .and_then(|r| r.log_path.as_ref())
+                    .and_then(|p| p.strip_prefix(&self.shared.run_dir).ok())
+                    .map(|p| p.display().to_string()),
                 message: result.and_then(|r| r.message.clone()),
                 cache_key: result.and_then(|r| r.key.clone()),
                 usage: result.map(|r| r.usage).unwrap_or_default(),
@@ -660,7 +811,9 @@ impl State {
 }
 
 /// Whether a task's templates read `needs` or `run`, which only the
-/// scheduler knows at run time.
+/// scheduler knows at run time, or a file through `read_file`, which an
+/// upstream task may rewrite before this one starts (a plan-time render
+/// would bake in the stale content).
 fn task_uses_runtime_context(task: &crate::workflow::Task) -> bool {
     let mut texts: Vec<&str> = Vec::new();
     match &task.kind {
@@ -672,7 +825,9 @@ fn task_uses_runtime_context(task: &crate::workflow::Task) -> bool {
     texts.extend(task.env.values().map(String::as_str));
     texts.extend(task.condition.as_deref());
     texts.extend(task.workdir.as_deref());
-    texts.iter().any(|t| t.contains("needs") || t.contains("run."))
+    texts
+        .iter()
+        .any(|t| t.contains("needs") || t.contains("run.") || t.contains("read_file"))
 }
 
 struct JobResultBuilder;

@@ -8,7 +8,10 @@
 //! rejected there), so it is acyclic by construction; the scheduler accepts
 //! nothing else.
 
-#![expect(clippy::result_large_err, reason = "a Diagnostic is built once per failure and carries its source; boxing buys nothing here")]
+#![expect(
+    clippy::result_large_err,
+    reason = "a Diagnostic is built once per failure and carries its source; boxing buys nothing here"
+)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -17,7 +20,7 @@ use petgraph::stable_graph::{NodeIndex, StableDiGraph};
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
 
-use super::instance::{base_context, render, InstanceId, NeedContext, RenderedInstance};
+use super::instance::{base_context, InstanceId, NeedContext, RenderedInstance, TaskTemplates};
 use crate::diagnostic::Diagnostic;
 use crate::fanout::{self, Item, ItemValue};
 use crate::template::Templates;
@@ -98,18 +101,45 @@ impl Plan {
 
     fn needs_context(&self, task_index: usize) -> BTreeMap<String, NeedContext> {
         let task = &self.workflow.tasks[task_index];
+        // Only what the templates read is gathered: a reduce over 100,000
+        // instances would otherwise copy every output path and item.
+        let referenced: std::collections::HashSet<String> = task_sources(task)
+            .into_iter()
+            .flat_map(|source| self.templates.referenced(source))
+            .collect();
+        let wants = |need: &str, field: &str| {
+            referenced.iter().any(|name| {
+                let Some(rest) = name.strip_prefix("needs") else {
+                    return false;
+                };
+                if rest.is_empty() {
+                    return true;
+                }
+                let Some(rest) = rest.strip_prefix('.').and_then(|r| r.strip_prefix(need)) else {
+                    return false;
+                };
+                rest.is_empty()
+                    || rest
+                        .strip_prefix('.')
+                        .is_some_and(|r| r == field || r.starts_with(&format!("{field}.")))
+            })
+        };
         task.needs
             .iter()
             .filter_map(|need| {
                 let index = self.workflow.task_index(need)?;
                 let nodes = &self.task_nodes[index];
-                let mut context = NeedContext { status: PLAN_STATUS.into(), ..NeedContext::default() };
+                let mut context = NeedContext {
+                    status: PLAN_STATUS.into(),
+                    ..NeedContext::default()
+                };
+                let (outputs, items) = (wants(need, "outputs"), wants(need, "items"));
                 for node in nodes {
                     let instance = &self.graph[*node];
-                    if let Some(r) = &instance.rendered {
+                    if let (true, Some(r)) = (outputs, &instance.rendered) {
                         context.outputs.extend(r.outputs.iter().cloned());
                     }
-                    if let Some(item) = &instance.item {
+                    if let (true, Some(item)) = (items, &instance.item) {
                         context.items.push(item.to_json());
                     }
                 }
@@ -121,10 +151,15 @@ impl Plan {
     fn add_task(&mut self, task_index: usize) -> Result<(), Vec<Diagnostic>> {
         let workflow = Arc::clone(&self.workflow);
         let task = &workflow.tasks[task_index];
-        let pointer = format!("/tasks/{}/for_each", crate::workflow::yaml::pointer_segment(&task.name));
+        let pointer = format!(
+            "/tasks/{}/for_each",
+            crate::workflow::yaml::pointer_segment(&task.name)
+        );
         let fanout_error = |e: fanout::FanoutError| {
-            vec![Diagnostic::error("fanout", format!("{e} (task `{}`)", task.name))
-                .at(&workflow.file, workflow.spans.key_or_value(&pointer))]
+            vec![
+                Diagnostic::error("fanout", format!("{e} (task `{}`)", task.name))
+                    .at(&workflow.file, workflow.spans.key_or_value(&pointer)),
+            ]
         };
         // Items, and for `from:` the partner node of each item.
         let mut partners: Vec<Option<NodeIndex>> = Vec::new();
@@ -138,7 +173,16 @@ impl Plan {
                             self.templates
                                 .render(g, false, &base)
                                 .map(|r| r.text)
-                                .map_err(|e| vec![Diagnostic::error("template", format!("{} in `for_each.files` of task `{}`", e.message, task.name)).at(&workflow.file, workflow.spans.value(&pointer))])
+                                .map_err(|e| {
+                                    vec![Diagnostic::error(
+                                        "template",
+                                        format!(
+                                            "{} in `for_each.files` of task `{}`",
+                                            e.message, task.name
+                                        ),
+                                    )
+                                    .at(&workflow.file, workflow.spans.value(&pointer))]
+                                })
                         })
                         .collect()
                 };
@@ -151,7 +195,10 @@ impl Plan {
             Some(FanSource::From(upstream)) => {
                 let upstream_index = workflow.task_index(upstream).unwrap_or(task_index);
                 let nodes = self.task_nodes[upstream_index].clone();
-                if nodes.iter().any(|n| self.graph[*n].kind == NodeKind::Pending) {
+                if nodes
+                    .iter()
+                    .any(|n| self.graph[*n].kind == NodeKind::Pending)
+                {
                     // The upstream is dynamic: so is this task.
                     self.add_pending(task_index);
                     return Ok(());
@@ -160,8 +207,14 @@ impl Plan {
                 for node in nodes {
                     let instance = &self.graph[node];
                     items.push(Item {
-                        label: instance.label.clone().unwrap_or_else(|| instance.id.0.clone()),
-                        value: instance.item.clone().unwrap_or(ItemValue::Json(serde_json::Value::Null)),
+                        label: instance
+                            .label
+                            .clone()
+                            .unwrap_or_else(|| instance.id.0.clone()),
+                        value: instance
+                            .item
+                            .clone()
+                            .unwrap_or(ItemValue::Json(serde_json::Value::Null)),
                     });
                     partners.push(Some(node));
                 }
@@ -182,9 +235,15 @@ impl Plan {
         if let Some(items) = &items {
             if items.is_empty() {
                 self.warnings.push(
-                    Diagnostic::warning("empty-fanout", format!("the fan-out of task `{}` matches nothing: zero instances", task.name))
-                        .at(&workflow.file, workflow.spans.key_or_value(&pointer))
-                        .with_hint("check the glob or list; tasks that need it still run"),
+                    Diagnostic::warning(
+                        "empty-fanout",
+                        format!(
+                            "the fan-out of task `{}` matches nothing: zero instances",
+                            task.name
+                        ),
+                    )
+                    .at(&workflow.file, workflow.spans.key_or_value(&pointer))
+                    .with_hint("check the glob or list; tasks that need it still run"),
                 );
             }
         }
@@ -209,7 +268,12 @@ impl Plan {
 
     /// Adds (and renders) the instances of a task; `partners[i]` is the
     /// `from:` partner of item i.
-    fn add_instances(&mut self, task_index: usize, items: Option<Vec<Item>>, partners: &[Option<NodeIndex>]) -> Result<(), Vec<Diagnostic>> {
+    fn add_instances(
+        &mut self,
+        task_index: usize,
+        items: Option<Vec<Item>>,
+        partners: &[Option<NodeIndex>],
+    ) -> Result<(), Vec<Diagnostic>> {
         let workflow = Arc::clone(&self.workflow);
         let task = &workflow.tasks[task_index];
         let needs = self.needs_context(task_index);
@@ -217,17 +281,24 @@ impl Plan {
         let mut errors = Vec::new();
         let list: Vec<(Option<Item>, Option<NodeIndex>)> = match items {
             None => vec![(None, None)],
-            Some(items) => items.into_iter().enumerate().map(|(i, item)| (Some(item), partners.get(i).copied().flatten())).collect(),
+            Some(items) => items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| (Some(item), partners.get(i).copied().flatten()))
+                .collect(),
         };
+        let templates = Arc::clone(&self.templates);
+        let compiled = TaskTemplates::compile(&workflow, &templates, task).map_err(|d| vec![d])?;
         for (item, partner) in list {
-            let rendered = match render(&workflow, &self.templates, task, item.as_ref().map(|i| &i.value), &base) {
-                Ok(r) => Some(Arc::new(r)),
-                Err(d) => {
-                    // One error per task is enough: the same template fails for every item.
-                    errors.push(d);
-                    break;
-                }
-            };
+            let rendered =
+                match compiled.render(&workflow, task, item.as_ref().map(|i| &i.value), &base) {
+                    Ok(r) => Some(Arc::new(r)),
+                    Err(d) => {
+                        // One error per task is enough: the same template fails for every item.
+                        errors.push(d);
+                        break;
+                    }
+                };
             let label = item.as_ref().map(|i| i.label.clone());
             let id = InstanceId::new(&task.name, label.as_deref());
             let node = self.graph.add_node(Instance {
@@ -243,7 +314,11 @@ impl Plan {
             self.task_nodes[task_index].push(node);
             self.connect_needs(task_index, node, partner);
         }
-        if errors.is_empty() { Ok(()) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
     }
 
     fn connect_needs(&mut self, task_index: usize, node: NodeIndex, partner: Option<NodeIndex>) {
@@ -253,7 +328,9 @@ impl Plan {
             _ => None,
         });
         for need in &task.needs {
-            let Some(need_index) = self.workflow.task_index(need) else { continue };
+            let Some(need_index) = self.workflow.task_index(need) else {
+                continue;
+            };
             if from.as_deref() == Some(need.as_str()) {
                 if let Some(partner) = partner {
                     self.graph.add_edge(partner, node, EdgeKind::PerItem);
@@ -277,7 +354,11 @@ impl Plan {
     ///
     /// # Errors
     /// The file cannot be read or rendered.
-    pub fn expand(&mut self, pending: NodeIndex, needs: &BTreeMap<String, NeedContext>) -> Result<Vec<NodeIndex>, Diagnostic> {
+    pub fn expand(
+        &mut self,
+        pending: NodeIndex,
+        needs: &BTreeMap<String, NeedContext>,
+    ) -> Result<Vec<NodeIndex>, Diagnostic> {
         let workflow = Arc::clone(&self.workflow);
         let task_index = self.graph[pending].task;
         let task = &workflow.tasks[task_index];
@@ -290,7 +371,12 @@ impl Plan {
         let file = self
             .templates
             .render(&file, false, &base)
-            .map_err(|e| Diagnostic::error("template", format!("{} in `for_each` of task `{}`", e.message, task.name)))?
+            .map_err(|e| {
+                Diagnostic::error(
+                    "template",
+                    format!("{} in `for_each` of task `{}`", e.message, task.name),
+                )
+            })?
             .text;
         let mut items = fanout::dynamic_items(&workflow.root, &file, json)
             .map_err(|e| Diagnostic::error("fanout", format!("{e} (task `{}`)", task.name)))?;
@@ -323,8 +409,10 @@ impl Plan {
             .map(|e| (e.target(), *e.weight()))
             .collect();
         let mut new_nodes = Vec::new();
+        let templates = Arc::clone(&self.templates);
+        let compiled = TaskTemplates::compile(&workflow, &templates, task)?;
         for (i, item) in items.into_iter().enumerate() {
-            let rendered = render(&workflow, &self.templates, task, Some(&item.value), base)?;
+            let rendered = compiled.render(&workflow, task, Some(&item.value), base)?;
             let id = InstanceId::new(&task.name, Some(&item.label));
             let node = self.graph.add_node(Instance {
                 id: id.clone(),
@@ -362,11 +450,15 @@ impl Plan {
                     .iter()
                     .map(|n| Item {
                         label: self.graph[*n].label.clone().unwrap_or_default(),
-                        value: self.graph[*n].item.clone().unwrap_or(ItemValue::Json(serde_json::Value::Null)),
+                        value: self.graph[*n]
+                            .item
+                            .clone()
+                            .unwrap_or(ItemValue::Json(serde_json::Value::Null)),
                     })
                     .collect();
                 let follower_task = &workflow.tasks[self.graph[target].task];
-                let follower_base = base_context(&workflow, follower_task, &BTreeMap::new(), &self.run_id);
+                let follower_base =
+                    base_context(&workflow, follower_task, &BTreeMap::new(), &self.run_id);
                 let partners = new_nodes.clone();
                 let more = self.materialize(target, follower_items, &follower_base, &partners)?;
                 new_nodes.extend(more);
@@ -409,11 +501,28 @@ impl Plan {
         let mut stack = Vec::new();
         for name in names {
             let Some(index) = self.workflow.task_index(name) else {
-                let mut d = Diagnostic::error("unknown-task", format!("`--task {name}`: no task `{name}` in workflow `{}`", self.workflow.name));
-                if let Some(h) = crate::diagnostic::did_you_mean(name, self.workflow.tasks.iter().map(|t| t.name.as_str())) {
+                let mut d = Diagnostic::error(
+                    "unknown-task",
+                    format!(
+                        "`--task {name}`: no task `{name}` in workflow `{}`",
+                        self.workflow.name
+                    ),
+                );
+                if let Some(h) = crate::diagnostic::did_you_mean(
+                    name,
+                    self.workflow.tasks.iter().map(|t| t.name.as_str()),
+                ) {
                     d = d.with_hint(h);
                 } else {
-                    d = d.with_hint(format!("tasks: {}", self.workflow.tasks.iter().map(|t| format!("`{}`", t.name)).collect::<Vec<_>>().join(", ")));
+                    d = d.with_hint(format!(
+                        "tasks: {}",
+                        self.workflow
+                            .tasks
+                            .iter()
+                            .map(|t| format!("`{}`", t.name))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
                 }
                 return Err(d);
             };
@@ -438,6 +547,22 @@ impl Plan {
     }
 }
 
+/// Every template source of a task.
+fn task_sources(task: &crate::workflow::Task) -> Vec<&str> {
+    let mut sources: Vec<&str> = Vec::new();
+    sources.extend(task.condition.as_deref());
+    match &task.kind {
+        crate::workflow::TaskKind::Shell { script, .. } => sources.push(script),
+        crate::workflow::TaskKind::Agent(agent) => sources.push(&agent.prompt),
+    }
+    sources.extend(task.inputs.iter().map(String::as_str));
+    sources.extend(task.outputs.iter().map(String::as_str));
+    sources.extend(task.env.values().map(String::as_str));
+    sources.extend(task.workdir.as_deref());
+    sources.extend(task.verify.as_deref());
+    sources
+}
+
 /// Task indices with dependencies first (declaration order among equals).
 fn task_order(workflow: &Workflow) -> Vec<usize> {
     let mut done = vec![false; workflow.tasks.len()];
@@ -448,7 +573,10 @@ fn task_order(workflow: &Workflow) -> Vec<usize> {
             if done[i] {
                 continue;
             }
-            let ready = task.needs.iter().all(|n| workflow.task_index(n).is_none_or(|j| done[j]));
+            let ready = task
+                .needs
+                .iter()
+                .all(|n| workflow.task_index(n).is_none_or(|j| done[j]));
             if ready {
                 done[i] = true;
                 order.push(i);

@@ -15,7 +15,7 @@ use std::io::Write;
 use serde_json::json;
 
 use super::record::now_ms;
-use super::{RunEvent, Reporter};
+use super::{Reporter, RunEvent};
 
 pub const EVENTS_VERSION: u32 = 1;
 

@@ -9,7 +9,7 @@ use std::io::Write as _;
 use std::path::PathBuf;
 
 use super::record::{InstanceRecord, InstanceStatus, RunStatus};
-use super::{human_count, human_duration, RunEvent, Reporter};
+use super::{human_count, human_duration, Reporter, RunEvent};
 
 pub struct GithubReporter {
     summary: Option<PathBuf>,
@@ -23,7 +23,11 @@ impl GithubReporter {
     /// Reads `GITHUB_STEP_SUMMARY` and `GITHUB_OUTPUT` from the environment.
     #[must_use]
     pub fn from_env() -> GithubReporter {
-        let path = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let path = |name: &str| {
+            std::env::var_os(name)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
         GithubReporter {
             summary: path("GITHUB_STEP_SUMMARY"),
             output: path("GITHUB_OUTPUT"),
@@ -39,7 +43,10 @@ fn escape_cell(text: &str) -> String {
 }
 
 fn append(path: &PathBuf, text: &str) {
-    let file = std::fs::OpenOptions::new().create(true).append(true).open(path);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path);
     match file {
         Ok(mut f) => {
             let _ = f.write_all(text.as_bytes());
@@ -51,32 +58,72 @@ fn append(path: &PathBuf, text: &str) {
 impl Reporter for GithubReporter {
     fn event(&mut self, event: &RunEvent) {
         match event {
-            RunEvent::RunStarted { run_id, workflow, .. } => {
+            RunEvent::RunStarted {
+                run_id, workflow, ..
+            } => {
                 self.run_id.clone_from(run_id);
                 self.workflow.clone_from(workflow);
             }
             RunEvent::TaskFinished { record, log_path } => {
                 if record.status.is_failure() {
                     // An annotation on the job; messages are %-escaped.
-                    let message = format!("{}: {}", record.id, record.message.clone().unwrap_or_else(|| record.status.word().into()));
-                    println!("::error title=ccflow task failed::{}", message.replace('%', "%25").replace('\n', "%0A"));
+                    let message = format!(
+                        "{}: {}",
+                        record.id,
+                        record
+                            .message
+                            .clone()
+                            .unwrap_or_else(|| record.status.word().into())
+                    );
+                    println!(
+                        "::error title=ccflow task failed::{}",
+                        message.replace('%', "%25").replace('\n', "%0A")
+                    );
                 }
                 self.finished.push((record.clone(), log_path.clone()));
             }
-            RunEvent::RunFinished { status, counts, usage, duration, .. } => {
+            RunEvent::RunFinished {
+                status,
+                counts,
+                usage,
+                duration,
+                ..
+            } => {
                 if let Some(path) = &self.summary {
                     let mut md = String::new();
-                    let icon = if *status == RunStatus::Succeeded { "✅" } else { "❌" };
-                    let _ = writeln!(md, "### {icon} ccflow `{}` — {}\n", self.workflow, status.word());
+                    let icon = if *status == RunStatus::Succeeded {
+                        "✅"
+                    } else {
+                        "❌"
+                    };
+                    let _ = writeln!(
+                        md,
+                        "### {icon} ccflow `{}` — {}\n",
+                        self.workflow,
+                        status.word()
+                    );
                     let _ = writeln!(
                         md,
                         "{} ran · {} cached · {} failed · {} tokens · ${:.4} · {} · run `{}`\n",
-                        counts.succeeded, counts.cached, counts.failed + counts.conflicts, human_count(usage.total_tokens()), usage.cost_usd, human_duration(*duration), self.run_id
+                        counts.succeeded,
+                        counts.cached,
+                        counts.failed + counts.conflicts,
+                        human_count(usage.total_tokens()),
+                        usage.cost_usd,
+                        human_duration(*duration),
+                        self.run_id
                     );
-                    let _ = writeln!(md, "| instance | status | duration | cache | tokens | cost |");
+                    let _ = writeln!(
+                        md,
+                        "| instance | status | duration | cache | tokens | cost |"
+                    );
                     let _ = writeln!(md, "|---|---|---|---|---|---|");
                     for (record, _) in &self.finished {
-                        let cache = if record.status == InstanceStatus::Cached { "hit" } else { "miss" };
+                        let cache = if record.status == InstanceStatus::Cached {
+                            "hit"
+                        } else {
+                            "miss"
+                        };
                         let _ = writeln!(
                             md,
                             "| `{}` | {} | {} | {cache} | {} | ${:.4} |",
@@ -87,8 +134,13 @@ impl Reporter for GithubReporter {
                             record.usage.cost_usd
                         );
                     }
-                    for (record, log) in self.finished.iter().filter(|(r, _)| r.status.is_failure()) {
-                        let _ = writeln!(md, "\n<details><summary>log of <code>{}</code></summary>\n\n```", escape_cell(&record.id));
+                    for (record, log) in self.finished.iter().filter(|(r, _)| r.status.is_failure())
+                    {
+                        let _ = writeln!(
+                            md,
+                            "\n<details><summary>log of <code>{}</code></summary>\n\n```",
+                            escape_cell(&record.id)
+                        );
                         if let Some(log) = log {
                             for line in super::plain::log_tail(log, 50) {
                                 let _ = writeln!(md, "{}", line.replace("```", "'''"));

@@ -17,15 +17,43 @@ use record::{Counts, InstanceRecord, RunStatus, Usage};
 /// Something that happened during a run.
 #[derive(Debug, Clone)]
 pub enum RunEvent {
-    RunStarted { run_id: String, workflow: String, total: usize },
+    RunStarted {
+        run_id: String,
+        workflow: String,
+        total: usize,
+    },
     /// The number of instances changed (a dynamic fan-out expanded).
-    TotalChanged { total: usize },
-    TaskQueued { id: String },
-    TaskStarted { id: String, attempt: u32, activity: Arc<Mutex<String>> },
-    TaskRetrying { id: String, attempt: u32, delay: Duration, reason: String },
-    TaskFinished { record: InstanceRecord, log_path: Option<std::path::PathBuf> },
-    Message { text: String },
-    RunFinished { status: RunStatus, counts: Counts, usage: Usage, duration: Duration, run_dir: std::path::PathBuf },
+    TotalChanged {
+        total: usize,
+    },
+    TaskQueued {
+        id: String,
+    },
+    TaskStarted {
+        id: String,
+        attempt: u32,
+        activity: Arc<Mutex<String>>,
+    },
+    TaskRetrying {
+        id: String,
+        attempt: u32,
+        delay: Duration,
+        reason: String,
+    },
+    TaskFinished {
+        record: InstanceRecord,
+        log_path: Option<std::path::PathBuf>,
+    },
+    Message {
+        text: String,
+    },
+    RunFinished {
+        status: RunStatus,
+        counts: Counts,
+        usage: Usage,
+        duration: Duration,
+        run_dir: std::path::PathBuf,
+    },
 }
 
 /// A renderer of run events.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::record::{InstanceStatus, Usage};
-use super::{human_count, human_duration, RunEvent, Reporter};
+use super::{human_count, human_duration, Reporter, RunEvent};
 
 struct Running {
     bar: ProgressBar,
@@ -45,16 +45,32 @@ impl ProgressReporter {
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> "),
         );
-        ProgressReporter { multi, overall, running: BTreeMap::new(), total: 0, done: 0, cached: 0, failed: 0, usage: Usage::default() }
+        ProgressReporter {
+            multi,
+            overall,
+            running: BTreeMap::new(),
+            total: 0,
+            done: 0,
+            cached: 0,
+            failed: 0,
+            usage: Usage::default(),
+        }
     }
 
     fn update_overall(&self) {
         let mut msg = format!(
             "done {} · cached {} · failed {} · running {}",
-            self.done, self.cached, self.failed, self.running.len()
+            self.done,
+            self.cached,
+            self.failed,
+            self.running.len()
         );
         if self.usage.total_tokens() > 0 {
-            msg.push_str(&format!(" · {} tok · ${:.4}", human_count(self.usage.total_tokens()), self.usage.cost_usd));
+            msg.push_str(&format!(
+                " · {} tok · ${:.4}",
+                human_count(self.usage.total_tokens()),
+                self.usage.cost_usd
+            ));
         }
         self.overall.set_message(msg);
     }
@@ -63,10 +79,16 @@ impl ProgressReporter {
 impl Reporter for ProgressReporter {
     fn event(&mut self, event: &RunEvent) {
         match event {
-            RunEvent::RunStarted { total, workflow, run_id } => {
+            RunEvent::RunStarted {
+                total,
+                workflow,
+                run_id,
+            } => {
                 self.total = *total;
                 self.overall.set_length(*total as u64);
-                let _ = self.multi.println(format!("ccflow: running `{workflow}` ({total} instances, run {run_id})"));
+                let _ = self.multi.println(format!(
+                    "ccflow: running `{workflow}` ({total} instances, run {run_id})"
+                ));
                 self.update_overall();
             }
             RunEvent::TotalChanged { total } => {
@@ -75,13 +97,31 @@ impl Reporter for ProgressReporter {
             }
             RunEvent::TaskStarted { id, activity, .. } => {
                 let bar = self.multi.add(ProgressBar::new_spinner());
-                bar.set_style(ProgressStyle::with_template("  {spinner} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+                bar.set_style(
+                    ProgressStyle::with_template("  {spinner} {msg}")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                );
                 bar.set_message(id.clone());
-                self.running.insert(id.clone(), Running { bar, started: Instant::now(), activity: Arc::clone(activity) });
+                self.running.insert(
+                    id.clone(),
+                    Running {
+                        bar,
+                        started: Instant::now(),
+                        activity: Arc::clone(activity),
+                    },
+                );
                 self.update_overall();
             }
-            RunEvent::TaskRetrying { id, attempt, delay, reason } => {
-                let _ = self.multi.println(format!("retry   {id}: {reason}; attempt {attempt} in {}", human_duration(*delay)));
+            RunEvent::TaskRetrying {
+                id,
+                attempt,
+                delay,
+                reason,
+            } => {
+                let _ = self.multi.println(format!(
+                    "retry   {id}: {reason}; attempt {attempt} in {}",
+                    human_duration(*delay)
+                ));
             }
             RunEvent::TaskFinished { record, log_path } => {
                 if let Some(running) = self.running.remove(&record.id) {
@@ -97,7 +137,12 @@ impl Reporter for ProgressReporter {
                 self.usage.add(&record.usage);
                 self.overall.set_position(self.done as u64);
                 if record.status.is_failure() {
-                    let mut text = format!("{:<8}{}  {}", record.status.word(), record.id, record.message.clone().unwrap_or_default());
+                    let mut text = format!(
+                        "{:<8}{}  {}",
+                        record.status.word(),
+                        record.id,
+                        record.message.clone().unwrap_or_default()
+                    );
                     if let Some(path) = log_path {
                         for line in super::plain::log_tail(path, 10) {
                             text.push_str(&format!("\n    | {line}"));
@@ -110,12 +155,22 @@ impl Reporter for ProgressReporter {
             RunEvent::Message { text } => {
                 let _ = self.multi.println(text);
             }
-            RunEvent::RunFinished { .. } => {
+            RunEvent::RunFinished {
+                status,
+                counts,
+                usage,
+                duration,
+                run_dir,
+            } => {
                 for (_, running) in std::mem::take(&mut self.running) {
                     running.bar.finish_and_clear();
                 }
                 self.overall.finish_and_clear();
                 let _ = self.multi.clear();
+                eprintln!(
+                    "{}",
+                    super::plain::summary(*status, counts, usage, *duration, run_dir)
+                );
             }
             RunEvent::TaskQueued { .. } => {}
         }
@@ -123,9 +178,15 @@ impl Reporter for ProgressReporter {
 
     fn tick(&mut self) {
         for (id, running) in &self.running {
-            let activity = running.activity.lock().map(|a| a.clone()).unwrap_or_default();
+            let activity = running
+                .activity
+                .lock()
+                .map(|a| a.clone())
+                .unwrap_or_default();
             let elapsed = human_duration(Duration::from_secs(running.started.elapsed().as_secs()));
-            running.bar.set_message(format!("{id}  {elapsed}  {activity}"));
+            running
+                .bar
+                .set_message(format!("{id}  {elapsed}  {activity}"));
             running.bar.tick();
         }
         self.overall.tick();

@@ -53,12 +53,18 @@ impl InstanceStatus {
     /// Whether downstream instances may use this instance's outputs.
     #[must_use]
     pub fn is_success(self) -> bool {
-        matches!(self, InstanceStatus::Succeeded | InstanceStatus::Cached | InstanceStatus::Skipped)
+        matches!(
+            self,
+            InstanceStatus::Succeeded | InstanceStatus::Cached | InstanceStatus::Skipped
+        )
     }
 
     #[must_use]
     pub fn is_failure(self) -> bool {
-        matches!(self, InstanceStatus::Failed | InstanceStatus::TimedOut | InstanceStatus::Conflict)
+        matches!(
+            self,
+            InstanceStatus::Failed | InstanceStatus::TimedOut | InstanceStatus::Conflict
+        )
     }
 }
 
@@ -169,7 +175,10 @@ pub struct Counts {
 impl Counts {
     #[must_use]
     pub fn from_instances(instances: &[InstanceRecord]) -> Counts {
-        let mut c = Counts { total: instances.len(), ..Counts::default() };
+        let mut c = Counts {
+            total: instances.len(),
+            ..Counts::default()
+        };
         for i in instances {
             match i.status {
                 InstanceStatus::Succeeded => c.succeeded += 1,
@@ -178,7 +187,10 @@ impl Counts {
                 InstanceStatus::Conflict => c.conflicts += 1,
                 InstanceStatus::Skipped => c.skipped += 1,
                 InstanceStatus::Blocked => c.blocked += 1,
-                InstanceStatus::NotStarted | InstanceStatus::Cancelled | InstanceStatus::Pending | InstanceStatus::Running => {
+                InstanceStatus::NotStarted
+                | InstanceStatus::Cancelled
+                | InstanceStatus::Pending
+                | InstanceStatus::Running => {
                     c.not_started += 1;
                 }
             }
@@ -227,15 +239,22 @@ impl RunRecord {
     pub fn read(dir: &Path) -> Result<RunRecord, String> {
         let path = dir.join("run.json");
         let text = fs_err::read(&path).map_err(|e| e.to_string())?;
-        serde_json::from_slice(&text).map_err(|e| format!("`{}` is not a valid run record: {e}", path.display()))
+        serde_json::from_slice(&text)
+            .map_err(|e| format!("`{}` is not a valid run record: {e}", path.display()))
     }
 }
 
 /// Run directories under `state/runs`, newest first.
 #[must_use]
 pub fn list_runs(state_dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(state_dir.join("runs")) else { return Vec::new() };
-    let mut dirs: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.join("run.json").is_file()).collect();
+    let Ok(entries) = std::fs::read_dir(state_dir.join("runs")) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.join("run.json").is_file())
+        .collect();
     dirs.sort();
     dirs.reverse();
     dirs
@@ -252,11 +271,21 @@ pub fn now_ms() -> u64 {
 /// A sortable, unique run id: `20261126-011500-3fa2`.
 #[must_use]
 pub fn new_run_id() -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let stamp = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(now.as_secs())).to_string();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let stamp = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(now.as_secs()),
+    )
+    .to_string();
     // 2026-11-26T01:15:00Z -> 20261126-011500
     let digits: String = stamp.chars().filter(char::is_ascii_digit).collect();
-    format!("{}-{}-{:04x}", &digits[..8], &digits[8..14], fastrand::u16(..))
+    format!(
+        "{}-{}-{:04x}",
+        &digits[..8],
+        &digits[8..14],
+        fastrand::u16(..)
+    )
 }
 
 /// A file-name-safe form of an instance id, for log files.
@@ -264,7 +293,13 @@ pub fn new_run_id() -> String {
 pub fn file_name_for(id: &str) -> String {
     let mut name: String = id
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '=' | ',') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '=' | ',') {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if name.len() > 100 {
         name.truncate(80);

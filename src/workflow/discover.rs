@@ -10,7 +10,11 @@ pub const WORKFLOW_DIR: &str = ".claudecluster";
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoverError {
     #[error("no workflow `{name}`: looked for {}", tried.iter().map(|p| format!("`{}`", p.display())).collect::<Vec<_>>().join(", "))]
-    NotFound { name: String, tried: Vec<PathBuf>, available: Vec<String> },
+    NotFound {
+        name: String,
+        tried: Vec<PathBuf>,
+        available: Vec<String>,
+    },
     #[error("cannot read the current directory: {0}")]
     Cwd(std::io::Error),
 }
@@ -37,7 +41,11 @@ pub fn state_dir(root: &Path) -> PathBuf {
     match std::env::var_os("CCFLOW_STATE_DIR") {
         Some(dir) if !dir.is_empty() => {
             let dir = PathBuf::from(dir);
-            if dir.is_absolute() { dir } else { root.join(dir) }
+            if dir.is_absolute() {
+                dir
+            } else {
+                root.join(dir)
+            }
         }
         _ => root.join(".ccflow"),
     }
@@ -52,7 +60,9 @@ pub fn list_workflows(root: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .filter(|p| {
+            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+        })
         .collect();
     files.sort();
     files
@@ -70,7 +80,10 @@ pub fn resolve_workflow(arg: &str, cwd: &Path, root: &Path) -> Result<PathBuf, D
     }
     let dir = root.join(WORKFLOW_DIR);
     let mut tried = vec![direct];
-    let stem = Path::new(arg).file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = Path::new(arg)
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     for candidate in [stem.clone(), format!("{stem}.yaml"), format!("{stem}.yml")] {
         let path = dir.join(&candidate);
         if path.is_file() {
@@ -82,5 +95,9 @@ pub fn resolve_workflow(arg: &str, cwd: &Path, root: &Path) -> Result<PathBuf, D
         .iter()
         .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
         .collect();
-    Err(DiscoverError::NotFound { name: arg.to_owned(), tried, available })
+    Err(DiscoverError::NotFound {
+        name: arg.to_owned(),
+        tried,
+        available,
+    })
 }

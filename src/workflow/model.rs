@@ -46,7 +46,8 @@ impl Workflow {
     /// The span of a task's name.
     #[must_use]
     pub fn task_span(&self, name: &str) -> Span {
-        self.spans.key_or_value(&format!("/tasks/{}", super::yaml::pointer_segment(name)))
+        self.spans
+            .key_or_value(&format!("/tasks/{}", super::yaml::pointer_segment(name)))
     }
 }
 
@@ -102,9 +103,9 @@ impl Task {
     /// Whether this task's instances are only known at run time.
     #[must_use]
     pub fn is_dynamic(&self) -> bool {
-        self.for_each.as_ref().is_some_and(|f| {
-            matches!(f.source, FanSource::LinesOf(_) | FanSource::JsonOf(_))
-        })
+        self.for_each
+            .as_ref()
+            .is_some_and(|f| matches!(f.source, FanSource::LinesOf(_) | FanSource::JsonOf(_)))
     }
 }
 
@@ -142,7 +143,10 @@ pub struct ForEach {
 
 #[derive(Debug, Clone)]
 pub enum FanSource {
-    Files { globs: Vec<String>, exclude: Vec<String> },
+    Files {
+        globs: Vec<String>,
+        exclude: Vec<String>,
+    },
     Items(Vec<Value>),
     Matrix(RawMatrix),
     From(String),

@@ -247,7 +247,9 @@ impl<'de> Deserialize<'de> for RawMatrix {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         use serde::de::Error;
         let Value::Object(map) = Value::deserialize(deserializer)? else {
-            return Err(D::Error::custom("expected a mapping of axis name to a list"));
+            return Err(D::Error::custom(
+                "expected a mapping of axis name to a list",
+            ));
         };
         let mut matrix = RawMatrix::default();
         for (key, value) in map {
@@ -263,7 +265,9 @@ impl<'de> Deserialize<'de> for RawMatrix {
                 }
                 _ => {
                     let Value::Array(values) = value else {
-                        return Err(D::Error::custom(format!("matrix axis `{key}` must be a list")));
+                        return Err(D::Error::custom(format!(
+                            "matrix axis `{key}` must be a list"
+                        )));
                     };
                     matrix.axis_order.push(key.clone());
                     matrix.axes.insert(key, values);
@@ -358,7 +362,9 @@ impl<'de> Deserialize<'de> for StringOrList {
                 .into_iter()
                 .map(|v| match v {
                     Value::String(s) => Ok(s),
-                    other => Err(D::Error::custom(format!("expected a string, found {other}"))),
+                    other => Err(D::Error::custom(format!(
+                        "expected a string, found {other}"
+                    ))),
                 })
                 .collect::<Result<_, _>>()
                 .map(StringOrList),
@@ -394,7 +400,9 @@ impl<'de> Deserialize<'de> for EnvValue {
             Value::String(s) => Ok(EnvValue(s)),
             Value::Number(n) => Ok(EnvValue(n.to_string())),
             Value::Bool(b) => Ok(EnvValue(b.to_string())),
-            other => Err(D::Error::custom(format!("expected a string, found {other}"))),
+            other => Err(D::Error::custom(format!(
+                "expected a string, found {other}"
+            ))),
         }
     }
 }

@@ -12,11 +12,16 @@ use serde_json::Value;
 use super::model::{
     AgentSpec, Budget, FanSource, ForEach, Limits, RetryPolicy, Task, TaskKind, Workflow,
 };
-use super::raw::{Concurrency, DurationValue, Isolation, RawDefaults, RawTask, RawWorkflow, Runner};
+use super::raw::{
+    Concurrency, DurationValue, Isolation, RawDefaults, RawTask, RawWorkflow, Runner,
+};
 use super::schema;
 use super::yaml::{self, pointer_segment, SpanMap};
 use crate::diagnostic::{did_you_mean, Diagnostic, SourceFile, Span};
 use crate::template::Templates;
+
+/// The most combinations a `matrix` may expand to.
+const MAX_MATRIX: usize = 10_000;
 
 /// Files larger than this are refused before parsing. Real workflows are a
 /// few kilobytes; a megabyte of YAML is generated data, which belongs in a
@@ -32,7 +37,10 @@ pub struct Loaded {
 /// Loads and checks the workflow at `path`; `display` is how the path is shown.
 #[must_use]
 pub fn load(path: &Path, display: &str, root: &Path, vars: &BTreeMap<String, String>) -> Loaded {
-    let fail = |d: Diagnostic| Loaded { workflow: None, diagnostics: vec![d] };
+    let fail = |d: Diagnostic| Loaded {
+        workflow: None,
+        diagnostics: vec![d],
+    };
     let empty = SourceFile::new(display, "");
     match std::fs::metadata(path) {
         Ok(meta) if meta.len() > MAX_FILE_BYTES => {
@@ -56,7 +64,10 @@ pub fn load(path: &Path, display: &str, root: &Path, vars: &BTreeMap<String, Str
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(error) => {
-            return fail(Diagnostic::error("io", format!("cannot read `{display}`: {error}")))
+            return fail(Diagnostic::error(
+                "io",
+                format!("cannot read `{display}`: {error}"),
+            ))
         }
     };
     let text = match String::from_utf8(bytes) {
@@ -87,18 +98,26 @@ pub fn load_source(
     root: &Path,
     vars: &BTreeMap<String, String>,
 ) -> Loaded {
-    let fail = |diagnostics| Loaded { workflow: None, diagnostics };
+    let fail = |diagnostics| Loaded {
+        workflow: None,
+        diagnostics,
+    };
     if file.text.contains('\0') {
         let shown = SourceFile::new(file.name.clone(), printable(&file.text));
         let offset = shown.text.find('\u{2400}').unwrap_or(0);
-        return fail(vec![Diagnostic::error("encoding", "workflow file contains NUL bytes")
-            .at(&shown, Span::new(offset, offset + '\u{2400}'.len_utf8()))
-            .with_hint("is this a binary file? workflows are YAML text")]);
+        return fail(vec![Diagnostic::error(
+            "encoding",
+            "workflow file contains NUL bytes",
+        )
+        .at(&shown, Span::new(offset, offset + '\u{2400}'.len_utf8()))
+        .with_hint("is this a binary file? workflows are YAML text")]);
     }
     if file.text.trim().is_empty() {
         return fail(vec![Diagnostic::error("empty", "workflow file is empty")
             .at(file, Span::new(0, 0))
-            .with_hint("start with `version: 1` and a `tasks:` mapping; `ccflow init` writes an example")]);
+            .with_hint(
+                "start with `version: 1` and a `tasks:` mapping; `ccflow init` writes an example",
+            )]);
     }
     // Pass 1: YAML syntax.
     let (value, spans) = match yaml::parse(file) {
@@ -112,9 +131,12 @@ pub fn load_source(
         }
     };
     if !value.is_object() {
-        return fail(vec![Diagnostic::error("not-a-mapping", "a workflow must be a YAML mapping")
-            .at(file, spans.value(""))
-            .with_hint("start with `version: 1` and a `tasks:` mapping")]);
+        return fail(vec![Diagnostic::error(
+            "not-a-mapping",
+            "a workflow must be a YAML mapping",
+        )
+        .at(file, spans.value(""))
+        .with_hint("start with `version: 1` and a `tasks:` mapping")]);
     }
     // Pass 2: the schema.
     let schema_errors = schema::validate(&value, &spans, file);
@@ -125,15 +147,22 @@ pub fn load_source(
         .unwrap_or_default();
     // With schema errors, semantics still check the tasks that are well
     // formed, so one run reports as much as possible.
-    let lenient = if schema_errors.is_empty() { value.clone() } else { lenient_value(&value) };
+    let lenient = if schema_errors.is_empty() {
+        value.clone()
+    } else {
+        lenient_value(&value)
+    };
     let raw: RawWorkflow = match serde_json::from_value(lenient) {
         Ok(raw) => raw,
         Err(error) => {
             if !schema_errors.is_empty() {
                 return fail(schema_errors);
             }
-            return fail(vec![Diagnostic::error("invalid", format!("invalid workflow: {error}"))
-                .at(file, spans.value(""))]);
+            return fail(vec![Diagnostic::error(
+                "invalid",
+                format!("invalid workflow: {error}"),
+            )
+            .at(file, spans.value(""))]);
         }
     };
     // Pass 3: semantics.
@@ -156,9 +185,15 @@ pub fn load_source(
     match workflow {
         Some(mut workflow) if !has_errors => {
             workflow.spans = spans;
-            Loaded { workflow: Some(workflow), diagnostics }
+            Loaded {
+                workflow: Some(workflow),
+                diagnostics,
+            }
         }
-        _ => Loaded { workflow: None, diagnostics },
+        _ => Loaded {
+            workflow: None,
+            diagnostics,
+        },
     }
 }
 
@@ -178,27 +213,55 @@ fn printable(text: &str) -> String {
 /// What to do about a YAML syntax error, from the parser's message.
 fn yaml_hint(message: &str) -> Option<&'static str> {
     let hints: [(&str, &str); 7] = [
-        ("tabs", "indent with spaces: YAML does not allow tabs in indentation"),
-        ("quoted scalar", "is a quote (`\"` or `'`) left open on this line?"),
-        ("did not find expected key", "check the indentation of this line: keys of one mapping must line up"),
-        ("illegal placement of ':'", "is a `[` or `{` left open on an earlier line?"),
-        ("did not find expected ',' or", "is a `[` or `{` left open, or a `,` missing?"),
-        ("mapping values are not allowed", "quote a value that contains `: `, e.g. `run: \"echo a: b\"`"),
-        ("unknown anchor", "define the anchor (`&name`) before the alias (`*name`) that uses it"),
+        (
+            "tabs",
+            "indent with spaces: YAML does not allow tabs in indentation",
+        ),
+        (
+            "quoted scalar",
+            "is a quote (`\"` or `'`) left open on this line?",
+        ),
+        (
+            "did not find expected key",
+            "check the indentation of this line: keys of one mapping must line up",
+        ),
+        (
+            "illegal placement of ':'",
+            "is a `[` or `{` left open on an earlier line?",
+        ),
+        (
+            "did not find expected ',' or",
+            "is a `[` or `{` left open, or a `,` missing?",
+        ),
+        (
+            "mapping values are not allowed",
+            "quote a value that contains `: `, e.g. `run: \"echo a: b\"`",
+        ),
+        (
+            "unknown anchor",
+            "define the anchor (`&name`) before the alias (`*name`) that uses it",
+        ),
     ];
     if message.starts_with("duplicate key") {
-        return Some("keys of a mapping (and task names) must be unique: rename or merge one of them");
+        return Some(
+            "keys of a mapping (and task names) must be unique: rename or merge one of them",
+        );
     }
     if message.contains("expected one YAML document") {
         return Some("put each workflow in its own file under `.claudecluster/`");
     }
-    hints.iter().find(|(needle, _)| message.contains(needle)).map(|(_, hint)| *hint)
+    hints
+        .iter()
+        .find(|(needle, _)| message.contains(needle))
+        .map(|(_, hint)| *hint)
 }
 
 /// The workflow with its ill-formed tasks (and top-level keys) left out.
 fn lenient_value(value: &Value) -> Value {
     let mut value = value.clone();
-    let Some(map) = value.as_object_mut() else { return value };
+    let Some(map) = value.as_object_mut() else {
+        return value;
+    };
     if let Some(Value::Object(tasks)) = map.get_mut("tasks") {
         tasks.retain(|_, task| serde_json::from_value::<RawTask>(task.clone()).is_ok());
     }
@@ -216,7 +279,8 @@ fn lenient_value(value: &Value) -> Value {
         }
     }
     map.insert("version".into(), Value::from(1));
-    map.entry("tasks").or_insert_with(|| Value::Object(serde_json::Map::new()));
+    map.entry("tasks")
+        .or_insert_with(|| Value::Object(serde_json::Map::new()));
     value
 }
 
@@ -225,7 +289,9 @@ fn lenient_value(value: &Value) -> Value {
 /// # Errors
 /// A message naming the accepted forms.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("invalid duration `{text}`: expected e.g. `90s`, `15m`, `1h30m`, `500ms` or a number of seconds");
+    let bad = || {
+        format!("invalid duration `{text}`: expected e.g. `90s`, `15m`, `1h30m`, `500ms` or a number of seconds")
+    };
     let trimmed = text.trim();
     if let Ok(seconds) = trimmed.parse::<f64>() {
         return if seconds.is_finite() && seconds >= 0.0 {
@@ -240,13 +306,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(bad());
     }
     while !rest.is_empty() {
-        let number_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+        let number_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
         if number_end == 0 {
             return Err(bad());
         }
         let number: f64 = rest[..number_end].parse().map_err(|_| bad())?;
         rest = rest[number_end..].trim_start();
-        let unit_end = rest.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(rest.len());
+        let unit_end = rest
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(rest.len());
         let factor = match &rest[..unit_end] {
             "ms" => 0.001,
             "s" => 1.0,
@@ -277,9 +347,20 @@ fn task_pointer(name: &str) -> String {
 }
 
 impl Checker<'_> {
-    fn error(&mut self, code: &'static str, message: String, pointer: &str, key: bool) -> &mut Diagnostic {
-        let span = if key { self.spans.key_or_value(pointer) } else { self.spans.value(pointer) };
-        self.diagnostics.push(Diagnostic::error(code, message).at(&self.file, span));
+    fn error(
+        &mut self,
+        code: &'static str,
+        message: String,
+        pointer: &str,
+        key: bool,
+    ) -> &mut Diagnostic {
+        let span = if key {
+            self.spans.key_or_value(pointer)
+        } else {
+            self.spans.value(pointer)
+        };
+        self.diagnostics
+            .push(Diagnostic::error(code, message).at(&self.file, span));
         self.diagnostics.last_mut().expect("just pushed")
     }
 
@@ -298,8 +379,11 @@ impl Checker<'_> {
         if let Err(error) = self.templates.check_syntax(source) {
             let span = template_span(&self.file, self.spans.value(pointer), error.line);
             self.diagnostics.push(
-                Diagnostic::error("template", format!("{} in `{what}` of task `{task}`", error.message))
-                    .at(&self.file, span),
+                Diagnostic::error(
+                    "template",
+                    format!("{} in `{what}` of task `{task}`", error.message),
+                )
+                .at(&self.file, span),
             );
         }
     }
@@ -315,7 +399,10 @@ impl Checker<'_> {
         let defaults = raw.defaults.clone().unwrap_or_default();
         let limits = match &raw.concurrency {
             None => Limits::default(),
-            Some(Concurrency::Global(n)) => Limits { global: Some(*n as usize), pools: BTreeMap::new() },
+            Some(Concurrency::Global(n)) => Limits {
+                global: Some(*n as usize),
+                pools: BTreeMap::new(),
+            },
             Some(Concurrency::Pools(pools)) => Limits {
                 global: pools.get("default").map(|n| *n as usize),
                 pools: pools
@@ -326,16 +413,28 @@ impl Checker<'_> {
             },
         };
         if let Some(Concurrency::Global(0)) = raw.concurrency {
-            self.error("invalid-value", "`concurrency` must be at least 1".into(), "/concurrency", false);
+            self.error(
+                "invalid-value",
+                "`concurrency` must be at least 1".into(),
+                "/concurrency",
+                false,
+            );
         }
         let mut vars = raw.vars.clone();
         for (name, value) in overrides {
             if !vars.contains_key(name) {
                 let hint = did_you_mean(name, vars.keys().map(String::as_str));
                 // Point at `vars:` when there is one, else at the top of the file.
-                let span = if raw.vars.is_empty() { Span::new(0, 0) } else { self.spans.key_or_value("/vars") };
-                let mut d = Diagnostic::error("unknown-var", format!("`--var {name}=...` sets a variable the workflow does not declare"))
-                    .at(&self.file, span);
+                let span = if raw.vars.is_empty() {
+                    Span::new(0, 0)
+                } else {
+                    self.spans.key_or_value("/vars")
+                };
+                let mut d = Diagnostic::error(
+                    "unknown-var",
+                    format!("`--var {name}=...` sets a variable the workflow does not declare"),
+                )
+                .at(&self.file, span);
                 if let Some(hint) = hint {
                     d = d.with_hint(hint);
                 }
@@ -365,13 +464,18 @@ impl Checker<'_> {
         let names: Vec<&str> = order.iter().map(String::as_str).collect();
         let mut tasks = Vec::new();
         for name in order {
-            let Some(raw_task) = raw.tasks.get(name) else { continue };
+            let Some(raw_task) = raw.tasks.get(name) else {
+                continue;
+            };
             if let Some(task) = self.task(name, raw_task, &defaults, &names, &raw.tasks, &limits) {
                 tasks.push(task);
             }
         }
         // Without a `tasks` key the schema pass already said so.
-        let tasks_missing = self.diagnostics.iter().any(|d| d.code == "missing-key" && d.message.contains("`tasks`"));
+        let tasks_missing = self
+            .diagnostics
+            .iter()
+            .any(|d| d.code == "missing-key" && d.message.contains("`tasks`"));
         if names.is_empty() && !tasks_missing {
             self.error("no-tasks", "workflow has no tasks".into(), "/tasks", true)
                 .hints
@@ -379,7 +483,9 @@ impl Checker<'_> {
         }
         self.check_cycles(&tasks);
         let name = raw.name.clone().unwrap_or_else(|| {
-            path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "workflow".into())
+            path.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "workflow".into())
         });
         Some(Workflow {
             name,
@@ -392,12 +498,21 @@ impl Checker<'_> {
             env: raw.env.into_iter().map(|(k, v)| (k, v.0)).collect(),
             secrets: raw.secrets,
             limits,
-            budget: raw.budget.map(|b| Budget { max_tokens: b.max_tokens, max_cost_usd: b.max_cost_usd }).unwrap_or_default(),
+            budget: raw
+                .budget
+                .map(|b| Budget {
+                    max_tokens: b.max_tokens,
+                    max_cost_usd: b.max_cost_usd,
+                })
+                .unwrap_or_default(),
             tasks,
         })
     }
 
-    #[expect(clippy::too_many_lines, reason = "one pass over every task key, in the order of the spec")]
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one pass over every task key, in the order of the spec"
+    )]
     fn task(
         &mut self,
         name: &str,
@@ -409,7 +524,9 @@ impl Checker<'_> {
     ) -> Option<Task> {
         let pointer = task_pointer(name);
         let valid_name = !name.is_empty()
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
         if !valid_name {
             self.error(
                 "bad-task-name",
@@ -421,31 +538,58 @@ impl Checker<'_> {
         let kind = match (&raw.run, &raw.agent) {
             (Some(script), None) => {
                 self.template(script, &format!("{pointer}/run"), "run", name);
-                let shell = raw.shell.clone().or_else(|| defaults.shell.clone()).map(|s| {
-                    if s.0.len() == 1 {
-                        s.0[0].split_whitespace().map(str::to_owned).collect()
-                    } else {
-                        s.0
-                    }
-                });
+                let shell = raw
+                    .shell
+                    .clone()
+                    .or_else(|| defaults.shell.clone())
+                    .map(|s| {
+                        if s.0.len() == 1 {
+                            s.0[0].split_whitespace().map(str::to_owned).collect()
+                        } else {
+                            s.0
+                        }
+                    });
                 if shell.as_ref().is_some_and(Vec::is_empty) {
-                    self.error("invalid-value", "`shell` must name an interpreter".into(), &format!("{pointer}/shell"), false);
+                    self.error(
+                        "invalid-value",
+                        "`shell` must name an interpreter".into(),
+                        &format!("{pointer}/shell"),
+                        false,
+                    );
                 }
-                TaskKind::Shell { script: script.clone(), shell }
+                TaskKind::Shell {
+                    script: script.clone(),
+                    shell,
+                }
             }
             (None, Some(agent)) => {
-                self.template(&agent.prompt, &format!("{pointer}/agent/prompt"), "agent.prompt", name);
+                self.template(
+                    &agent.prompt,
+                    &format!("{pointer}/agent/prompt"),
+                    "agent.prompt",
+                    name,
+                );
                 if raw.shell.is_some() {
-                    self.error("invalid-key", format!("`shell` applies to `run` tasks; task `{name}` is an agent"), &format!("{pointer}/shell"), true);
+                    self.error(
+                        "invalid-key",
+                        format!("`shell` applies to `run` tasks; task `{name}` is an agent"),
+                        &format!("{pointer}/shell"),
+                        true,
+                    );
                 }
                 let idle = self
-                    .duration(agent.idle_timeout.as_ref(), &format!("{pointer}/agent/idle_timeout"))
+                    .duration(
+                        agent.idle_timeout.as_ref(),
+                        &format!("{pointer}/agent/idle_timeout"),
+                    )
                     .unwrap_or(Duration::from_secs(600));
                 TaskKind::Agent(AgentSpec {
                     prompt: agent.prompt.clone(),
                     model: agent.model.clone(),
                     max_turns: agent.max_turns,
-                    max_budget_usd: agent.max_budget_usd.or_else(|| raw.budget.as_ref().and_then(|b| b.max_cost_usd)),
+                    max_budget_usd: agent
+                        .max_budget_usd
+                        .or_else(|| raw.budget.as_ref().and_then(|b| b.max_cost_usd)),
                     allowed_tools: agent.allowed_tools.clone(),
                     disallowed_tools: agent.disallowed_tools.clone(),
                     append_system_prompt: agent.append_system_prompt.clone(),
@@ -463,15 +607,25 @@ impl Checker<'_> {
                 return None;
             }
             (None, None) => {
-                self.error("no-action", format!("task `{name}` has neither `run` nor `agent`"), &pointer, true)
-                    .hints
-                    .push("add `run: <shell command>` or `agent: { prompt: ... }`".into());
+                self.error(
+                    "no-action",
+                    format!("task `{name}` has neither `run` nor `agent`"),
+                    &pointer,
+                    true,
+                )
+                .hints
+                .push("add `run: <shell command>` or `agent: { prompt: ... }`".into());
                 return None;
             }
         };
         let is_agent = matches!(kind, TaskKind::Agent(_));
         if !is_agent && (raw.verify.is_some() || raw.verify_attempts.is_some()) {
-            self.error("invalid-key", format!("`verify` applies to agent tasks; task `{name}` runs a shell command"), &format!("{pointer}/verify"), true);
+            self.error(
+                "invalid-key",
+                format!("`verify` applies to agent tasks; task `{name}` runs a shell command"),
+                &format!("{pointer}/verify"),
+                true,
+            );
         }
         if let Some(verify) = &raw.verify {
             self.template(verify, &format!("{pointer}/verify"), "verify", name);
@@ -481,14 +635,31 @@ impl Checker<'_> {
         for (i, need) in needs.iter().enumerate() {
             let need_pointer = format!("{pointer}/needs/{i}");
             if need == name {
-                self.error("self-dependency", format!("task `{name}` needs itself"), &need_pointer, false);
+                self.error(
+                    "self-dependency",
+                    format!("task `{name}` needs itself"),
+                    &need_pointer,
+                    false,
+                );
             } else if !names.contains(&need.as_str()) {
                 let hint = did_you_mean(need, names.iter().copied());
-                let d = self.error("unknown-need", format!("task `{name}` needs `{need}`, which does not exist"), &need_pointer, false);
+                let d = self.error(
+                    "unknown-need",
+                    format!("task `{name}` needs `{need}`, which does not exist"),
+                    &need_pointer,
+                    false,
+                );
                 d.label = Some("no task with this name".into());
                 match hint {
                     Some(h) => d.hints.push(h),
-                    None => d.hints.push(format!("tasks in this workflow: {}", names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "))),
+                    None => d.hints.push(format!(
+                        "tasks in this workflow: {}",
+                        names
+                            .iter()
+                            .map(|n| format!("`{n}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
                 }
             }
         }
@@ -507,7 +678,23 @@ impl Checker<'_> {
             }
             if let Some(matrix) = &f.matrix {
                 if matrix.axes.is_empty() && matrix.include.is_empty() {
-                    self.error("empty-matrix", "a `matrix` needs at least one axis".into(), &format!("{fe_pointer}/matrix"), true);
+                    self.error("empty-matrix", "a `matrix` needs at least one axis".into(), &format!("{fe_pointer}/matrix"), true)
+                        .hints
+                        .push("e.g. `matrix: { os: [linux, mac], rust: [\"1.85\"] }`".into());
+                }
+                // The product grows exponentially with the axes: a few lines
+                // of YAML could otherwise ask for billions of instances.
+                let combinations = matrix.axes.values().fold(1usize, |n, values| n.saturating_mul(values.len()));
+                if combinations > MAX_MATRIX {
+                    self.error(
+                        "matrix-too-large",
+                        format!("the `matrix` of task `{name}` has {combinations} combinations, more than the limit of {MAX_MATRIX}"),
+                        &format!("{fe_pointer}/matrix"),
+                        true,
+                    )
+                    .hints
+                    .push("use fewer axes or values, or list the combinations you need under `items`".into());
+                    return None;
                 }
                 sources.push(FanSource::Matrix(matrix.clone()));
             }
@@ -578,9 +765,16 @@ impl Checker<'_> {
                     self.check_glob(pattern, &p);
                 }
                 if key == "outputs" && escapes_root(pattern) {
-                    self.error("output-outside", format!("output `{pattern}` of task `{name}` points outside the repository"), &p, false)
-                        .hints
-                        .push("outputs are repository-relative paths or globs without `..`".into());
+                    self.error(
+                        "output-outside",
+                        format!(
+                            "output `{pattern}` of task `{name}` points outside the repository"
+                        ),
+                        &p,
+                        false,
+                    )
+                    .hints
+                    .push("outputs are repository-relative paths or globs without `..`".into());
                 }
             }
         }
@@ -589,15 +783,25 @@ impl Checker<'_> {
         }
         let mut env = BTreeMap::new();
         for (key, value) in &raw.env {
-            self.template(&value.0, &format!("{pointer}/env/{}", pointer_segment(key)), "env", name);
+            self.template(
+                &value.0,
+                &format!("{pointer}/env/{}", pointer_segment(key)),
+                "env",
+                name,
+            );
             env.insert(key.clone(), value.0.clone());
         }
         let runner = raw.runner.or(defaults.runner).unwrap_or(Runner::Local);
         let image = raw.image.clone().or_else(|| defaults.image.clone());
         if runner == Runner::Docker && image.is_none() {
-            self.error("missing-image", format!("task `{name}` uses `runner: docker` but names no `image`"), &pointer, true)
-                .hints
-                .push("add `image: NAME:TAG` to the task or to `defaults`".into());
+            self.error(
+                "missing-image",
+                format!("task `{name}` uses `runner: docker` but names no `image`"),
+                &pointer,
+                true,
+            )
+            .hints
+            .push("add `image: NAME:TAG` to the task or to `defaults`".into());
         }
         let timeout = self
             .duration(raw.timeout.as_ref(), &format!("{pointer}/timeout"))
@@ -605,7 +809,12 @@ impl Checker<'_> {
         let retry_raw = raw.retry.clone().or_else(|| defaults.retry.clone());
         let retries = raw.retries.or(defaults.retries);
         if raw.retry.is_some() && raw.retries.is_some() {
-            self.error("invalid-key", format!("task `{name}` sets both `retries` and `retry`; keep one"), &format!("{pointer}/retries"), true);
+            self.error(
+                "invalid-key",
+                format!("task `{name}` sets both `retries` and `retry`; keep one"),
+                &format!("{pointer}/retries"),
+                true,
+            );
         }
         let mut retry = RetryPolicy::default();
         if let Some(n) = retries {
@@ -615,7 +824,8 @@ impl Checker<'_> {
             if let Some(a) = r.attempts {
                 retry.attempts = a.max(1);
             }
-            if let Some(b) = self.duration(r.backoff.as_ref(), &format!("{pointer}/retry/backoff")) {
+            if let Some(b) = self.duration(r.backoff.as_ref(), &format!("{pointer}/retry/backoff"))
+            {
                 retry.backoff = b;
             }
             if let Some(on) = r.on {
@@ -623,33 +833,77 @@ impl Checker<'_> {
                 retry.on_timeout = on.0.iter().any(|o| o == "timeout");
                 for (i, o) in on.0.iter().enumerate() {
                     if !matches!(o.as_str(), "failure" | "error" | "timeout" | "rate_limit") {
-                        let d = self.error("invalid-value", format!("unknown retry condition `{o}`"), &format!("{pointer}/retry/on/{i}"), false);
-                        d.hints.push("expected `failure`, `timeout` or `rate_limit`".into());
+                        let d = self.error(
+                            "invalid-value",
+                            format!("unknown retry condition `{o}`"),
+                            &format!("{pointer}/retry/on/{i}"),
+                            false,
+                        );
+                        d.hints
+                            .push("expected `failure`, `timeout` or `rate_limit`".into());
                     }
                 }
             }
         }
-        let pool = raw.pool.clone().or_else(|| defaults.pool.clone()).unwrap_or_else(|| {
-            if is_agent { "agent".into() } else { "default".into() }
-        });
-        if raw.pool.is_some() && !limits.pools.is_empty() && pool != "default" && !limits.pools.contains_key(&pool) {
+        let pool = raw
+            .pool
+            .clone()
+            .or_else(|| defaults.pool.clone())
+            .unwrap_or_else(|| {
+                if is_agent {
+                    "agent".into()
+                } else {
+                    "default".into()
+                }
+            });
+        if raw.pool.is_some()
+            && !limits.pools.is_empty()
+            && pool != "default"
+            && !limits.pools.contains_key(&pool)
+        {
             let hint = did_you_mean(&pool, limits.pools.keys().map(String::as_str));
-            let d = self.error("unknown-pool", format!("task `{name}` uses pool `{pool}`, which `concurrency` does not define"), &format!("{pointer}/pool"), false);
+            let d = self.error(
+                "unknown-pool",
+                format!("task `{name}` uses pool `{pool}`, which `concurrency` does not define"),
+                &format!("{pointer}/pool"),
+                false,
+            );
             if let Some(h) = hint {
                 d.hints.push(h);
             }
         }
-        let resources = raw.resources.clone().or_else(|| defaults.resources.clone()).unwrap_or_default();
+        let resources = raw
+            .resources
+            .clone()
+            .or_else(|| defaults.resources.clone())
+            .unwrap_or_default();
         if let Some(memory) = &resources.memory {
             if parse_memory(&memory.0).is_none() {
-                self.error("bad-memory", format!("invalid memory size `{}`: expected e.g. `512m`, `2g` or a number of bytes", memory.0), &format!("{pointer}/resources/memory"), false);
+                self.error(
+                    "bad-memory",
+                    format!(
+                        "invalid memory size `{}`: expected e.g. `512m`, `2g` or a number of bytes",
+                        memory.0
+                    ),
+                    &format!("{pointer}/resources/memory"),
+                    false,
+                );
             }
         }
-        let isolation = raw.isolation.or(defaults.isolation).unwrap_or(if is_agent { Isolation::Worktree } else { Isolation::None });
+        let isolation = raw.isolation.or(defaults.isolation).unwrap_or(if is_agent {
+            Isolation::Worktree
+        } else {
+            Isolation::None
+        });
         let workdir = raw.workdir.clone().or_else(|| defaults.workdir.clone());
         if let Some(w) = &workdir {
             if escapes_root(w) {
-                self.error("workdir-outside", format!("`workdir` of task `{name}` points outside the repository"), &format!("{pointer}/workdir"), false);
+                self.error(
+                    "workdir-outside",
+                    format!("`workdir` of task `{name}` points outside the repository"),
+                    &format!("{pointer}/workdir"),
+                    false,
+                );
             }
         }
         Some(Task {
@@ -675,23 +929,45 @@ impl Checker<'_> {
             pool,
             cache: raw.cache.or(defaults.cache).unwrap_or(true),
             isolation,
-            continue_on_error: raw.continue_on_error.or(defaults.continue_on_error).unwrap_or(false),
+            continue_on_error: raw
+                .continue_on_error
+                .or(defaults.continue_on_error)
+                .unwrap_or(false),
             verify: raw.verify.clone(),
             verify_attempts: raw.verify_attempts.unwrap_or(1),
-            budget: raw.budget.as_ref().map(|b| Budget { max_tokens: b.max_tokens, max_cost_usd: b.max_cost_usd }).unwrap_or_default(),
+            budget: raw
+                .budget
+                .as_ref()
+                .map(|b| Budget {
+                    max_tokens: b.max_tokens,
+                    max_cost_usd: b.max_cost_usd,
+                })
+                .unwrap_or_default(),
         })
     }
 
     fn check_glob(&mut self, glob: &str, pointer: &str) {
-        if let Err(error) = globset::GlobBuilder::new(glob).literal_separator(true).build() {
+        if let Err(error) = globset::GlobBuilder::new(glob)
+            .literal_separator(true)
+            .build()
+        {
             let kind = error.kind().to_string();
-            self.error("bad-glob", format!("malformed glob `{glob}`: {kind}"), pointer, false);
+            self.error(
+                "bad-glob",
+                format!("malformed glob `{glob}`: {kind}"),
+                pointer,
+                false,
+            );
         }
     }
 
     /// Reports every task-level dependency cycle, spelled out as `a -> b -> a`.
     fn check_cycles(&mut self, tasks: &[Task]) {
-        let index: BTreeMap<&str, usize> = tasks.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
+        let index: BTreeMap<&str, usize> = tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.as_str(), i))
+            .collect();
         let mut graph = petgraph::graph::DiGraph::<usize, ()>::new();
         let nodes: Vec<_> = (0..tasks.len()).map(|i| graph.add_node(i)).collect();
         for (i, task) in tasks.iter().enumerate() {
@@ -742,7 +1018,9 @@ impl Checker<'_> {
                 true,
             )
             .hints
-            .push("a task cannot (even indirectly) need itself; remove one of these `needs`".into());
+            .push(
+                "a task cannot (even indirectly) need itself; remove one of these `needs`".into(),
+            );
         }
     }
 }
@@ -751,14 +1029,19 @@ impl Checker<'_> {
 #[must_use]
 pub fn escapes_root(pattern: &str) -> bool {
     let p = Path::new(pattern);
-    p.is_absolute() || pattern.starts_with('~') || p.components().any(|c| matches!(c, std::path::Component::ParentDir))
+    p.is_absolute()
+        || pattern.starts_with('~')
+        || p.components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
 }
 
 /// Parses `512m`, `2g`, `1.5G`, `256Mi`, or bytes.
 #[must_use]
 pub fn parse_memory(text: &str) -> Option<u64> {
     let t = text.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let number: f64 = t[..split].parse().ok()?;
     let unit = t[split..].trim().to_ascii_lowercase();
     let factor: f64 = match unit.as_str() {
@@ -770,7 +1053,11 @@ pub fn parse_memory(text: &str) -> Option<u64> {
         _ => return None,
     };
     let bytes = number * factor;
-    #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "checked to be a finite positive size")]
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "checked to be a finite positive size"
+    )]
     (bytes.is_finite() && (1.0..1e18).contains(&bytes)).then_some(bytes as u64)
 }
 
@@ -787,14 +1074,16 @@ pub fn template_span(file: &SourceFile, value: Span, line: Option<usize>) -> Spa
     let is_block = text.starts_with('|') || text.starts_with('>');
     let target = value_line + line - 1 + usize::from(is_block);
     let start = file.offset_of(target, 0);
-    let start_trimmed = start + file.text[start..file.line_end(start)].len() - file.text[start..file.line_end(start)].trim_start().len();
+    let start_trimmed = start + file.text[start..file.line_end(start)].len()
+        - file.text[start..file.line_end(start)].trim_start().len();
     Span::new(start_trimmed, file.line_end(start).max(start_trimmed + 1))
 }
 
 /// Helper for loaders: the path to show for `path`, relative to `cwd` when inside it.
 #[must_use]
 pub fn display_path(path: &Path, cwd: &Path) -> String {
-    path.strip_prefix(cwd).map_or_else(|_| path.display().to_string(), |p| p.display().to_string())
+    path.strip_prefix(cwd)
+        .map_or_else(|_| path.display().to_string(), |p| p.display().to_string())
 }
 
 #[cfg(test)]

@@ -58,7 +58,9 @@ fn describe(pointer: &str) -> (&'static str, String) {
         ["tasks", task, "agent"] => ("RawAgent", format!("in `agent` of task `{task}`")),
         ["tasks", task, "for_each"] => ("RawForEach", format!("in `for_each` of task `{task}`")),
         ["tasks", task, "retry"] => ("RawRetry", format!("in `retry` of task `{task}`")),
-        ["tasks", task, "resources"] => ("RawResources", format!("in `resources` of task `{task}`")),
+        ["tasks", task, "resources"] => {
+            ("RawResources", format!("in `resources` of task `{task}`"))
+        }
         ["tasks", task, "budget"] => ("RawBudget", format!("in `budget` of task `{task}`")),
         _ => ("", format!("at `{}`", pointer_to_path(pointer))),
     }
@@ -105,17 +107,31 @@ fn expectation(pointer: &str) -> Option<&'static str> {
 /// type matched (`agent: {promt: x}` is a `RawAgent` with an unknown key, not
 /// "not valid under any of the schemas"), recursively. An `anyOf` where no
 /// alternative's type matched stays as it is.
-fn flatten(error: jsonschema::ValidationError<'static>, out: &mut Vec<jsonschema::ValidationError<'static>>) {
-    let jsonschema::ValidationError { instance, kind, instance_path, schema_path } = error;
+fn flatten(
+    error: jsonschema::ValidationError<'static>,
+    out: &mut Vec<jsonschema::ValidationError<'static>>,
+) {
+    let jsonschema::ValidationError {
+        instance,
+        kind,
+        instance_path,
+        schema_path,
+    } = error;
     let ValidationErrorKind::AnyOf { context } = kind else {
-        out.push(jsonschema::ValidationError { instance, kind, instance_path, schema_path });
+        out.push(jsonschema::ValidationError {
+            instance,
+            kind,
+            instance_path,
+            schema_path,
+        });
         return;
     };
     let path = instance_path.to_string();
     let is_type_mismatch = |branch: &Vec<jsonschema::ValidationError<'static>>| {
-        branch
-            .iter()
-            .all(|e| matches!(e.kind, ValidationErrorKind::Type { .. }) && e.instance_path.to_string() == path)
+        branch.iter().all(|e| {
+            matches!(e.kind, ValidationErrorKind::Type { .. })
+                && e.instance_path.to_string() == path
+        })
     };
     if context.iter().filter(|b| !is_type_mismatch(b)).count() == 1 {
         for branch in context {
@@ -127,12 +143,19 @@ fn flatten(error: jsonschema::ValidationError<'static>, out: &mut Vec<jsonschema
         }
         return;
     }
-    out.push(jsonschema::ValidationError { instance, kind: ValidationErrorKind::AnyOf { context }, instance_path, schema_path });
+    out.push(jsonschema::ValidationError {
+        instance,
+        kind: ValidationErrorKind::AnyOf { context },
+        instance_path,
+        schema_path,
+    });
 }
 
 /// The JSON types an error expected, named for humans (`null` left out).
 fn type_names(kind: &ValidationErrorKind) -> Vec<&'static str> {
-    let ValidationErrorKind::Type { kind } = kind else { return Vec::new() };
+    let ValidationErrorKind::Type { kind } = kind else {
+        return Vec::new();
+    };
     let types: Vec<jsonschema::JsonType> = match kind {
         jsonschema::error::TypeKind::Single(t) => vec![*t],
         jsonschema::error::TypeKind::Multiple(set) => set.iter().collect(),
@@ -185,9 +208,22 @@ fn detail(error: &jsonschema::ValidationError<'_>, pointer: &str) -> String {
         ValidationErrorKind::Enum { options } => {
             let options: Vec<String> = options
                 .as_array()
-                .map(|o| o.iter().map(|v| format!("`{}`", v.as_str().map_or_else(|| v.to_string(), str::to_owned))).collect())
+                .map(|o| {
+                    o.iter()
+                        .map(|v| {
+                            format!(
+                                "`{}`",
+                                v.as_str().map_or_else(|| v.to_string(), str::to_owned)
+                            )
+                        })
+                        .collect()
+                })
                 .unwrap_or_default();
-            format!("expected one of {}, found {}", options.join(", "), shown(value))
+            format!(
+                "expected one of {}, found {}",
+                options.join(", "),
+                shown(value)
+            )
         }
         kind => {
             if let Some(expected) = expectation(pointer) {
@@ -221,9 +257,15 @@ fn detail(error: &jsonschema::ValidationError<'_>, pointer: &str) -> String {
 
 /// Validates `value` against the schema; every violation becomes a diagnostic at its span.
 #[must_use]
-pub fn validate(value: &Value, spans: &SpanMap, file: &std::sync::Arc<SourceFile>) -> Vec<Diagnostic> {
+pub fn validate(
+    value: &Value,
+    spans: &SpanMap,
+    file: &std::sync::Arc<SourceFile>,
+) -> Vec<Diagnostic> {
     let Some(validator) = validator() else {
-        return vec![Diagnostic::error("schema", "the embedded schema does not compile").in_file(file)];
+        return vec![
+            Diagnostic::error("schema", "the embedded schema does not compile").in_file(file),
+        ];
     };
     let mut errors = Vec::new();
     for error in validator.iter_errors(value) {
@@ -239,7 +281,11 @@ pub fn validate(value: &Value, spans: &SpanMap, file: &std::sync::Arc<SourceFile
                 for key in unexpected {
                     let key_pointer = format!("{pointer}/{}", pointer_segment(key));
                     let known = known_keys(schema(), definition);
-                    let noun = if pointer.starts_with("/concurrency") { "pool" } else { "key" };
+                    let noun = if pointer.starts_with("/concurrency") {
+                        "pool"
+                    } else {
+                        "key"
+                    };
                     let mut diagnostic = Diagnostic::error(
                         "unknown-key",
                         format!("unknown {noun} `{key}` {context}"),
@@ -251,7 +297,11 @@ pub fn validate(value: &Value, spans: &SpanMap, file: &std::sync::Arc<SourceFile
                     } else if !known.is_empty() {
                         diagnostic = diagnostic.with_hint(format!(
                             "expected one of {}",
-                            known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+                            known
+                                .iter()
+                                .map(|k| format!("`{k}`"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ));
                     }
                     if seen.insert((key_pointer.clone(), "unknown")) {
@@ -264,20 +314,30 @@ pub fn validate(value: &Value, spans: &SpanMap, file: &std::sync::Arc<SourceFile
                 let (_, context) = describe(&pointer);
                 let name = property.as_str().unwrap_or("?");
                 // The top level has no key to point at: its first line stands for it.
-                let span = if pointer.is_empty() { first_content_line(file) } else { spans.key_or_value(&pointer) };
+                let span = if pointer.is_empty() {
+                    first_content_line(file)
+                } else {
+                    spans.key_or_value(&pointer)
+                };
                 let hint = match name {
                     "version" => "add `version: 1` as the first line".to_owned(),
                     "tasks" => "add a `tasks:` mapping with at least one task, e.g. `tasks: { build: { run: make } }`".to_owned(),
                     other => format!("add `{other}: ...`"),
                 };
-                Diagnostic::error("missing-key", format!("missing required key `{name}` {context}"))
-                    .at(file, span)
-                    .with_hint(hint)
+                Diagnostic::error(
+                    "missing-key",
+                    format!("missing required key `{name}` {context}"),
+                )
+                .at(file, span)
+                .with_hint(hint)
             }
             _ => {
                 let path = pointer_to_path(&pointer);
-                Diagnostic::error("invalid-value", format!("invalid value for `{path}`: {}", detail(&error, &pointer)))
-                    .at(file, spans.value(&pointer))
+                Diagnostic::error(
+                    "invalid-value",
+                    format!("invalid value for `{path}`: {}", detail(&error, &pointer)),
+                )
+                .at(file, spans.value(&pointer))
             }
         };
         // anyOf alternatives can report the same place several times.

@@ -164,9 +164,7 @@ impl Reader<'_> {
         let limit = ALIAS_FLOOR.max(self.events.saturating_mul(ALIAS_GROWTH_LIMIT));
         if self.nodes > limit {
             return Err(YamlError {
-                message: format!(
-                    "YAML aliases expand to more than {limit} nodes (an alias bomb?)"
-                ),
+                message: format!("YAML aliases expand to more than {limit} nodes (an alias bomb?)"),
                 span: Span::new(offset, self.file.line_end(offset).max(offset + 1)),
             });
         }
@@ -273,7 +271,10 @@ impl Reader<'_> {
                             ),
                             None => format!("duplicate key `{name}`"),
                         };
-                        return Err(YamlError { message, span: key_span });
+                        return Err(YamlError {
+                            message,
+                            span: key_span,
+                        });
                     }
                     let value = self.node(event, value_offset, child, Some(key_span))?;
                     map.insert(name, value);
@@ -453,14 +454,22 @@ mod tests {
         let text = "a: [1, 2\nb: 3\n";
         let file = SourceFile::new("t.yaml", text);
         let error = parse(&file).unwrap_err();
-        assert!(error.message.starts_with("invalid YAML"), "{}", error.message);
+        assert!(
+            error.message.starts_with("invalid YAML"),
+            "{}",
+            error.message
+        );
     }
 
     #[test]
     fn aliases_and_merge_keys_work() {
         let (value, _) =
-            load("base: &b {runner: local, timeout: 5m}\nt:\n  <<: *b\n  timeout: 1m\nl: *b\n").unwrap();
-        assert_eq!(value["t"], serde_json::json!({"runner": "local", "timeout": "1m"}));
+            load("base: &b {runner: local, timeout: 5m}\nt:\n  <<: *b\n  timeout: 1m\nl: *b\n")
+                .unwrap();
+        assert_eq!(
+            value["t"],
+            serde_json::json!({"runner": "local", "timeout": "1m"})
+        );
         assert_eq!(value["l"]["timeout"], "5m");
     }
 

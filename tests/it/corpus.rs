@@ -33,7 +33,10 @@ fn generated() -> Vec<(&'static str, Vec<u8>)> {
         huge.push_str("        - some-item-name-that-is-quite-long\n");
     }
     huge.push_str("    run: echo {{ item }}\n");
-    vec![("binary-garbage.yaml", garbage), ("ten-megabytes.yaml", huge.into_bytes())]
+    vec![
+        ("binary-garbage.yaml", garbage),
+        ("ten-megabytes.yaml", huge.into_bytes()),
+    ]
 }
 
 /// One case: the file name, its bytes, and the arguments (default `validate FILE`).
@@ -52,18 +55,33 @@ fn cases() -> Vec<Case> {
         .collect();
     entries.sort();
     for path in entries {
-        let name = path.file_name().expect("file name").to_string_lossy().into_owned();
+        let name = path
+            .file_name()
+            .expect("file name")
+            .to_string_lossy()
+            .into_owned();
         let content = std::fs::read(&path).expect("read corpus file");
         // `NAME.args` replaces the default command line; `{file}` is the workflow.
         let args_path = path.with_extension("args");
         let args = match std::fs::read_to_string(&args_path) {
-            Ok(text) => text.split_whitespace().map(|a| a.replace("{file}", &name)).collect(),
+            Ok(text) => text
+                .split_whitespace()
+                .map(|a| a.replace("{file}", &name))
+                .collect(),
             Err(_) => vec!["validate".to_owned(), name.clone()],
         };
-        cases.push(Case { name, content, args });
+        cases.push(Case {
+            name,
+            content,
+            args,
+        });
     }
     for (name, content) in generated() {
-        cases.push(Case { name: name.to_owned(), content, args: vec!["validate".into(), name.into()] });
+        cases.push(Case {
+            name: name.to_owned(),
+            content,
+            args: vec!["validate".into(), name.into()],
+        });
     }
     cases
 }
@@ -91,7 +109,11 @@ fn every_invalid_workflow_fails_with_its_expected_message() {
             std::fs::write(&expected_file, &stderr).expect("write expected file");
         }
         if out.code != 2 {
-            let _ = writeln!(failures, "{}: exit code {} (expected 2)\n{stderr}", case.name, out.code);
+            let _ = writeln!(
+                failures,
+                "{}: exit code {} (expected 2)\n{stderr}",
+                case.name, out.code
+            );
             continue;
         }
         if out.stdout.contains("panicked") || stderr.contains("panicked") {
@@ -108,7 +130,11 @@ fn every_invalid_workflow_fails_with_its_expected_message() {
             })
         });
         if !located {
-            let _ = writeln!(failures, "{}: no `{}:LINE:COL` location in stderr\n{stderr}", case.name, case.name);
+            let _ = writeln!(
+                failures,
+                "{}: no `{}:LINE:COL` location in stderr\n{stderr}",
+                case.name, case.name
+            );
             continue;
         }
         match std::fs::read_to_string(&expected_file) {
@@ -122,7 +148,12 @@ fn every_invalid_workflow_fails_with_its_expected_message() {
                 );
             }
             Err(_) => {
-                let _ = writeln!(failures, "{}: missing {} (run with CCFLOW_BLESS=1)\n{stderr}", case.name, expected_file.display());
+                let _ = writeln!(
+                    failures,
+                    "{}: missing {} (run with CCFLOW_BLESS=1)\n{stderr}",
+                    case.name,
+                    expected_file.display()
+                );
             }
         }
     }
@@ -134,10 +165,19 @@ fn no_expected_file_is_orphaned() {
     let names: Vec<String> = cases().into_iter().map(|c| c.name).collect();
     for entry in std::fs::read_dir(corpus_dir()).expect("read corpus") {
         let path = entry.expect("entry").path();
-        if path.extension().is_some_and(|e| e == "expected" || e == "args") {
-            let stem = path.file_stem().expect("stem").to_string_lossy().into_owned();
+        if path
+            .extension()
+            .is_some_and(|e| e == "expected" || e == "args")
+        {
+            let stem = path
+                .file_stem()
+                .expect("stem")
+                .to_string_lossy()
+                .into_owned();
             assert!(
-                names.iter().any(|n| Path::new(n).file_stem().is_some_and(|s| s.to_string_lossy() == stem)),
+                names.iter().any(|n| Path::new(n)
+                    .file_stem()
+                    .is_some_and(|s| s.to_string_lossy() == stem)),
                 "{} has no workflow beside it",
                 path.display()
             );
@@ -158,13 +198,23 @@ fn examples() -> Vec<String> {
 #[test]
 fn examples_validate() {
     let examples = examples();
-    assert!(examples.len() >= 4, "expected at least four examples, found {examples:?}");
+    assert!(
+        examples.len() >= 4,
+        "expected at least four examples, found {examples:?}"
+    );
     for name in examples {
         let path = format!("examples/{name}");
-        let out = Test::new().current_dir(repo_root()).args(&["validate", &path]).run();
+        let out = Test::new()
+            .current_dir(repo_root())
+            .args(&["validate", &path])
+            .run();
         assert_eq!(out.code, 0, "{path} does not validate:\n{}", out.stderr);
         assert!(!out.stderr.contains("error"), "{path}:\n{}", out.stderr);
-        assert!(out.stderr.contains(&format!("ok: {path}")), "{path}:\n{}", out.stderr);
+        assert!(
+            out.stderr.contains(&format!("ok: {path}")),
+            "{path}:\n{}",
+            out.stderr
+        );
     }
 }
 
@@ -173,19 +223,33 @@ fn examples_plan_in_every_format() {
     for name in examples() {
         let path = format!("examples/{name}");
         let plan = |format: &str| {
-            let out = Test::new().current_dir(repo_root()).args(&["plan", &path, "--format", format]).run();
-            assert_eq!(out.code, 0, "plan {path} --format {format}:\n{}", out.stderr);
+            let out = Test::new()
+                .current_dir(repo_root())
+                .args(&["plan", &path, "--format", format])
+                .run();
+            assert_eq!(
+                out.code, 0,
+                "plan {path} --format {format}:\n{}",
+                out.stderr
+            );
             out.stdout
         };
-        let json: serde_json::Value = serde_json::from_str(&plan("json")).expect("plan --format json prints JSON");
+        let json: serde_json::Value =
+            serde_json::from_str(&plan("json")).expect("plan --format json prints JSON");
         let tasks = json["tasks"].as_array().map_or(0, Vec::len);
         assert!(tasks >= 2, "{path}: expected several tasks in {json}");
         let text = plan("text");
         assert!(text.contains("workflow `"), "{path}: text plan:\n{text}");
         let dot = plan("dot");
-        assert!(dot.starts_with("digraph") && dot.contains("->"), "{path}: dot plan:\n{dot}");
+        assert!(
+            dot.starts_with("digraph") && dot.contains("->"),
+            "{path}: dot plan:\n{dot}"
+        );
         let mermaid = plan("mermaid");
-        assert!(mermaid.starts_with("flowchart") && mermaid.contains("-->"), "{path}: mermaid plan:\n{mermaid}");
+        assert!(
+            mermaid.starts_with("flowchart") && mermaid.contains("-->"),
+            "{path}: mermaid plan:\n{mermaid}"
+        );
     }
 }
 
@@ -195,10 +259,22 @@ fn a_fan_out_that_matches_nothing_is_a_warning() {
     let test = Test::new().file(".claudecluster/empty.yaml", workflow);
     let out = test.args(&["validate", "empty"]).run();
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(out.stderr.contains("warning: the fan-out of task `each` matches nothing"), "{}", out.stderr);
-    assert!(out.stderr.contains(".claudecluster/empty.yaml:4:5"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("warning: the fan-out of task `each` matches nothing"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(".claudecluster/empty.yaml:4:5"),
+        "{}",
+        out.stderr
+    );
 
-    let out = Test::new().file(".claudecluster/empty.yaml", workflow).args(&["plan", "empty", "--format", "json"]).run();
+    let out = Test::new()
+        .file(".claudecluster/empty.yaml", workflow)
+        .args(&["plan", "empty", "--format", "json"])
+        .run();
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stderr.contains("warning:"), "{}", out.stderr);
     let json: serde_json::Value = serde_json::from_str(&out.stdout).expect("json plan");

@@ -9,7 +9,6 @@ pub struct Test {
     dir: tempfile::TempDir,
     args: Vec<String>,
     cwd: Option<PathBuf>,
-    env: Vec<(String, String)>,
 }
 
 /// What the process did.
@@ -25,7 +24,11 @@ impl Test {
     pub fn new() -> Test {
         let dir = tempfile::tempdir().expect("create a temp dir");
         std::fs::create_dir_all(dir.path().join(".claudecluster")).expect("create .claudecluster");
-        Test { dir, args: Vec::new(), cwd: None, env: Vec::new() }
+        Test {
+            dir,
+            args: Vec::new(),
+            cwd: None,
+        }
     }
 
     /// Writes `content` at `path` (relative to the temp dir), creating folders.
@@ -38,12 +41,6 @@ impl Test {
         self
     }
 
-    /// Copies a file from the ccflow repository into the temp dir.
-    pub fn copy(self, from_repo: &str, to: &str) -> Test {
-        let content = std::fs::read(repo_root().join(from_repo)).expect("read repository file");
-        self.file(to, content)
-    }
-
     pub fn args(mut self, args: &[&str]) -> Test {
         self.args.extend(args.iter().map(|a| (*a).to_owned()));
         self
@@ -52,11 +49,6 @@ impl Test {
     /// Runs in `dir` instead of the temp dir (e.g. the ccflow repository).
     pub fn current_dir(mut self, dir: impl Into<PathBuf>) -> Test {
         self.cwd = Some(dir.into());
-        self
-    }
-
-    pub fn env(mut self, key: &str, value: &str) -> Test {
-        self.env.push((key.to_owned(), value.to_owned()));
         self
     }
 
@@ -71,7 +63,6 @@ impl Test {
             .env("NO_COLOR", "1")
             .env_remove("GITHUB_ACTIONS")
             .env_remove("CCFLOW_STATE_DIR")
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .output()
             .expect("spawn ccflow");
         Output {
