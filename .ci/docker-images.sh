@@ -13,7 +13,9 @@
 # claude CLI (a Bun-compiled ELF) links against, copied to the same paths as
 # `ldd` lists them, so tests can bind-mount the host's `claude` binary into it
 # and run agent sessions in a container. The binary itself is not in the image.
-# The CLI is found as `$CCFLOW_TEST_CLAUDE`, else the claude-agent-sdk bundle,
+# The host's bash (and its libraries) is there too: the CLI's Bash tool needs
+# bash. The CLI is found as `$CCFLOW_TEST_CLAUDE` or `$CCFLOW_CLAUDE`, else
+# the claude-agent-sdk bundle,
 # else `claude` on PATH; without any, `ldd /bin/sh`'s libraries are used
 # (the same glibc set).
 #
@@ -31,9 +33,14 @@ if ! docker version >/dev/null 2>&1; then
     exit 1
 fi
 
+# Bumped when an image's content changes, so existing images are rebuilt.
+IMAGES_VERSION=2
+
 # Whether an image must be (re)built.
 wanted() {
-    [ "$force" = 1 ] || ! docker image inspect "$1" >/dev/null 2>&1
+    [ "$force" = 1 ] && return 0
+    version=$(docker image inspect --format '{{ index .Config.Labels "ccflow.test-images" }}' "$1" 2>/dev/null) || return 0
+    [ "$version" != "$IMAGES_VERSION" ]
 }
 
 if ! wanted "$BUSYBOX_IMAGE" && ! wanted "$AGENT_IMAGE"; then
@@ -58,10 +65,12 @@ find_busybox() {
 }
 
 find_claude() {
-    if [ -n "${CCFLOW_TEST_CLAUDE:-}" ] && [ -x "$CCFLOW_TEST_CLAUDE" ]; then
-        echo "$CCFLOW_TEST_CLAUDE"
-        return
-    fi
+    for candidate in "${CCFLOW_TEST_CLAUDE:-}" "${CCFLOW_CLAUDE:-}"; do
+        if [ -n "$candidate" ] && [ -x "$candidate" ]; then
+            echo "$candidate"
+            return
+        fi
+    done
     for python in python3 python; do
         found=$("$python" -c 'import claude_agent_sdk, os; print(os.path.join(os.path.dirname(claude_agent_sdk.__file__), "_bundled", "claude"))' 2>/dev/null || true)
         if [ -n "$found" ] && [ -x "$found" ]; then
@@ -101,6 +110,7 @@ busybox_root() {
     cat >"$1/Dockerfile" <<EOF
 FROM scratch
 COPY . /
+LABEL ccflow.test-images=$IMAGES_VERSION
 ENV PATH=$2
 CMD ["/bin/sh"]
 EOF
@@ -145,6 +155,11 @@ if wanted "$AGENT_IMAGE"; then
     busybox_root "$context" /usr/local/bin:/bin
     claude=$(find_claude)
     copy_libraries "$context" "${claude:-/bin/sh}"
+    # The CLI's Bash tool needs bash (busybox's ash chokes on its snapshot
+    # script): the host's, with its libraries.
+    bash=$(command -v bash)
+    cp -L "$bash" "$context/bin/bash"
+    copy_libraries "$context" "$bash"
     # glibc resolves users through NSS; files-only lookups need no daemon.
     echo "passwd: files" >"$context/etc/nsswitch.conf"
     echo "group: files" >>"$context/etc/nsswitch.conf"
