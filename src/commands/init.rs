@@ -33,7 +33,7 @@ tasks:
     description: Reduce step, runs after every `count` instance
     needs: [count]
     # A list interpolates as several shell words, each quoted.
-    run: cat {{{{ needs.count.outputs }}}} /dev/null | awk '{{s+=$1}} END {{print s+0}}' > .ccflow-out/total.txt
+    run: mkdir -p .ccflow-out && cat {{{{ needs.count.outputs }}}} /dev/null | awk '{{s+=$1}} END {{print s+0}}' > .ccflow-out/total.txt
     outputs: [.ccflow-out/total.txt]
 
   # An agent task (needs the claude CLI; see `ccflow mock-api` to rehearse offline):

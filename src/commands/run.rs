@@ -97,6 +97,13 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
     let io = |what: &str, e: std::io::Error| CommandError::usage(format!("cannot {what}: {e}"));
     let run_dir = scheduler::run_dir(&ctx.state_dir, &run_id);
     fs_err::create_dir_all(run_dir.join("logs")).map_err(|e| io("create the run directory", e))?;
+    if let Err(e) = crate::exec::stale::write_owner(&run_dir) {
+        eprintln!("warning: cannot record the run's owner: {e}");
+    }
+    match crate::exec::stale::kill_orphans_of_dead_runs(&ctx.state_dir, &run_id) {
+        0 => {}
+        n => eprintln!("ccflow: killed {n} process(es) left running by a ccflow that was killed"),
+    }
     let gitignore = ctx.state_dir.join(".gitignore");
     if !gitignore.exists() {
         let _ = fs_err::write(&gitignore, "*\n");

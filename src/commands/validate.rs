@@ -55,7 +55,10 @@ pub fn run(args: &ValidateArgs, ctx: &Ctx) -> CommandResult {
                 common::print_diagnostics(ctx, &diagnostics);
                 if ok {
                     let count = instances.unwrap_or(0);
-                    eprintln!("ok: {display} ({count} instance{})", if count == 1 { "" } else { "s" });
+                    eprintln!(
+                        "ok: {display} ({count} instance{})",
+                        if count == 1 { "" } else { "s" }
+                    );
                 }
             }
             ValidateFormat::Json => reports.push(serde_json::json!({

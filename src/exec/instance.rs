@@ -679,8 +679,14 @@ fn save(
     // later cache hit) without it.
     let missing = paths::missing_literals(&shared.root, &rendered.outputs);
     if !missing.is_empty() {
-        let list = missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ");
-        return Err(format!("the task succeeded but did not create its declared output {list}"));
+        let list = missing
+            .iter()
+            .map(|m| format!("`{m}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(format!(
+            "the task succeeded but did not create its declared output {list}"
+        ));
     }
     let outputs = paths::expand(&shared.root, &rendered.outputs, false)?;
     for output in &outputs {

@@ -15,6 +15,7 @@ pub mod paths;
 pub mod reaper;
 pub mod scheduler;
 pub mod shellwords;
+pub mod stale;
 
 pub use local::{run, CommandLine, ProcessSpec};
 pub use outcome::{ProcessOutcome, ProcessReport};

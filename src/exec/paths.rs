@@ -34,7 +34,10 @@ pub fn expand(
             files.insert(pattern.to_owned());
         } else if path.is_dir() {
             // A directory names everything below it.
-            globs.push(format!("{}/**", globset::escape(pattern.trim_end_matches('/'))));
+            globs.push(format!(
+                "{}/**",
+                globset::escape(pattern.trim_end_matches('/'))
+            ));
         } else if has_glob(pattern) {
             globs.push(pattern.to_owned());
         }

@@ -245,6 +245,9 @@ pub async fn run(
             tracing::warn!("cannot flush the cache: {e}");
         }
     }
+    if state.stop || state.interrupted {
+        state.report_unstarted();
+    }
     // Agents' worktrees and the snapshot ref go with the run.
     if let Some(Ok(snapshot)) = state.shared.snapshot.get() {
         let _ = crate::workspace::cleanup_stale(
@@ -809,6 +812,62 @@ impl State {
             }
             self.status.insert(n, InstanceStatus::Blocked);
             stack.extend(self.plan.graph.neighbors_directed(n, Direction::Outgoing));
+            let instance = &self.plan.graph[n];
+            if instance.kind == NodeKind::Instance {
+                let record =
+                    self.unfinished_record(n, InstanceStatus::Blocked, "a dependency failed");
+                self.reporters.event(&RunEvent::TaskFinished {
+                    record,
+                    log_path: None,
+                });
+            }
+        }
+    }
+
+    /// The record of an instance that did not run.
+    fn unfinished_record(
+        &self,
+        node: NodeIndex,
+        status: InstanceStatus,
+        message: &str,
+    ) -> InstanceRecord {
+        let instance = &self.plan.graph[node];
+        InstanceRecord {
+            id: instance.id.0.clone(),
+            task: self.plan.workflow.tasks[instance.task].name.clone(),
+            label: instance.label.clone(),
+            status,
+            attempts: Vec::new(),
+            started_unix_ms: None,
+            finished_unix_ms: None,
+            duration_ms: 0,
+            exit_code: None,
+            log: None,
+            message: Some(message.to_owned()),
+            cache_key: None,
+            usage: Usage::default(),
+            artifacts: BTreeMap::new(),
+        }
+    }
+
+    /// Reports every instance that never started (fail-fast stop, interrupt).
+    fn report_unstarted(&mut self) {
+        let reason = if self.interrupted {
+            "interrupted before it started"
+        } else {
+            "not started after a failure (fail-fast; `--keep-going` runs it)"
+        };
+        for node in self.plan.ordered_nodes() {
+            if self.plan.graph[node].kind == NodeKind::Instance
+                && !self.status.contains_key(&node)
+                && !self.running.contains_key(&node)
+            {
+                let record = self.unfinished_record(node, InstanceStatus::NotStarted, reason);
+                self.reporters.event(&RunEvent::TaskFinished {
+                    record,
+                    log_path: None,
+                });
+            }
         }
     }
 

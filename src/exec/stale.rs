@@ -1,0 +1,133 @@
+//! Cleaning up after a ccflow that was killed with SIGKILL: its tasks (and
+//! what they started, e.g. a build run by an agent's Bash tool) may still be
+//! running. Every task process carries `CCFLOW_RUN_ID`; every run writes its
+//! owner's pid and start time to `runs/RUN_ID/owner`. At the start of a run,
+//! processes of runs whose owner is gone are killed.
+
+use std::path::Path;
+
+/// The marker file of a run's owning ccflow process.
+const OWNER_FILE: &str = "owner";
+
+/// The start time of a process (clock ticks since boot), from `/proc/PID/stat`.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    // Field 22 overall; 20th after the command name's closing parenthesis.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Records this process as the owner of the run in `run_dir`.
+///
+/// # Errors
+/// The marker cannot be written.
+pub fn write_owner(run_dir: &Path) -> std::io::Result<()> {
+    let pid = std::process::id();
+    let started = start_time(pid).unwrap_or(0);
+    fs_err::write(run_dir.join(OWNER_FILE), format!("{pid} {started}\n"))
+}
+
+/// Whether the owner recorded in `run_dir` is still alive.
+fn owner_alive(run_dir: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(run_dir.join(OWNER_FILE)) else {
+        // No marker: an older or foreign run; leave its processes alone.
+        return true;
+    };
+    let mut parts = text.split_whitespace();
+    let (Some(pid), Some(started)) = (
+        parts.next().and_then(|p| p.parse::<u32>().ok()),
+        parts.next().and_then(|s| s.parse::<u64>().ok()),
+    ) else {
+        return true;
+    };
+    start_time(pid) == Some(started)
+}
+
+/// Kills processes left running by runs (under `state_dir/runs`) whose
+/// ccflow is gone. Returns how many were killed.
+#[must_use]
+pub fn kill_orphans_of_dead_runs(state_dir: &Path, current_run: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let own = std::process::id();
+    let mut killed = 0;
+    let mut verdicts: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
+    for entry in entries.filter_map(Result::ok) {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == own {
+            continue;
+        }
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let Some(run_id) = environ
+            .split(|b| *b == 0)
+            .find_map(|var| var.strip_prefix(b"CCFLOW_RUN_ID="))
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .map(str::to_owned)
+        else {
+            continue;
+        };
+        if run_id == current_run || run_id.contains('/') || run_id.contains("..") {
+            continue;
+        }
+        let dead = *verdicts.entry(run_id.clone()).or_insert_with(|| {
+            let dir = state_dir.join("runs").join(&run_id);
+            dir.is_dir() && !owner_alive(&dir)
+        });
+        if dead {
+            let Ok(pid) = libc::pid_t::try_from(pid) else {
+                continue;
+            };
+            // SAFETY: kill(2) with a positive pid and a valid signal has no
+            // memory-safety preconditions.
+            if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+                killed += 1;
+            }
+        }
+    }
+    killed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn processes_of_a_dead_run_are_killed_and_live_runs_are_kept() {
+        let state = tempfile::tempdir().unwrap();
+        let dead = state.path().join("runs/dead-run");
+        let live = state.path().join("runs/live-run");
+        std::fs::create_dir_all(&dead).unwrap();
+        std::fs::create_dir_all(&live).unwrap();
+        // The dead run's owner: a pid with a start time that cannot match.
+        std::fs::write(dead.join(OWNER_FILE), format!("{} 1\n", std::process::id())).unwrap();
+        write_owner(&live).unwrap();
+        let spawn = |run: &str| {
+            std::process::Command::new("sleep")
+                .arg("1000")
+                .env("CCFLOW_RUN_ID", run)
+                .spawn()
+                .unwrap()
+        };
+        let mut orphan = spawn("dead-run");
+        let mut kept = spawn("live-run");
+        let killed = kill_orphans_of_dead_runs(state.path(), "current");
+        assert!(killed >= 1);
+        let status = orphan.wait().unwrap();
+        assert!(!status.success(), "the orphan was killed");
+        assert!(
+            kept.try_wait().unwrap().is_none(),
+            "a live run's process is kept"
+        );
+        kept.kill().unwrap();
+        kept.wait().unwrap();
+    }
+}
