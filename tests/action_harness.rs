@@ -345,6 +345,11 @@ fn inputs_are_never_executed_as_shell() {
         outcome.log
     );
     assert_eq!(outcome.output("run-id"), "");
+    assert!(
+        outcome.summary.contains("ccflow did not run the workflow"),
+        "the job summary says so: {}",
+        outcome.summary
+    );
     assert_eq!(outcome.step("cache-save").conclusion, Conclusion::Skipped);
     assert_eq!(outcome.step("upload").conclusion, Conclusion::Skipped);
     assert_eq!(outcome.step("pr").conclusion, Conclusion::Skipped);
