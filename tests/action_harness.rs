@@ -122,6 +122,16 @@ impl Sandbox {
     }
 
     fn run(&self, workspace: &Path, temp: &str, inputs: &[(&str, &str)]) -> Outcome {
+        self.run_with_env(workspace, temp, inputs, &[])
+    }
+
+    fn run_with_env(
+        &self,
+        workspace: &Path,
+        temp: &str,
+        inputs: &[(&str, &str)],
+        job_env: &[(&str, &str)],
+    ) -> Outcome {
         let github: BTreeMap<String, String> = [
             ("sha", git(workspace, &["rev-parse", "HEAD"])),
             ("repository", "owner/repo".to_string()),
@@ -151,11 +161,14 @@ impl Sandbox {
                 .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
                 .collect(),
             github,
-            job_env: [(
-                "GH_STUB_DIR".to_string(),
-                self.path("gh").display().to_string(),
-            )]
-            .into(),
+            job_env: job_env
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                .chain([(
+                    "GH_STUB_DIR".to_string(),
+                    self.path("gh").display().to_string(),
+                )])
+                .collect(),
         };
         run.execute()
             .unwrap_or_else(|error| panic!("the harness cannot run action.yml: {error}"))
@@ -466,4 +479,35 @@ fn create_pr_pushes_the_changes_and_opens_a_pull_request() {
         !sandbox.path("gh/args").exists(),
         "no pull request without changes"
     );
+}
+
+#[test]
+fn the_api_key_reaches_the_declared_secret_and_is_masked() {
+    let sandbox = Sandbox::new();
+    let repo = sandbox.repo("repo", "secret.yaml");
+    let probe = |outcome: &Outcome| {
+        assert!(!outcome.failed, "{}", outcome.log);
+        std::fs::read_to_string(repo.join("out/probe.txt")).expect("out/probe.txt")
+    };
+    let inputs = [
+        ("workflow", "secret"),
+        ("version", "local"),
+        ("anthropic-api-key", "sk-harness-123"),
+    ];
+    let outcome = sandbox.run(&repo, "temp-input", &inputs);
+    assert_eq!(probe(&outcome), "match\n");
+    assert!(
+        outcome.log.contains("::add-mask::sk-harness-123\n"),
+        "{}",
+        outcome.log
+    );
+
+    // Without the input, a key from the job's `env:` still gets through.
+    let outcome = sandbox.run_with_env(
+        &repo,
+        "temp-env",
+        &[("workflow", "secret"), ("version", "local")],
+        &[("ANTHROPIC_API_KEY", "sk-harness-123")],
+    );
+    assert_eq!(probe(&outcome), "match\n");
 }
