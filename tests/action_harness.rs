@@ -46,12 +46,15 @@ fn git(dir: &Path, args: &[&str]) -> String {
 /// input would create.
 struct Sandbox {
     dir: tempfile::TempDir,
+    /// Whether `/tmp/pwned` existed before (then it proves nothing).
+    tmp_pwned_existed: bool,
 }
 
 impl Sandbox {
     fn new() -> Sandbox {
         let sandbox = Sandbox {
             dir: tempfile::tempdir().expect("temp dir"),
+            tmp_pwned_existed: Path::new("/tmp/pwned").exists(),
         };
         for sub in ["bin", "home", "storage", "gh", "server/owner"] {
             std::fs::create_dir_all(sandbox.path(sub)).expect("sandbox folders");
@@ -78,13 +81,20 @@ impl Sandbox {
     /// Text that would create the marker (or worse) if a shell ever ran it.
     fn payload(&self) -> String {
         let marker = self.path("pwned").display().to_string();
-        format!("$(touch {marker}) `touch {marker}` \"; touch {marker}; rm -rf ~; \" '; touch {marker}; '")
+        format!(
+            "$(touch /tmp/pwned) $(touch {marker}) `touch {marker}` \"; touch {marker}; rm -rf ~; \" '; touch {marker}; '"
+        )
     }
 
     fn assert_not_executed(&self, outcome: &Outcome) {
         assert!(
             !self.path("pwned").exists(),
             "an input was executed as shell code\n{}",
+            outcome.log
+        );
+        assert!(
+            self.tmp_pwned_existed || !Path::new("/tmp/pwned").exists(),
+            "an input was executed as shell code (`/tmp/pwned`)\n{}",
             outcome.log
         );
         assert!(
