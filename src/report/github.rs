@@ -39,7 +39,18 @@ impl GithubReporter {
 }
 
 fn escape_cell(text: &str) -> String {
-    text.replace('|', "\\|").replace('\n', " ")
+    // A CR ends a line in Markdown as LF does, and would cut the table row.
+    text.replace('|', "\\|").replace(['\r', '\n'], " ")
+}
+
+/// Escapes the message of a workflow command as @actions/core does: the
+/// runner reads its output line by line, splitting on CR as well as LF, so an
+/// unescaped CR in a task id or message would start a new line that could
+/// be taken for a command of its own (`::add-mask::`, `::stop-commands::`).
+fn escape_data(text: &str) -> String {
+    text.replace('%', "%25")
+        .replace('\r', "%0D")
+        .replace('\n', "%0A")
 }
 
 fn append(path: &PathBuf, text: &str) {
@@ -77,7 +88,7 @@ impl Reporter for GithubReporter {
                     );
                     println!(
                         "::error title=ccflow task failed::{}",
-                        message.replace('%', "%25").replace('\n', "%0A")
+                        escape_data(&message)
                     );
                 }
                 self.finished.push((record.clone(), log_path.clone()));
@@ -172,5 +183,19 @@ impl Reporter for GithubReporter {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{escape_cell, escape_data};
+
+    #[test]
+    fn carriage_returns_cannot_start_a_workflow_command() {
+        assert_eq!(
+            escape_data("a%b\r::add-mask::x\ny"),
+            "a%25b%0D::add-mask::x%0Ay"
+        );
+        assert_eq!(escape_cell("a|b\r\nc"), "a\\|b  c");
     }
 }
