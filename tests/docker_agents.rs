@@ -113,6 +113,11 @@ fn repository(workflow: &str, files: &[(&str, &str)]) -> tempfile::TempDir {
 /// An agent task fanned out over `items`, in the test image, running `claude`
 /// mounted from the host.
 fn workflow(claude: &Path, items: &[&str]) -> String {
+    workflow_with(claude, items, "")
+}
+
+/// [`workflow`] with `extra` lines appended to the task.
+fn workflow_with(claude: &Path, items: &[&str], extra: &str) -> String {
     format!(
         r#"version: 1
 name: agents
@@ -127,7 +132,7 @@ tasks:
       command: {claude}
       prompt: "Refactor {{{{ item }}}} and record who you are"
       allowed_tools: [Bash]
-"#,
+{extra}"#,
         items = items.join(", "),
         claude = claude.display(),
     )
@@ -463,6 +468,42 @@ fn containers_write_as_a_non_root_invoking_user() {
     );
     assert_eq!(std::fs::metadata(&path).expect("stat").uid(), 1234);
     let run_id = runs(repo.path()).pop().expect("a run record");
+    assert_eq!(
+        containers_of(&run_id),
+        Vec::<String>::new(),
+        "containers left by run {run_id}"
+    );
+    runtime.block_on(mock.shutdown());
+}
+
+/// `verify` runs in a container of the task's image too: its check passes
+/// only with `/workspace` as the working directory.
+#[test]
+fn verify_runs_in_the_container() {
+    let Some(claude) = prerequisites() else {
+        return;
+    };
+    let runtime = runtime();
+    let mock = mock(&runtime, REFACTOR);
+    let check = "    verify: test \"$PWD\" = /workspace && grep -q 'fn a() -> Error' a.rs\n";
+    let repo = repository(
+        &workflow_with(&claude, &["a.rs"], check),
+        &[("a.rs", "fn a() -> Box<dyn Error> {}\n")],
+    );
+    let home = tempfile::tempdir().expect("home");
+    let output = ccflow(repo.path(), home.path(), mock.port())
+        .output()
+        .expect("run ccflow");
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let content = std::fs::read_to_string(repo.path().join("a.rs")).expect("read");
+    assert!(content.starts_with("fn a() -> Error {}"), "{content}");
+    let run_id = runs(repo.path()).pop().expect("a run record");
+    assert!(repo
+        .path()
+        .join(format!(
+            ".ccflow/runs/{run_id}/agents/refactor_a.rs_.verify-1.log"
+        ))
+        .is_file());
     assert_eq!(
         containers_of(&run_id),
         Vec::<String>::new(),
