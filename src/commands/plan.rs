@@ -52,6 +52,9 @@ pub fn run(args: &PlanArgs, ctx: &Ctx) -> CommandResult {
         PlanFormat::Dot => print!("{}", format::dot(&plan, &notes)),
         PlanFormat::Mermaid => print!("{}", format::mermaid(&plan, &notes)),
     }
+    // Freeing a plan of 100,000 instances one allocation at a time costs a
+    // tenth of the command's time, just before the process exits anyway.
+    std::mem::forget(plan);
     Ok(ExitStatus::Success)
 }
 

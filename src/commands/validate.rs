@@ -54,7 +54,8 @@ pub fn run(args: &ValidateArgs, ctx: &Ctx) -> CommandResult {
             ValidateFormat::Human => {
                 common::print_diagnostics(ctx, &diagnostics);
                 if ok {
-                    eprintln!("ok: {display} ({} instances)", instances.unwrap_or(0));
+                    let count = instances.unwrap_or(0);
+                    eprintln!("ok: {display} ({count} instance{})", if count == 1 { "" } else { "s" });
                 }
             }
             ValidateFormat::Json => reports.push(serde_json::json!({

@@ -335,6 +335,9 @@ pub async fn execute_agent(
                 if rate_limit_round < RATE_LIMIT_RETRIES && !shared.cancel.is_cancelled() =>
             {
                 rate_limit_round += 1;
+                let _ = shared
+                    .notices
+                    .send(Notice::RateLimited { id: job.id.clone() });
                 let delay = rate_limit_backoff(rate_limit_round);
                 let _ = shared.notices.send(Notice::Retrying {
                     id: job.id.clone(),

@@ -69,6 +69,8 @@ pub enum Notice {
         delay: Duration,
         reason: String,
     },
+    /// An agent was rate limited by the API (429/529/overloaded).
+    RateLimited { id: String },
 }
 
 /// One instance to execute.
@@ -672,6 +674,14 @@ fn save(
     log: &Path,
     use_cache: bool,
 ) -> Result<Vec<(String, String)>, String> {
+    // As in Bazel and Snakemake, a declared file the task did not create is
+    // an error: caching the success would leave downstream tasks (and every
+    // later cache hit) without it.
+    let missing = paths::missing_literals(&shared.root, &rendered.outputs);
+    if !missing.is_empty() {
+        let list = missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ");
+        return Err(format!("the task succeeded but did not create its declared output {list}"));
+    }
     let outputs = paths::expand(&shared.root, &rendered.outputs, false)?;
     for output in &outputs {
         if let Ok(target) = std::fs::canonicalize(shared.root.join(output)) {

@@ -25,16 +25,18 @@ pub fn expand(
     let mut globs = Vec::new();
     for pattern in patterns {
         let pattern = pattern.trim_start_matches("./");
-        if has_glob(pattern) {
-            globs.push(pattern.to_owned());
-            continue;
-        }
+        // A path that exists is taken literally even when it holds glob
+        // characters: `{{ item }}` rendered to `pages/[id].tsx` names that
+        // file, not the glob matching `pages/i.tsx`, which left such inputs
+        // unhashed (edits never reran) and such outputs unsaved.
         let path = root.join(pattern);
         if path.is_file() {
             files.insert(pattern.to_owned());
         } else if path.is_dir() {
             // A directory names everything below it.
-            globs.push(format!("{}/**", pattern.trim_end_matches('/')));
+            globs.push(format!("{}/**", globset::escape(pattern.trim_end_matches('/'))));
+        } else if has_glob(pattern) {
+            globs.push(pattern.to_owned());
         }
     }
     if !globs.is_empty() {
@@ -85,4 +87,16 @@ pub fn expand(
         }
     }
     Ok(files.into_iter().collect())
+}
+
+/// The literal (glob-free) patterns that name nothing on disk: declared
+/// outputs a task did not create.
+#[must_use]
+pub fn missing_literals(root: &Path, patterns: &[String]) -> Vec<String> {
+    patterns
+        .iter()
+        .map(|p| p.trim_start_matches("./"))
+        .filter(|p| !has_glob(p) && std::fs::symlink_metadata(root.join(p)).is_err())
+        .map(str::to_owned)
+        .collect()
 }

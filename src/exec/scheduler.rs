@@ -91,7 +91,23 @@ struct State {
     started_unix_ms: u64,
     messages: Vec<String>,
     budget: BudgetState,
+    /// Recent rate-limit notices, and the agent pool's temporary limit.
+    rate_limits: Vec<Instant>,
+    throttle: Option<Throttle>,
 }
+
+/// A temporary cap on concurrent agents after rate limits.
+struct Throttle {
+    limit: usize,
+    until: Instant,
+}
+
+/// Rate limits within this window...
+const RATE_LIMIT_WINDOW: Duration = Duration::from_secs(30);
+/// ...this many times shrink the agent pool...
+const RATE_LIMITS_TO_SHRINK: usize = 2;
+/// ...for this long.
+const THROTTLE_FOR: Duration = Duration::from_secs(60);
 
 /// Agent spending against `budget:` (run-wide and per task).
 #[derive(Default)]
@@ -146,6 +162,8 @@ pub async fn run(
         started_unix_ms: now_ms(),
         messages: Vec::new(),
         budget: BudgetState::default(),
+        rate_limits: Vec::new(),
+        throttle: None,
     };
     let total = state.instance_count();
     state.reporters.event(&RunEvent::RunStarted {
@@ -194,20 +212,27 @@ pub async fn run(
                 Notice::Retrying { id, attempt, delay, reason } => {
                     state.reporters.event(&RunEvent::TaskRetrying { id, attempt, delay, reason });
                 }
+                Notice::RateLimited { id } => state.rate_limited(&id),
             },
-            _ = tick.tick() => state.reporters.tick(),
+            _ = tick.tick() => {
+                state.restore_agent_pool();
+                state.reporters.tick();
+            }
             Some(()) = recv_signal(&mut sigint) => state.interrupt(),
             Some(()) = recv_signal(&mut sigterm) => state.interrupt(),
         }
     }
     // Drain retry notices that raced with completion.
-    while let Ok(Notice::Retrying {
-        id,
-        attempt,
-        delay,
-        reason,
-    }) = notices.try_recv()
-    {
+    while let Ok(notice) = notices.try_recv() {
+        let Notice::Retrying {
+            id,
+            attempt,
+            delay,
+            reason,
+        } = notice
+        else {
+            continue;
+        };
         state.reporters.event(&RunEvent::TaskRetrying {
             id,
             attempt,
@@ -451,7 +476,55 @@ impl State {
     }
 
     fn pool_limit(&self, pool: &str) -> Option<usize> {
-        self.plan.workflow.limits.pools.get(pool).copied()
+        let limit = self.plan.workflow.limits.pools.get(pool).copied();
+        match (&self.throttle, pool) {
+            (Some(throttle), "agent") => {
+                Some(limit.map_or(throttle.limit, |l| l.min(throttle.limit)))
+            }
+            _ => limit,
+        }
+    }
+
+    /// Repeated rate limits shrink the agent pool for a while (adaptive
+    /// concurrency), so a fan-out stops hammering an API that pushes back.
+    fn rate_limited(&mut self, id: &str) {
+        let now = Instant::now();
+        self.rate_limits
+            .retain(|t| now.duration_since(*t) < RATE_LIMIT_WINDOW);
+        self.rate_limits.push(now);
+        if self.rate_limits.len() < RATE_LIMITS_TO_SHRINK {
+            return;
+        }
+        self.rate_limits.clear();
+        let running_agents = self.pool_running.get("agent").copied().unwrap_or(1).max(1);
+        let current = self
+            .pool_limit("agent")
+            .unwrap_or(running_agents)
+            .min(running_agents.max(1));
+        let limit = (current / 2).max(1);
+        self.throttle = Some(Throttle {
+            limit,
+            until: now + THROTTLE_FOR,
+        });
+        self.reporters.event(&RunEvent::Message {
+            text: format!(
+                "ccflow: rate limited (latest: {id}); agent pool shrinks to {limit} for {}s",
+                THROTTLE_FOR.as_secs()
+            ),
+        });
+    }
+
+    fn restore_agent_pool(&mut self) {
+        if self
+            .throttle
+            .as_ref()
+            .is_some_and(|t| Instant::now() >= t.until)
+        {
+            self.throttle = None;
+            self.reporters.event(&RunEvent::Message {
+                text: "ccflow: no rate limits lately; agent pool back to its limit".into(),
+            });
+        }
     }
 
     fn start_ready(&mut self, done: &mpsc::UnboundedSender<JobResult>) {

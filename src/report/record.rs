@@ -289,6 +289,10 @@ pub fn new_run_id() -> String {
 }
 
 /// A file-name-safe form of an instance id, for log files.
+///
+/// Distinct ids give distinct names: when characters had to be replaced
+/// (`a[x y]` and `a[x_y]` both read `a_x_y_`), a hash of the id is appended,
+/// or two instances would write (and cache) one log file.
 #[must_use]
 pub fn file_name_for(id: &str) -> String {
     let mut name: String = id
@@ -304,6 +308,8 @@ pub fn file_name_for(id: &str) -> String {
     if name.len() > 100 {
         name.truncate(80);
         name.push_str(&format!("-{}", &blake3::hash(id.as_bytes()).to_hex()[..16]));
+    } else if name != id {
+        name.push_str(&format!("-{}", &blake3::hash(id.as_bytes()).to_hex()[..8]));
     }
     name
 }

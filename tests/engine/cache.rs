@@ -485,3 +485,67 @@ tasks:
     assert_eq!(test.count("gen"), 2);
     assert_eq!(test.read("b.txt"), "b\n");
 }
+
+#[test]
+fn a_declared_output_the_task_did_not_create_fails_the_instance() {
+    // Regression: the instance succeeded and its empty result was cached,
+    // so every later run was a "cached" success without `result.txt`.
+    let yaml = r#"version: 1
+name: typo
+tasks:
+  gen:
+    outputs: [result.txt, "logs/*.log"]
+    run: echo x >> .count/gen; echo oops > reslt.txt
+  use:
+    needs: [gen]
+    run: echo x >> .count/use
+"#;
+    let test = Test::new().workflow("typo", yaml).args(["run", "typo"]);
+    let out = test.run();
+    out.expect_code(1);
+    let record = test.last_run();
+    let gen = instance(&record, "gen");
+    assert_eq!(gen["status"], "failed");
+    let message = gen["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("`result.txt`") && !message.contains("logs"),
+        "names the missing literal output only: {message}"
+    );
+    assert_eq!(test.count("use"), 0);
+    test.run().expect_code(1);
+    assert_eq!(test.count("gen"), 2, "not cached");
+}
+
+#[test]
+fn files_named_with_glob_characters_are_inputs_and_outputs() {
+    // Regression: `{{ item }}` rendered to `pages/[id].tsx` was matched as
+    // a glob (`pages/i.tsx`, `pages/d.tsx`), so the file was never hashed:
+    // editing it kept the instance cached with a stale output.
+    let yaml = r#"version: 1
+name: routes
+tasks:
+  copy:
+    for_each: { files: "pages/**/*.tsx" }
+    inputs: ["{{ item }}"]
+    outputs: ["out/{{ item.name }}"]
+    run: echo x >> .count/{{ item.stem }}; mkdir -p out && cp {{ item }} out/{{ item.name }}
+"#;
+    let test = Test::new()
+        .workflow("routes", yaml)
+        .file("pages/[id].tsx", "one\n")
+        .file("pages/[...slug]/{a,b}.tsx", "two\n")
+        .args(["run", "routes"]);
+    test.run().ok();
+    assert_eq!(test.read("out/[id].tsx"), "one\n");
+    test.write("pages/[id].tsx", "changed\n");
+    test.write("pages/[...slug]/{a,b}.tsx", "changed too\n");
+    test.run().ok();
+    assert_eq!(test.count("[id]"), 2, "the edited file reran");
+    assert_eq!(test.count("{a,b}"), 2, "the edited file reran");
+    assert_eq!(test.read("out/[id].tsx"), "changed\n");
+    // Outputs with such names are saved and restored.
+    std::fs::remove_file(test.path("out/[id].tsx")).expect("rm");
+    test.run().ok();
+    assert_eq!(test.count("[id]"), 2);
+    assert_eq!(test.read("out/[id].tsx"), "changed\n");
+}

@@ -150,3 +150,34 @@ tasks:
     assert!(invalid.stderr.contains("runn"), "{}", invalid.stderr);
     // 130 is covered by the signal tests.
 }
+
+#[test]
+fn instances_whose_ids_differ_only_in_replaced_characters_keep_separate_logs() {
+    // Regression: `echo[x y]` and `echo[x_y]` both logged to
+    // `logs/echo_x_y_.log`, each overwriting the other's log (and caching it).
+    let yaml = r#"version: 1
+name: logs
+tasks:
+  echo:
+    for_each: { items: ["x y", "x_y", "x/y"] }
+    run: echo I am {{ item }}
+"#;
+    let test = Test::new().workflow("logs", yaml).args(["run", "logs"]);
+    test.run().ok();
+    let record = test.last_run();
+    let run_dir = test.path(&format!(
+        ".ccflow/runs/{}",
+        record["run_id"].as_str().expect("run id")
+    ));
+    let mut paths = std::collections::BTreeSet::new();
+    for item in ["x y", "x_y", "x/y"] {
+        let id = format!("echo[{item}]");
+        let log = crate::support::instance(&record, &id)["log"]
+            .as_str()
+            .expect("a log path")
+            .to_owned();
+        assert!(paths.insert(log.clone()), "`{id}` shares `{log}`");
+        let text = std::fs::read_to_string(run_dir.join(&log)).expect("read log");
+        assert_eq!(text, format!("I am {item}\n"), "`{id}`");
+    }
+}

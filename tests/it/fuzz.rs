@@ -7,7 +7,8 @@
 //! `catch_unwind`.
 //!
 //! The normal run lasts about two seconds. `CCFLOW_FUZZ_ITERS=N` runs exactly
-//! N iterations (no time limit), `CCFLOW_FUZZ_SEED=S` changes the seed; every
+//! N iterations (no time limit), `CCFLOW_FUZZ_SECS=S` runs for S seconds,
+//! `CCFLOW_FUZZ_SEED=S` changes the seed; every
 //! panicking input is written to `$TMPDIR/ccflow-fuzz/` and listed.
 
 use std::collections::BTreeMap;
@@ -256,7 +257,11 @@ fn no_input_makes_the_loader_or_planner_panic() {
     let iterations: Option<u64> = std::env::var("CCFLOW_FUZZ_ITERS")
         .ok()
         .and_then(|s| s.parse().ok());
-    let budget = Duration::from_secs(2);
+    let seconds: u64 = std::env::var("CCFLOW_FUZZ_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    let budget = Duration::from_secs(seconds);
     let mut rng = fastrand::Rng::with_seed(seed);
     let started = Instant::now();
     let crash_dir = std::env::temp_dir().join("ccflow-fuzz");

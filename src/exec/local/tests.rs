@@ -86,9 +86,26 @@ fn exists(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// Whether a process still runs (a zombie waiting to be reaped does not).
+fn running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| state != 'Z'),
+        Err(_) => false,
+    }
+}
+
 fn assert_gone(pids: &[u32]) {
+    // SIGKILL takes effect asynchronously; on a loaded machine the kernel
+    // may need a moment to tear a process down.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
     for &pid in pids {
-        assert!(!exists(pid), "process {pid} survived its task");
+        while running(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(!running(pid), "process {pid} survived its task");
     }
 }
 
