@@ -176,6 +176,30 @@ fn runs(dir: &Path) -> Vec<String> {
     runs
 }
 
+/// The run record's agent artifact of `instance` (`refactor[a.rs]`) whose
+/// name ends in `suffix` (names add a hash to sanitised ids).
+fn artifact(dir: &Path, run_id: &str, instance: &str, suffix: &str) -> Option<PathBuf> {
+    let prefix: String = instance
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    std::fs::read_dir(dir.join(format!(".ccflow/runs/{run_id}/agents")))
+        .ok()?
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| {
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(suffix))
+        })
+}
+
 /// Names of the containers (any state) labelled with run `run_id`.
 fn containers_of(run_id: &str) -> Vec<String> {
     let output = Command::new("docker")
@@ -280,9 +304,13 @@ fn agents_run_in_containers_and_their_diffs_land_in_the_users_tree() {
             );
         }
         // The session ran in the container: its working directory was /workspace.
-        let transcript = repo.path().join(format!(
-            ".ccflow/runs/{run_id}/agents/refactor_{file}_.ndjson"
-        ));
+        let transcript = artifact(
+            repo.path(),
+            &run_id,
+            &format!("refactor[{file}]"),
+            ".ndjson",
+        )
+        .expect("the transcript");
         let transcript = std::fs::read_to_string(&transcript)
             .unwrap_or_else(|e| panic!("{}: {e}", transcript.display()));
         assert!(transcript.contains(r#""cwd":"/workspace""#), "{transcript}");
@@ -498,12 +526,10 @@ fn verify_runs_in_the_container() {
     let content = std::fs::read_to_string(repo.path().join("a.rs")).expect("read");
     assert!(content.starts_with("fn a() -> Error {}"), "{content}");
     let run_id = runs(repo.path()).pop().expect("a run record");
-    assert!(repo
-        .path()
-        .join(format!(
-            ".ccflow/runs/{run_id}/agents/refactor_a.rs_.verify-1.log"
-        ))
-        .is_file());
+    assert!(
+        artifact(repo.path(), &run_id, "refactor[a.rs]", ".verify-1.log").is_some(),
+        "no verify log"
+    );
     assert_eq!(
         containers_of(&run_id),
         Vec::<String>::new(),
