@@ -15,9 +15,9 @@
 # and run agent sessions in a container. The binary itself is not in the image.
 # The host's bash (and its libraries) is there too: the CLI's Bash tool needs
 # bash. The CLI is found as `$CCFLOW_TEST_CLAUDE` or `$CCFLOW_CLAUDE`, else
-# the claude-agent-sdk bundle,
-# else `claude` on PATH; without any, `ldd /bin/sh`'s libraries are used
-# (the same glibc set).
+# the claude-agent-sdk bundle, else `claude` on PATH; without any, `ldd
+# /bin/sh`'s libraries are used (the same glibc set). The images carry a
+# `ccflow.test-images` label: bump IMAGES_VERSION when their content changes.
 #
 # Honours DOCKER_HOST like the docker CLI. Idempotent; safe to run in parallel
 # with itself (the build context is private and the tag is moved atomically).

@@ -113,6 +113,11 @@ fn repository(workflow: &str, files: &[(&str, &str)]) -> tempfile::TempDir {
 /// An agent task fanned out over `items`, in the test image, running `claude`
 /// mounted from the host.
 fn workflow(claude: &Path, items: &[&str]) -> String {
+    workflow_with(claude, items, "")
+}
+
+/// [`workflow`] with `extra` lines appended to the task.
+fn workflow_with(claude: &Path, items: &[&str], extra: &str) -> String {
     format!(
         r#"version: 1
 name: agents
@@ -127,7 +132,7 @@ tasks:
       command: {claude}
       prompt: "Refactor {{{{ item }}}} and record who you are"
       allowed_tools: [Bash]
-"#,
+{extra}"#,
         items = items.join(", "),
         claude = claude.display(),
     )
@@ -169,6 +174,30 @@ fn runs(dir: &Path) -> Vec<String> {
         .unwrap_or_default();
     runs.sort();
     runs
+}
+
+/// The run record's agent artifact of `instance` (`refactor[a.rs]`) whose
+/// name ends in `suffix` (names add a hash to sanitised ids).
+fn artifact(dir: &Path, run_id: &str, instance: &str, suffix: &str) -> Option<PathBuf> {
+    let prefix: String = instance
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    std::fs::read_dir(dir.join(format!(".ccflow/runs/{run_id}/agents")))
+        .ok()?
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| {
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(suffix))
+        })
 }
 
 /// Names of the containers (any state) labelled with run `run_id`.
@@ -275,9 +304,13 @@ fn agents_run_in_containers_and_their_diffs_land_in_the_users_tree() {
             );
         }
         // The session ran in the container: its working directory was /workspace.
-        let transcript = repo.path().join(format!(
-            ".ccflow/runs/{run_id}/agents/refactor_{file}_.ndjson"
-        ));
+        let transcript = artifact(
+            repo.path(),
+            &run_id,
+            &format!("refactor[{file}]"),
+            ".ndjson",
+        )
+        .expect("the transcript");
         let transcript = std::fs::read_to_string(&transcript)
             .unwrap_or_else(|e| panic!("{}: {e}", transcript.display()));
         assert!(transcript.contains(r#""cwd":"/workspace""#), "{transcript}");
@@ -463,6 +496,40 @@ fn containers_write_as_a_non_root_invoking_user() {
     );
     assert_eq!(std::fs::metadata(&path).expect("stat").uid(), 1234);
     let run_id = runs(repo.path()).pop().expect("a run record");
+    assert_eq!(
+        containers_of(&run_id),
+        Vec::<String>::new(),
+        "containers left by run {run_id}"
+    );
+    runtime.block_on(mock.shutdown());
+}
+
+/// `verify` runs in a container of the task's image too: its check passes
+/// only with `/workspace` as the working directory.
+#[test]
+fn verify_runs_in_the_container() {
+    let Some(claude) = prerequisites() else {
+        return;
+    };
+    let runtime = runtime();
+    let mock = mock(&runtime, REFACTOR);
+    let check = "    verify: test \"$PWD\" = /workspace && grep -q 'fn a() -> Error' a.rs\n";
+    let repo = repository(
+        &workflow_with(&claude, &["a.rs"], check),
+        &[("a.rs", "fn a() -> Box<dyn Error> {}\n")],
+    );
+    let home = tempfile::tempdir().expect("home");
+    let output = ccflow(repo.path(), home.path(), mock.port())
+        .output()
+        .expect("run ccflow");
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let content = std::fs::read_to_string(repo.path().join("a.rs")).expect("read");
+    assert!(content.starts_with("fn a() -> Error {}"), "{content}");
+    let run_id = runs(repo.path()).pop().expect("a run record");
+    assert!(
+        artifact(repo.path(), &run_id, "refactor[a.rs]", ".verify-1.log").is_some(),
+        "no verify log"
+    );
     assert_eq!(
         containers_of(&run_id),
         Vec::<String>::new(),

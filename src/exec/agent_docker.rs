@@ -457,6 +457,75 @@ pub async fn run_agent_session(
     outcome
 }
 
+/// Runs an agent's `verify` check in a container of the task's image (the
+/// toolchain the check needs is the image's, as the session's was), with the
+/// worktree at `/workspace`; returns (passed, output). The session's
+/// environment goes through the engine API, not a command line.
+pub async fn run_verify(
+    shared: &RunShared,
+    task: &Task,
+    instance_id: &str,
+    check: &str,
+    worktree: &Path,
+    env: &[(String, String)],
+) -> (bool, Vec<u8>) {
+    let Some(docker) = &shared.docker else {
+        return (
+            false,
+            b"ccflow: the Docker engine is not connected\n".to_vec(),
+        );
+    };
+    let log = std::env::temp_dir().join(format!(
+        "ccflow-verify-{}-{}.log",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    let image = task.image.clone().unwrap_or_default();
+    let image = shared.image_ids.get(&image).cloned().unwrap_or(image);
+    let command = vec!["sh".to_owned(), "-c".to_owned(), check.to_owned()];
+    let mut spec =
+        super::docker::ContainerSpec::new(image, command, worktree, shared.run_id.clone(), &log);
+    let mut container_env: BTreeMap<String, String> = env
+        .iter()
+        .filter(|(name, _)| !HOST_ONLY.contains(&name.as_str()))
+        .cloned()
+        .collect();
+    container_env.insert("HOME".to_owned(), CONTAINER_HOME.to_owned());
+    spec.env = container_env.into_iter().collect();
+    spec.network = Some(
+        task.network
+            .clone()
+            .unwrap_or_else(|| DEFAULT_AGENT_NETWORK.to_owned()),
+    );
+    spec.cpus = task.cpus;
+    spec.memory = task
+        .memory
+        .as_deref()
+        .and_then(crate::workflow::resolve::parse_memory);
+    spec.labels
+        .insert(INSTANCE_LABEL.to_owned(), instance_id.to_owned());
+    spec.masks = shared
+        .secrets
+        .iter()
+        .map(|(_, value)| value.clone())
+        .filter(|value| !value.is_empty())
+        .collect();
+    spec.timeout = Some(std::time::Duration::from_secs(1800));
+    spec.kill_grace = shared.kill_grace;
+    let report = docker.run(spec, shared.cancel.clone(), None).await;
+    let mut output = std::fs::read(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    if !matches!(
+        report.outcome,
+        super::docker::ContainerOutcome::Exited { .. }
+    ) {
+        output.extend_from_slice(
+            format!("\nccflow: the check's container {}\n", report.outcome).as_bytes(),
+        );
+    }
+    (report.outcome.is_success(), output)
+}
+
 /// A session that could not start, as [`run_session`] reports a spawn failure.
 fn not_started(spec: &SessionSpec, error: &str) -> SessionOutcome {
     SessionOutcome {

@@ -401,7 +401,12 @@ pub async fn execute_agent(
         let Some(check) = &rendered.verify else {
             break true;
         };
-        let (passed, output) = run_verify(&shared, check, &worktree.path, &env).await;
+        let (passed, output) = if task.runner == crate::workflow::raw::Runner::Docker {
+            super::agent_docker::run_verify(&shared, task, &job.id, check, &worktree.path, &env)
+                .await
+        } else {
+            run_verify(&shared, check, &worktree.path, &env).await
+        };
         let log = agents_dir.join(format!("{file_stem}.verify-{}.log", verify_round + 1));
         let _ = fs_err::write(&log, &output);
         result
