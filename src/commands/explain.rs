@@ -113,10 +113,8 @@ pub fn run(args: &ExplainArgs, ctx: &Ctx) -> CommandResult {
     .map_err(CommandError::usage)?;
     // Agent keys carry the CLI version.
     if let crate::workflow::TaskKind::Agent(agent) = &task.kind {
-        match crate::agent::find_claude(agent.command.as_deref())
-            .and_then(|b| crate::agent::claude_version(&b))
-        {
-            Ok(version) => {
+        match crate::exec::agent_docker::locate_claude(task.runner, agent.command.as_deref()) {
+            Ok((_, version)) => {
                 key.extra.insert("claude_version".into(), version);
             }
             Err(e) => println!("note: {e}; comparing without the CLI version"),

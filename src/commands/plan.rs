@@ -86,7 +86,10 @@ fn annotate(plan: &Plan, ctx: &Ctx) -> format::Annotations {
         .and_then(|rt| common::prepare_docker(rt, &plan.workflow, &all_tasks, None).ok())
         .map(|(_, ids)| ids)
         .unwrap_or_default();
-    let mut claude_versions: HashMap<Option<String>, Option<String>> = HashMap::new();
+    let mut claude_versions: HashMap<
+        (crate::workflow::raw::Runner, Option<String>),
+        Option<String>,
+    > = HashMap::new();
     let mut predicted: HashMap<petgraph::stable_graph::NodeIndex, Option<String>> = HashMap::new();
     let Ok(order) = petgraph::algo::toposort(&plan.graph, None) else {
         return notes;
@@ -131,11 +134,14 @@ fn annotate(plan: &Plan, ctx: &Ctx) -> format::Annotations {
             };
             if let crate::workflow::TaskKind::Agent(agent) = &task.kind {
                 let version = claude_versions
-                    .entry(agent.command.clone())
+                    .entry((task.runner, agent.command.clone()))
                     .or_insert_with(|| {
-                        crate::agent::find_claude(agent.command.as_deref())
-                            .ok()
-                            .and_then(|b| crate::agent::claude_version(&b).ok())
+                        crate::exec::agent_docker::locate_claude(
+                            task.runner,
+                            agent.command.as_deref(),
+                        )
+                        .ok()
+                        .map(|(_, version)| version)
                     })
                     .clone();
                 let Some(version) = version else {

@@ -499,12 +499,18 @@ pub async fn execute_agent(
         let usage = result.usage;
         let paths: Vec<String> = patch.paths().iter().map(|p| (*p).to_owned()).collect();
         let transcript2 = transcript.clone();
+        // The input globs as the next run will expand them (new files included).
+        let patterns = if rendered.inputs.is_empty() {
+            rendered.outputs.clone()
+        } else {
+            rendered.inputs.clone()
+        };
         let saved = tokio::task::spawn_blocking(move || {
             save_agent(
                 &shared2,
                 &id,
                 key,
-                &inputs,
+                (&inputs, &patterns),
                 &bytes,
                 &paths,
                 &transcript2,
@@ -686,7 +692,7 @@ fn save_agent(
     shared: &RunShared,
     id: &str,
     key: CacheKey,
-    inputs: &BTreeMap<String, String>,
+    (inputs, patterns): (&BTreeMap<String, String>, &[String]),
     patch: &[u8],
     changed: &[String],
     transcript: &Path,
@@ -716,6 +722,16 @@ fn save_agent(
             }
         } else if post.inputs.remove(path).is_some() {
             post_state.insert(path.clone(), String::new());
+        }
+    }
+    // Files the agent created under the input globs are inputs of the next run.
+    if let Ok(files) = super::paths::expand(&shared.root, patterns, true) {
+        for file in files {
+            if !post.inputs.contains_key(&file) && changed.contains(&file) {
+                if let Ok(hash) = shared.index.hash_file(&shared.root, &file) {
+                    post.inputs.insert(file, hash.hash);
+                }
+            }
         }
     }
     let mut keys = vec![key.hash()];
