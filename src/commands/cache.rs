@@ -18,7 +18,8 @@ pub fn run(args: &CacheArgs, ctx: &Ctx) -> CommandResult {
         CacheCommand::Stats => {
             let stats = store.stats().map_err(fail)?;
             println!("cache: {}", store.dir().display());
-            println!("{stats:#?}");
+            println!("entries: {}", stats.entries);
+            println!("blobs:   {} ({})", stats.blobs, human_bytes(stats.bytes));
         }
         CacheCommand::Gc { max_size } => {
             let limit = parse_memory(max_size).ok_or_else(|| {
@@ -27,7 +28,13 @@ pub fn run(args: &CacheArgs, ctx: &Ctx) -> CommandResult {
                 ))
             })?;
             let report = store.gc(limit).map_err(fail)?;
-            println!("{report:#?}");
+            println!(
+                "removed {} entries and {} blobs ({}); the cache now holds {}",
+                report.entries_removed,
+                report.blobs_removed,
+                human_bytes(report.bytes_freed),
+                human_bytes(report.bytes_after)
+            );
         }
         CacheCommand::Clear => {
             store.clear().map_err(fail)?;
@@ -35,4 +42,21 @@ pub fn run(args: &CacheArgs, ctx: &Ctx) -> CommandResult {
         }
     }
     Ok(ExitStatus::Success)
+}
+
+/// `2.4 KiB`, `310.0 MiB`.
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    #[expect(clippy::cast_precision_loss, reason = "display only")]
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
