@@ -100,6 +100,7 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
     if let Err(e) = crate::exec::stale::write_owner(&run_dir) {
         eprintln!("warning: cannot record the run's owner: {e}");
     }
+    let _ = crate::exec::stale::close_dead_records(&ctx.state_dir);
     match crate::exec::stale::kill_orphans_of_dead_runs(&ctx.state_dir, &run_id) {
         0 => {}
         n => eprintln!("ccflow: killed {n} process(es) left running by a ccflow that was killed"),

@@ -96,6 +96,36 @@ pub fn kill_orphans_of_dead_runs(state_dir: &Path, current_run: &str) -> usize {
     killed
 }
 
+/// Marks the records of recent runs whose ccflow died mid-run (status still
+/// `running`, owner gone) as `interrupted`, so `ccflow runs` tells the truth.
+/// Returns how many records were fixed.
+#[must_use]
+pub fn close_dead_records(state_dir: &Path) -> usize {
+    let mut fixed = 0;
+    for dir in crate::report::record::list_runs(state_dir)
+        .into_iter()
+        .take(20)
+    {
+        if owner_alive(&dir) {
+            continue;
+        }
+        let Ok(mut record) = crate::report::record::RunRecord::read(&dir) else {
+            continue;
+        };
+        if record.status != crate::report::record::RunStatus::Running {
+            continue;
+        }
+        record.status = crate::report::record::RunStatus::Interrupted;
+        record
+            .messages
+            .push("ccflow was killed during this run; the next run cleaned up after it".into());
+        if record.write(&dir).is_ok() {
+            fixed += 1;
+        }
+    }
+    fixed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
