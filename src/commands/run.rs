@@ -178,8 +178,10 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
     if std::io::stderr().is_terminal() && !ctx.github && std::env::var_os("CI").is_none() {
         reporters.reporters.push(Box::new(ProgressReporter::new()));
     } else {
+        // Line-buffered: unbuffered stderr cost a write(2) per padded field,
+        // a fifth of a no-op run over 10,000 cached instances.
         reporters.reporters.push(Box::new(PlainReporter::new(
-            Box::new(std::io::stderr()),
+            Box::new(std::io::LineWriter::new(std::io::stderr())),
             ctx.github,
             args.replay,
         )));

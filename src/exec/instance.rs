@@ -71,6 +71,11 @@ pub enum Notice {
     },
     /// An agent was rate limited by the API (429/529/overloaded).
     RateLimited { id: String },
+    /// The instance missed the cache and needs a job slot to run; the
+    /// loop answers on [`Job::slot`].
+    WantSlot {
+        node: petgraph::stable_graph::NodeIndex,
+    },
 }
 
 /// One instance to execute.
@@ -83,6 +88,24 @@ pub struct Job {
     /// Upstream instance id → digest of its outputs.
     pub deps: BTreeMap<String, String>,
     pub activity: Arc<Mutex<String>>,
+    /// Where the loop grants the instance a job slot (`-j`). An instance
+    /// probes the cache without one and asks for one only to run, so cache
+    /// hits never wait behind processes. The slot is the loop's to account:
+    /// it is free again when the loop handles the instance's result.
+    pub slot: tokio::sync::oneshot::Receiver<()>,
+}
+
+/// Asks the loop for a job slot and waits for it. `false` when the run
+/// stopped starting work (fail-fast or interrupt).
+async fn acquire_slot(shared: &RunShared, job: &mut Job) -> bool {
+    if shared
+        .notices
+        .send(Notice::WantSlot { node: job.node })
+        .is_err()
+    {
+        return false;
+    }
+    (&mut job.slot).await.is_ok()
 }
 
 /// What came of one instance.
@@ -276,7 +299,7 @@ fn backoff_delay(base: Duration, attempt: u32) -> Duration {
 }
 
 /// Runs one instance to completion (cache hit, success or failure).
-pub async fn execute(shared: Arc<RunShared>, job: Job) -> JobResult {
+pub async fn execute(shared: Arc<RunShared>, mut job: Job) -> JobResult {
     let started = Instant::now();
     let mut result = JobResult::new(job.node);
     let workflow = Arc::clone(&shared.workflow);
@@ -288,8 +311,13 @@ pub async fn execute(shared: Arc<RunShared>, job: Job) -> JobResult {
         return result;
     }
     if task.is_agent() {
+        if !acquire_slot(&shared, &mut job).await {
+            result.status = InstanceStatus::NotStarted;
+            return result;
+        }
         result.status = InstanceStatus::Failed;
-        return super::agent_task::execute_agent(shared, job, result, started).await;
+        result.started_unix_ms = now_ms();
+        return super::agent_task::execute_agent(shared, job, result, Instant::now()).await;
     }
     // Inputs → key.
     let keyed = {
@@ -419,7 +447,15 @@ pub async fn execute(shared: Arc<RunShared>, job: Job) -> JobResult {
         }
     }
 
-    // Run, with retries.
+    // Run, with retries, in a job slot.
+    if !acquire_slot(&shared, &mut job).await {
+        result.status = InstanceStatus::NotStarted;
+        release(&shared);
+        return result;
+    }
+    // Its time counts from here, not from the wait for a slot.
+    let started = Instant::now();
+    result.started_unix_ms = now_ms();
     let log_path = shared.run_dir.join("logs").join(format!(
         "{}.log",
         crate::report::record::file_name_for(&job.id)

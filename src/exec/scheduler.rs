@@ -10,8 +10,21 @@
 //! (their process groups get SIGTERM, then SIGKILL after the grace period),
 //! the record is written, and the run reports `interrupted` (exit 130).
 //!
-//! Deadlock hazard: a job never waits on the loop (it only sends on
-//! unbounded channels), so the loop can always drain completions.
+//! Cache probes do not hold job slots: up to [`PROBE_AHEAD`] shell
+//! instances beyond `-j` are in flight, hashing their inputs and looking up
+//! the cache; only a miss asks the loop for a slot ([`Notice::WantSlot`]) to
+//! run its process. The loop grants slots in ready-queue order, and never to
+//! an instance while a higher-ranked one is still probing, so the start
+//! order is the queue order as if every instance had held a slot. An
+//! instance is reported started when it gets its slot (a hit, just before it
+//! is reported finished). Agents are dispatched within `-j` as before, since
+//! dispatch reserves their budget. Without this, a no-op run at `-j 2`
+//! passed every cached instance through the loop two at a time and spent
+//! most of its wall time in thread wake-ups.
+//!
+//! Deadlock hazard: the loop never waits on a job; a job waits on the loop
+//! only for its slot, which the loop grants or drops (when it stops starting
+//! work) from its own state, so the loop can always drain completions.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -22,7 +35,9 @@ use std::time::{Duration, Instant};
 use petgraph::stable_graph::NodeIndex;
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
-use tokio::sync::mpsc;
+use std::collections::{BTreeSet, HashSet};
+
+use tokio::sync::{mpsc, oneshot};
 
 use super::instance::{execute, Job, JobResult, Notice, RunShared};
 use crate::graph::instance::{base_context, render, NeedContext};
@@ -49,7 +64,10 @@ pub struct RunOutcome {
     pub record: RunRecord,
 }
 
-#[derive(Debug, PartialEq, Eq)]
+/// Shell instances probing the cache beyond the job limit.
+pub const PROBE_AHEAD: usize = 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Ready {
     priority: i32,
     depth: u32,
@@ -82,6 +100,19 @@ struct State {
     ready: BinaryHeap<Ready>,
     order: HashMap<NodeIndex, usize>,
     running: HashMap<NodeIndex, String>,
+    /// Dispatched instances not yet reported started, with their activity line.
+    unannounced: HashMap<NodeIndex, Arc<Mutex<String>>>,
+    /// Rank of each dispatched instance that has not asked for a slot nor
+    /// finished yet.
+    probing: BTreeSet<Ready>,
+    /// Rank of every dispatched instance.
+    ranks: HashMap<NodeIndex, Ready>,
+    /// Misses waiting for a slot.
+    slot_queue: BinaryHeap<Ready>,
+    /// Where to send each dispatched instance its slot.
+    slot_senders: HashMap<NodeIndex, oneshot::Sender<()>>,
+    /// Instances holding a slot (at most `global_limit`).
+    holding_slot: HashSet<NodeIndex>,
     pool_running: HashMap<String, usize>,
     global_limit: usize,
     stop: bool,
@@ -153,6 +184,12 @@ pub async fn run(
         status: HashMap::new(),
         ready: BinaryHeap::new(),
         running: HashMap::new(),
+        unannounced: HashMap::new(),
+        probing: BTreeSet::new(),
+        ranks: HashMap::new(),
+        slot_queue: BinaryHeap::new(),
+        slot_senders: HashMap::new(),
+        holding_slot: HashSet::new(),
         pool_running: HashMap::new(),
         global_limit,
         stop: false,
@@ -203,17 +240,13 @@ pub async fn run(
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     loop {
         state.start_ready(&done_tx);
+        state.grant_slots();
         if state.running.is_empty() && (state.ready.is_empty() || state.stop) {
             break;
         }
         tokio::select! {
             Some(result) = done_rx.recv() => state.finish(result),
-            Some(notice) = notices.recv() => match notice {
-                Notice::Retrying { id, attempt, delay, reason } => {
-                    state.reporters.event(&RunEvent::TaskRetrying { id, attempt, delay, reason });
-                }
-                Notice::RateLimited { id } => state.rate_limited(&id),
-            },
+            Some(notice) = notices.recv() => state.notice(notice),
             _ = tick.tick() => {
                 state.restore_agent_pool();
                 state.reporters.tick();
@@ -222,23 +255,9 @@ pub async fn run(
             Some(()) = recv_signal(&mut sigterm) => state.interrupt(),
         }
     }
-    // Drain retry notices that raced with completion.
+    // Drain notices that raced with completion.
     while let Ok(notice) = notices.try_recv() {
-        let Notice::Retrying {
-            id,
-            attempt,
-            delay,
-            reason,
-        } = notice
-        else {
-            continue;
-        };
-        state.reporters.event(&RunEvent::TaskRetrying {
-            id,
-            attempt,
-            delay,
-            reason,
-        });
+        state.notice(notice);
     }
     if let Some(store) = &state.shared.store {
         if let Err(e) = store.flush() {
@@ -478,6 +497,71 @@ impl State {
         }
     }
 
+    fn notice(&mut self, notice: Notice) {
+        match notice {
+            Notice::Retrying {
+                id,
+                attempt,
+                delay,
+                reason,
+            } => {
+                self.reporters.event(&RunEvent::TaskRetrying {
+                    id,
+                    attempt,
+                    delay,
+                    reason,
+                });
+            }
+            Notice::RateLimited { id } => self.rate_limited(&id),
+            Notice::WantSlot { node } => {
+                if let Some(rank) = self.ranks.get(&node).copied() {
+                    self.probing.remove(&rank);
+                    self.slot_queue.push(rank);
+                }
+            }
+        }
+    }
+
+    /// Hands free slots to waiting misses, best rank first, but not past an
+    /// instance that is still probing and might need one. After a stop, the
+    /// waiting misses are told no (they finish as not started).
+    fn grant_slots(&mut self) {
+        if self.stop {
+            for rank in self.slot_queue.drain() {
+                self.slot_senders.remove(&rank.node);
+            }
+            return;
+        }
+        while self.holding_slot.len() < self.global_limit {
+            let Some(best) = self.slot_queue.peek().copied() else {
+                break;
+            };
+            if self.probing.last().is_some_and(|probing| *probing > best) {
+                break;
+            }
+            self.slot_queue.pop();
+            let Some(sender) = self.slot_senders.remove(&best.node) else {
+                continue;
+            };
+            if sender.send(()).is_ok() {
+                self.holding_slot.insert(best.node);
+                self.announce(best.node);
+            }
+        }
+    }
+
+    /// Reports a dispatched instance as started, once.
+    fn announce(&mut self, node: NodeIndex) {
+        if let Some(activity) = self.unannounced.remove(&node) {
+            let id = self.plan.graph[node].id.0.clone();
+            self.reporters.event(&RunEvent::TaskStarted {
+                id,
+                attempt: 1,
+                activity,
+            });
+        }
+    }
+
     fn pool_limit(&self, pool: &str) -> Option<usize> {
         let limit = self.plan.workflow.limits.pools.get(pool).copied();
         match (&self.throttle, pool) {
@@ -535,11 +619,17 @@ impl State {
             return;
         }
         let mut deferred = Vec::new();
-        while self.running.len() < self.global_limit {
+        while self.running.len() < self.global_limit + PROBE_AHEAD {
             let Some(ready) = self.ready.pop() else { break };
             let node = ready.node;
             let task_index = self.plan.graph[node].task;
             let pool = self.plan.workflow.tasks[task_index].pool.clone();
+            if self.plan.workflow.tasks[task_index].is_agent()
+                && self.running.len() >= self.global_limit
+            {
+                deferred.push(ready);
+                continue;
+            }
             if let Some(limit) = self.pool_limit(&pool) {
                 if self.pool_running.get(&pool).copied().unwrap_or(0) >= limit {
                     deferred.push(ready);
@@ -555,13 +645,14 @@ impl State {
                     }
                 }
             }
-            self.start(node, done);
+            self.start(ready, done);
             *self.pool_running.entry(pool).or_insert(0) += 1;
         }
         self.ready.extend(deferred);
     }
 
-    fn start(&mut self, node: NodeIndex, done: &mpsc::UnboundedSender<JobResult>) {
+    fn start(&mut self, ready: Ready, done: &mpsc::UnboundedSender<JobResult>) {
+        let node = ready.node;
         let instance = self.plan.graph[node].clone();
         let workflow = Arc::clone(&self.plan.workflow);
         let task = &workflow.tasks[instance.task];
@@ -599,12 +690,12 @@ impl State {
             })
             .collect();
         let activity = Arc::new(Mutex::new(String::new()));
-        self.reporters.event(&RunEvent::TaskStarted {
-            id: instance.id.0.clone(),
-            attempt: 1,
-            activity: Arc::clone(&activity),
-        });
+        self.unannounced.insert(node, Arc::clone(&activity));
         self.running.insert(node, instance.id.0.clone());
+        let (slot_sender, slot) = oneshot::channel();
+        self.slot_senders.insert(node, slot_sender);
+        self.ranks.insert(node, ready);
+        self.probing.insert(ready);
         let job = Job {
             node,
             id: instance.id.0.clone(),
@@ -613,6 +704,7 @@ impl State {
             rendered,
             deps,
             activity,
+            slot,
         };
         let shared = Arc::clone(&self.shared);
         let done = done.clone();
@@ -625,11 +717,24 @@ impl State {
     fn finish(&mut self, result: JobResult) {
         let node = result.node;
         self.running.remove(&node);
+        self.slot_senders.remove(&node);
+        self.holding_slot.remove(&node);
+        if let Some(rank) = self.ranks.remove(&node) {
+            self.probing.remove(&rank);
+        }
         let instance = self.plan.graph[node].clone();
-        let task = &self.plan.workflow.tasks[instance.task];
+        let workflow = Arc::clone(&self.plan.workflow);
+        let task = &workflow.tasks[instance.task];
         if let Some(count) = self.pool_running.get_mut(&task.pool) {
             *count = count.saturating_sub(1);
         }
+        if result.status == InstanceStatus::NotStarted {
+            // Stopped while waiting for a slot: it never ran.
+            self.unannounced.remove(&node);
+            self.budget.reserved.remove(&node);
+            return;
+        }
+        self.announce(node);
         if task.is_agent() {
             self.budget.reserved.remove(&node);
             self.budget.spent.add(&result.usage);
