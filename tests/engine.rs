@@ -13,6 +13,8 @@ mod cache;
 mod concurrency;
 #[path = "engine/crash.rs"]
 mod crash;
+#[path = "engine/docker.rs"]
+mod docker;
 #[path = "engine/dynamic.rs"]
 mod dynamic;
 #[path = "engine/failure.rs"]

@@ -95,6 +95,7 @@ pub fn prepare_docker(
     workflow: &Workflow,
     tasks: &[usize],
     run_id: Option<&str>,
+    state_dir: &std::path::Path,
 ) -> Result<
     (
         Option<crate::exec::docker::DockerRunner>,
@@ -137,7 +138,13 @@ pub fn prepare_docker(
             ids.insert(image.clone(), id);
         }
         if let Some(run_id) = run_id {
-            match docker.remove_leftovers(Some(run_id)).await {
+            // Only runs of this repository whose ccflow is gone: another
+            // ccflow may be running right now next to this one.
+            let state_dir = state_dir.to_path_buf();
+            let own = run_id.to_owned();
+            let dead =
+                move |run: &str| run != own && crate::exec::stale::run_is_dead(&state_dir, run);
+            match docker.remove_containers_of(dead).await {
                 Ok(0) => {}
                 Ok(n) => eprintln!("ccflow: removed {n} container(s) left over by an earlier run"),
                 Err(e) => eprintln!("warning: cannot remove leftover containers: {e}"),

@@ -99,7 +99,8 @@ pub fn run(args: &ExplainArgs, ctx: &Ctx) -> CommandResult {
         .enable_all()
         .build()
         .map_err(|e| CommandError::usage(format!("cannot start the runtime: {e}")))?;
-    let (_, image_ids) = common::prepare_docker(&runtime, &workflow, &[instance.task], None)?;
+    let (_, image_ids) =
+        common::prepare_docker(&runtime, &workflow, &[instance.task], None, &ctx.state_dir)?;
     let (mut key, _) = instance_key(
         &workflow,
         &ctx.root,

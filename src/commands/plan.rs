@@ -83,7 +83,9 @@ fn annotate(plan: &Plan, ctx: &Ctx) -> format::Annotations {
     let all_tasks: Vec<usize> = (0..plan.workflow.tasks.len()).collect();
     let image_ids = runtime
         .as_ref()
-        .and_then(|rt| common::prepare_docker(rt, &plan.workflow, &all_tasks, None).ok())
+        .and_then(|rt| {
+            common::prepare_docker(rt, &plan.workflow, &all_tasks, None, &ctx.state_dir).ok()
+        })
         .map(|(_, ids)| ids)
         .unwrap_or_default();
     let mut claude_versions: HashMap<

@@ -147,8 +147,13 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
     let selected: Vec<usize> = (0..workflow.tasks.len())
         .filter(|i| !plan.task_nodes[*i].is_empty())
         .collect();
-    let (docker, image_ids) =
-        common::prepare_docker(&runtime, &workflow, &selected, Some(&run_id))?;
+    let (docker, image_ids) = common::prepare_docker(
+        &runtime,
+        &workflow,
+        &selected,
+        Some(&run_id),
+        &ctx.state_dir,
+    )?;
     let (notice_tx, notice_rx) = tokio::sync::mpsc::unbounded_channel();
     let shared = Arc::new(RunShared {
         workflow: Arc::clone(&workflow),

@@ -48,7 +48,10 @@ async fn snapshot(shared: &Arc<RunShared>) -> Result<Arc<Snapshot>, String> {
                     // Leftovers of crashed runs go first.
                     let run_id = shared.run_id.clone();
                     if let Err(e) =
-                        workspace::cleanup_stale(&shared.root, &worktrees, Some(&run_id))
+                        workspace::cleanup_stale_with(&shared.root, &worktrees, &|run| {
+                            // Another ccflow may be running in this repository now.
+                            run == run_id || !super::stale::run_is_dead(&shared.state_dir, run)
+                        })
                     {
                         tracing::warn!("cannot clean up old worktrees: {e}");
                     }

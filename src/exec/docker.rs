@@ -519,6 +519,18 @@ impl DockerRunner {
         self.remove_labelled(|run| Some(run) != except_run).await
     }
 
+    /// Force-removes the containers of the runs for which `is_dead` holds
+    /// (a run whose ccflow was killed), leaving live runs' containers alone.
+    ///
+    /// # Errors
+    /// The engine cannot list or remove containers.
+    pub async fn remove_containers_of(
+        &self,
+        is_dead: impl Fn(&str) -> bool,
+    ) -> Result<usize, DockerError> {
+        self.remove_labelled(is_dead).await
+    }
+
     /// Force-removes the containers whose `ccflow.run` label satisfies `remove`.
     async fn remove_labelled(&self, remove: impl Fn(&str) -> bool) -> Result<usize, DockerError> {
         let filters = HashMap::from([("label", vec![RUN_LABEL])]);

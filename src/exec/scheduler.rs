@@ -269,10 +269,13 @@ pub async fn run(
     }
     // Agents' worktrees and the snapshot ref go with the run.
     if let Some(Ok(snapshot)) = state.shared.snapshot.get() {
-        let _ = crate::workspace::cleanup_stale(
+        let own = state.shared.run_id.clone();
+        let state_dir = state.shared.state_dir.clone();
+        // Only this run's worktrees, and those of runs whose ccflow is gone.
+        let _ = crate::workspace::cleanup_stale_with(
             &state.shared.root,
             &state.shared.state_dir.join("worktrees"),
-            None,
+            &|run| run != own && !crate::exec::stale::run_is_dead(&state_dir, run),
         );
         if let Err(e) = crate::workspace::release_snapshot(snapshot) {
             tracing::warn!("cannot release the snapshot: {e}");

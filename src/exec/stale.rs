@@ -43,6 +43,17 @@ fn owner_alive(run_dir: &Path) -> bool {
     start_time(pid) == Some(started)
 }
 
+/// Whether `run_id` is a run of this state directory whose ccflow is gone
+/// (containers and processes of such runs are leftovers).
+#[must_use]
+pub fn run_is_dead(state_dir: &Path, run_id: &str) -> bool {
+    if run_id.is_empty() || run_id.contains('/') || run_id.contains("..") {
+        return false;
+    }
+    let dir = state_dir.join("runs").join(run_id);
+    dir.is_dir() && !owner_alive(&dir)
+}
+
 /// Kills processes left running by runs (under `state_dir/runs`) whose
 /// ccflow is gone. Returns how many were killed.
 #[must_use]

@@ -99,6 +99,12 @@ rules:
             .is_some_and(|o| o.contains("rate limited"))),
         "{inst:#}"
     );
+    // Repeated rate limits shrink the agent pool for a while, and say so.
+    assert!(
+        out.stderr.contains("agent pool shrinks to 1"),
+        "{}",
+        out.stderr
+    );
     // Sessions are not counted: every attempt reached the API at least once.
     assert!(mock.stats().faults_injected >= attempts.len() as u64);
     assert!(started.elapsed() < std::time::Duration::from_secs(60));
