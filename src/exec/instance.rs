@@ -319,35 +319,23 @@ pub async fn execute(shared: Arc<RunShared>, mut job: Job) -> JobResult {
         result.started_unix_ms = now_ms();
         return super::agent_task::execute_agent(shared, job, result, Instant::now()).await;
     }
-    // Inputs → key.
-    let keyed = {
-        let shared = Arc::clone(&shared);
-        let rendered = Arc::clone(&rendered);
-        let deps = job.deps.clone();
-        let task_index = job.task;
-        tokio::task::spawn_blocking(move || {
-            let names = shared.workflow.secrets.clone();
-            instance_key(
-                &shared.workflow,
-                &shared.root,
-                &shared.index,
-                &names,
-                &shared.workflow.tasks[task_index],
-                &rendered,
-                &deps,
-                &shared.image_ids,
-            )
-        })
-        .await
-    };
+    // Inputs → key. Usually a few stats through the warm index: cheaper in
+    // place than a hand-off to the blocking pool and back (a large cold input
+    // blocks this worker while it is hashed; the other workers go on).
+    let keyed = instance_key(
+        &shared.workflow,
+        &shared.root,
+        &shared.index,
+        &shared.workflow.secrets,
+        task,
+        &rendered,
+        &job.deps,
+        &shared.image_ids,
+    );
     let (key, inputs) = match keyed {
-        Ok(Ok(k)) => k,
-        Ok(Err(message)) => {
+        Ok(k) => k,
+        Err(message) => {
             result.message = Some(message);
-            return result;
-        }
-        Err(e) => {
-            result.message = Some(format!("cannot compute the cache key: {e}"));
             return result;
         }
     };

@@ -656,7 +656,19 @@ impl State {
 
     fn start(&mut self, ready: Ready, done: &mpsc::UnboundedSender<JobResult>) {
         let node = ready.node;
-        let instance = self.plan.graph[node].clone();
+        // Only the parts a job needs: cloning the whole node copies its item.
+        let instance = {
+            let node_ref = &self.plan.graph[node];
+            StartInfo {
+                id: node_ref.id.clone(),
+                task: node_ref.task,
+                label: node_ref.label.clone(),
+                rendered: node_ref.rendered.clone(),
+                item: node_ref.item.clone().filter(|_| {
+                    task_uses_runtime_context(&self.plan.workflow.tasks[node_ref.task])
+                }),
+            }
+        };
         let workflow = Arc::clone(&self.plan.workflow);
         let task = &workflow.tasks[instance.task];
         // Re-render with the real state of the dependencies when the task's
@@ -1048,6 +1060,16 @@ impl State {
         }
         record
     }
+}
+
+/// What `start` needs of a node.
+struct StartInfo {
+    id: crate::graph::InstanceId,
+    task: usize,
+    label: Option<String>,
+    rendered: Option<Arc<crate::graph::RenderedInstance>>,
+    /// Only when the task is re-rendered at start.
+    item: Option<crate::fanout::ItemValue>,
 }
 
 /// Whether a task's templates read `needs` or `run`, which only the
