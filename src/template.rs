@@ -106,6 +106,28 @@ impl Templates {
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default()
         });
+        // Filters receive undefined values without complaint: keep strictness.
+        let defined = |v: &Value| {
+            if v.is_undefined() {
+                Err(minijinja::Error::from(ErrorKind::UndefinedError))
+            } else {
+                Ok(())
+            }
+        };
+        env.add_filter(
+            "shell_dq",
+            move |v: Value| -> Result<Value, minijinja::Error> {
+                defined(&v)?;
+                Ok(Value::from_safe_string(escape_double_quoted(&words(&v))))
+            },
+        );
+        env.add_filter(
+            "shell_sq",
+            move |v: Value| -> Result<Value, minijinja::Error> {
+                defined(&v)?;
+                Ok(Value::from_safe_string(words(&v).replace('\'', "'\\''")))
+            },
+        );
         env.add_filter("shell_quote", |v: Value| -> Value {
             Value::from_safe_string(shell_quote(&v.to_string()))
         });
@@ -300,6 +322,105 @@ fn undefined_name(source: &str, context: &Value) -> Option<String> {
     })
 }
 
+/// A value as text: a list becomes its items separated by spaces.
+fn words(value: &Value) -> String {
+    if value.kind() == minijinja::value::ValueKind::Seq {
+        return value
+            .try_iter()
+            .map(|items| items.map(|v| v.to_string()).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default();
+    }
+    if value.is_none() {
+        String::new()
+    } else {
+        value.to_string()
+    }
+}
+
+/// Escapes text for the inside of a double-quoted shell string.
+fn escape_double_quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '\\' | '"' | '$' | '`') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Makes automatic quoting follow the shell's quoting context in a `run:`
+/// template: an expression written inside `"..."` is escaped for a
+/// double-quoted string, one inside `'...'` for a single-quoted string, so
+/// `echo "file: {{ item }}"` prints `file: a b` rather than `file: 'a b'`.
+/// Expressions outside quotes keep the default (one quoted word) and
+/// `|safe` always opts out. Newlines are kept, so template line numbers hold.
+#[must_use]
+pub fn contextualize_shell(source: &str) -> String {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Quote {
+        None,
+        Single,
+        Double,
+    }
+    if !source.contains("{{") {
+        return source.to_owned();
+    }
+    let mut out = String::with_capacity(source.len() + 16);
+    let mut quote = Quote::None;
+    let mut rest = source;
+    while !rest.is_empty() {
+        // Template tags and comments do not change the shell's quoting.
+        for (open, close) in [("{%", "%}"), ("{#", "#}")] {
+            if rest.starts_with(open) {
+                let end = rest.find(close).map_or(rest.len(), |i| i + close.len());
+                out.push_str(&rest[..end]);
+                rest = &rest[end..];
+            }
+        }
+        if rest.starts_with("{{") {
+            let Some(end) = rest.find("}}") else {
+                out.push_str(rest);
+                break;
+            };
+            let inner = rest[2..end].trim();
+            let opted_out = inner.ends_with("|safe") || inner.ends_with("| safe");
+            match quote {
+                Quote::Double if !opted_out => {
+                    out.push_str(&format!("{{{{ ({inner})|shell_dq }}}}"))
+                }
+                Quote::Single if !opted_out => {
+                    out.push_str(&format!("{{{{ ({inner})|shell_sq }}}}"))
+                }
+                _ => out.push_str(&rest[..end + 2]),
+            }
+            rest = &rest[end + 2..];
+            continue;
+        }
+        let Some(c) = rest.chars().next() else {
+            break;
+        };
+        let len = c.len_utf8();
+        match (quote, c) {
+            (Quote::None | Quote::Double, '\\') => {
+                // An escaped character, taken as is.
+                let next = rest[len..].chars().next().map_or(0, char::len_utf8);
+                out.push_str(&rest[..len + next]);
+                rest = &rest[len + next..];
+                continue;
+            }
+            (Quote::None, '\'') => quote = Quote::Single,
+            (Quote::Single, '\'') => quote = Quote::None,
+            (Quote::None, '"') => quote = Quote::Double,
+            (Quote::Double, '"') => quote = Quote::None,
+            _ => {}
+        }
+        out.push(c);
+        rest = &rest[len..];
+    }
+    out
+}
+
 /// Quotes a string as one POSIX shell word (unchanged when it needs no quoting).
 #[must_use]
 pub fn shell_quote(text: &str) -> String {
@@ -344,6 +465,47 @@ mod tests {
         assert_eq!(out.text, "cat 'a b' c");
         let out = t.render("echo {{ \"it's\" }}", true, &ctx).unwrap();
         assert_eq!(out.text, "echo 'it'\\''s'");
+    }
+
+    #[test]
+    fn quoting_follows_the_shell_context() {
+        let t = templates();
+        let ctx = context! { item => "a b$c\"d", name => "it's" };
+        let render = |src: &str| {
+            t.render(&contextualize_shell(src), true, &ctx)
+                .unwrap()
+                .text
+        };
+        assert_eq!(render("echo {{ item }}"), "echo 'a b$c\"d'");
+        assert_eq!(
+            render("echo \"x {{ item }} y\""),
+            "echo \"x a b\\$c\\\"d y\""
+        );
+        assert_eq!(render("echo 'n={{ name }}'"), "echo 'n=it'\\''s'");
+        assert_eq!(render("echo \"{{ item|safe }}\""), "echo \"a b$c\"d\"");
+        assert_eq!(
+            render("{% if true %}echo \"{{ name }}\"{% endif %}"),
+            "echo \"it's\""
+        );
+        // What sh makes of it is the value itself.
+        for src in [
+            "printf %s \"{{ item }}\"",
+            "printf %s '{{ name }}'",
+            "printf %s {{ item }}",
+        ] {
+            let script = render(src);
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(&script)
+                .output()
+                .unwrap();
+            let want = if src.contains("name") {
+                "it's"
+            } else {
+                "a b$c\"d"
+            };
+            assert_eq!(String::from_utf8_lossy(&out.stdout), want, "{script}");
+        }
     }
 
     #[test]

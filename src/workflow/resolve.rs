@@ -558,7 +558,7 @@ impl Checker<'_> {
                     );
                 }
                 TaskKind::Shell {
-                    script: script.clone(),
+                    script: crate::template::contextualize_shell(script),
                     shell,
                 }
             }
@@ -933,7 +933,10 @@ impl Checker<'_> {
                 .continue_on_error
                 .or(defaults.continue_on_error)
                 .unwrap_or(false),
-            verify: raw.verify.clone(),
+            verify: raw
+                .verify
+                .as_deref()
+                .map(crate::template::contextualize_shell),
             verify_attempts: raw.verify_attempts.unwrap_or(1),
             budget: raw
                 .budget
