@@ -177,6 +177,7 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
         snapshot: tokio::sync::OnceCell::new(),
         apply_mode: args.apply,
         apply_lock: tokio::sync::Mutex::new(()),
+        worktree_pool: std::sync::Mutex::new(Vec::new()),
     });
     let mut reporters = Reporters::default();
     let events_to_stdout = args.events.as_deref() == Some("-");

@@ -264,7 +264,15 @@ pub async fn execute_agent(
         .join("worktrees")
         .join(&shared.run_id)
         .join(format!("{}", job.node.index()));
-    let worktree = {
+    // A worktree another instance left (reset to the snapshot), else a new one.
+    let pooled = shared
+        .worktree_pool
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .pop();
+    let worktree = if let Some(worktree) = pooled {
+        worktree
+    } else {
         let snapshot = Arc::clone(&snapshot);
         let dir = worktree_dir.clone();
         let name = format!("{}", job.node.index());
@@ -442,7 +450,7 @@ pub async fn execute_agent(
         });
     };
     if !session_ok {
-        remove_worktree(&snapshot, worktree).await;
+        release_worktree(&shared, &snapshot, worktree, None).await;
         result.duration = started.elapsed();
         return result;
     }
@@ -454,7 +462,7 @@ pub async fn execute_agent(
             return fail(result, message);
         }
     };
-    remove_worktree(&snapshot, worktree).await;
+    release_worktree(&shared, &snapshot, worktree, Some(&patch)).await;
     let patch_path = agents_dir.join(format!("{file_stem}.patch"));
     if !patch.is_empty() {
         let _ = fs_err::write(&patch_path, patch.text.as_bytes());
@@ -548,6 +556,53 @@ async fn diff_blocking(
     })
     .await
     .unwrap_or_else(|e| Err(e.to_string()))
+}
+
+/// Returns a worktree to the run's pool, reset to the snapshot (only the
+/// files the agent changed are rewritten: a checkout per instance would cost
+/// the whole tree); removes it instead when the run is stopping or the reset
+/// fails.
+async fn release_worktree(
+    shared: &Arc<RunShared>,
+    snapshot: &Arc<Snapshot>,
+    worktree: workspace::Worktree,
+    patch: Option<&Patch>,
+) {
+    if shared.cancel.is_cancelled() {
+        remove_worktree(snapshot, worktree).await;
+        return;
+    }
+    let patch = match patch {
+        Some(p) => p.clone(),
+        None => match diff_blocking(snapshot, &worktree).await {
+            Ok(p) => p,
+            Err(_) => {
+                remove_worktree(snapshot, worktree).await;
+                return;
+            }
+        },
+    };
+    let reset = {
+        let snapshot = Arc::clone(snapshot);
+        let worktree = worktree.clone();
+        tokio::task::spawn_blocking(move || workspace::reset_worktree(&snapshot, &worktree, &patch))
+            .await
+    };
+    match reset {
+        Ok(Ok(())) => shared
+            .worktree_pool
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(worktree),
+        Ok(Err(e)) => {
+            tracing::warn!(
+                "cannot reset worktree `{}` ({e}); removing it",
+                worktree.path.display()
+            );
+            remove_worktree(snapshot, worktree).await;
+        }
+        Err(_) => remove_worktree(snapshot, worktree).await,
+    }
 }
 
 async fn remove_worktree(snapshot: &Arc<Snapshot>, worktree: workspace::Worktree) {

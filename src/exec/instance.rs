@@ -58,6 +58,8 @@ pub struct RunShared {
     pub apply_mode: crate::cli::ApplyMode,
     /// Diffs land one at a time, in completion order.
     pub apply_lock: tokio::sync::Mutex<()>,
+    /// Agent worktrees reset to the snapshot, ready for the next instance.
+    pub worktree_pool: std::sync::Mutex<Vec<crate::workspace::Worktree>>,
 }
 
 /// A message from a running instance to the scheduler loop.

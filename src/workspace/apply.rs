@@ -512,3 +512,83 @@ pub fn commit_to_branch(
     ))?;
     Ok(commit)
 }
+
+/// Puts a worktree back to its snapshot after an agent changed `patch`'s
+/// files, so the worktree can serve the next instance: changed and deleted
+/// files get their snapshot content and mode back, added files go, and a
+/// HEAD the agent moved (by committing) returns to the snapshot commit.
+/// Files git ignores are not touched (they are never part of a diff).
+///
+/// # Errors
+/// A file cannot be restored; the caller then discards the worktree.
+pub fn reset_worktree(
+    snapshot: &Snapshot,
+    worktree: &super::Worktree,
+    patch: &Patch,
+) -> Result<(), WorkspaceError> {
+    let (repo, _root) = open_repository(&snapshot.repo_root)?;
+    for change in &patch.files {
+        validate_path(&change.path)?;
+        let target = worktree.path.join(&change.path);
+        match (change.kind, change.old_blob) {
+            (ChangeKind::Added, _) => {
+                if std::fs::symlink_metadata(&target).is_ok() {
+                    fs_err::remove_file(&target)?;
+                }
+                // Folders the agent created and emptied go too.
+                let mut dir = target.parent();
+                while let Some(d) = dir {
+                    if d == worktree.path || std::fs::remove_dir(d).is_err() {
+                        break;
+                    }
+                    dir = d.parent();
+                }
+            }
+            (_, Some(blob)) => {
+                let content = find_blob_content(&repo, blob).ok_or_else(|| {
+                    WorkspaceError::from(std::io::Error::other(format!(
+                        "snapshot blob of `{}` is missing",
+                        change.path
+                    )))
+                })?;
+                if std::fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) {
+                    fs_err::remove_dir_all(&target)?;
+                }
+                let side = Side {
+                    content,
+                    mode: change.old_mode.unwrap_or(super::patch::MODE_FILE),
+                };
+                // A symlink is replaced, never written through.
+                if std::fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_symlink()) {
+                    fs_err::remove_file(&target)?;
+                }
+                write_atomically(&target, &side)?;
+            }
+            (_, None) => {
+                return Err(WorkspaceError::from(std::io::Error::other(format!(
+                    "no snapshot content for `{}`",
+                    change.path
+                ))))
+            }
+        }
+    }
+    let git = |action: &'static str| WorkspaceError::git(action, worktree.path.clone());
+    let checkout = git2::Repository::open(&worktree.path).map_err(git("open the worktree"))?;
+    let moved = checkout
+        .head()
+        .ok()
+        .and_then(|h| h.target())
+        .is_none_or(|head| head != snapshot.commit);
+    if moved {
+        checkout
+            .set_head_detached(snapshot.commit)
+            .map_err(git("reset the worktree's HEAD"))?;
+        let commit = checkout
+            .find_object(snapshot.commit, None)
+            .map_err(git("find the snapshot commit"))?;
+        checkout
+            .reset(&commit, git2::ResetType::Mixed, None)
+            .map_err(git("reset the worktree's index"))?;
+    }
+    Ok(())
+}

@@ -26,7 +26,7 @@ mod worktree;
 #[cfg(test)]
 mod tests;
 
-pub use apply::{apply, commit_to_branch, ApplyOutcome};
+pub use apply::{apply, commit_to_branch, reset_worktree, ApplyOutcome};
 pub use error::WorkspaceError;
 pub use patch::{diff, paths_outside, ChangeKind, FileChange, Patch};
 pub use snapshot::{release_snapshot, snapshot, Snapshot};

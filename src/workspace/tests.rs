@@ -1005,3 +1005,45 @@ fn measure_on_a_2000_file_repository() {
         );
     }
 }
+
+#[test]
+fn a_reset_worktree_is_the_snapshot_again_and_serves_the_next_agent() {
+    let repo = repo_with(&[
+        ("a.txt", "a\n"),
+        ("b/c.txt", "c\n"),
+        ("run.sh", "#!/bin/sh\n"),
+    ]);
+    set_executable(&repo.path().join("run.sh"), true);
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-qm", "exec"]);
+    let snapshot = snapshot(repo.path(), "run-pool").unwrap();
+    let (worktree, patch) = agent_patch(&snapshot, "0", |path| {
+        write(path, "a.txt", "changed\n");
+        std::fs::remove_file(path.join("b/c.txt")).unwrap();
+        write(path, "new/deep/file.txt", "added\n");
+        set_executable(&path.join("run.sh"), false);
+        // An agent that commits moves its worktree's HEAD.
+        git(path, &["add", "-A"]);
+        git(path, &["commit", "-qm", "agent commit"]);
+    });
+    assert_eq!(patch.files.len(), 4, "{patch:?}");
+    reset_worktree(&snapshot, &worktree, &patch).unwrap();
+    assert!(diff(&snapshot, &worktree).unwrap().is_empty());
+    assert_eq!(read(&worktree.path, "a.txt"), "a\n");
+    assert_eq!(read(&worktree.path, "b/c.txt"), "c\n");
+    assert!(
+        !worktree.path.join("new").exists(),
+        "folders the agent made are gone"
+    );
+    let mode = std::fs::metadata(worktree.path.join("run.sh"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_ne!(mode & 0o111, 0, "the executable bit is back");
+    let head = git(&worktree.path, &["rev-parse", "HEAD"]);
+    assert_eq!(head.trim(), snapshot.commit.to_string());
+    // The next agent's diff holds only its own change.
+    write(&worktree.path, "b/c.txt", "next\n");
+    let next = diff(&snapshot, &worktree).unwrap();
+    assert_eq!(next.paths(), vec!["b/c.txt"]);
+}
