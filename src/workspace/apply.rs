@@ -590,5 +590,32 @@ pub fn reset_worktree(
             .reset(&commit, git2::ResetType::Mixed, None)
             .map_err(git("reset the worktree's index"))?;
     }
+    // Ignored files are never in a snapshot: any here were made by the agent
+    // (a build folder, say). They go too, so the next agent starts clean.
+    let mut options = git2::StatusOptions::new();
+    options
+        .include_ignored(true)
+        .include_untracked(false)
+        .recurse_ignored_dirs(false)
+        .recurse_untracked_dirs(true);
+    let ignored: Vec<String> = checkout
+        .statuses(Some(&mut options))
+        .map_err(git("list the worktree's ignored files"))?
+        .iter()
+        .filter(|entry| entry.status().contains(git2::Status::IGNORED))
+        .filter_map(|entry| entry.path().map(str::to_owned))
+        .collect();
+    for path in ignored {
+        let relative = Path::new(path.trim_end_matches('/'));
+        if super::is_state_path(relative) {
+            continue;
+        }
+        let target = worktree.path.join(relative);
+        match std::fs::symlink_metadata(&target) {
+            Ok(meta) if meta.is_dir() => fs_err::remove_dir_all(&target)?,
+            Ok(_) => fs_err::remove_file(&target)?,
+            Err(_) => {}
+        }
+    }
     Ok(())
 }

@@ -1012,6 +1012,7 @@ fn a_reset_worktree_is_the_snapshot_again_and_serves_the_next_agent() {
         ("a.txt", "a\n"),
         ("b/c.txt", "c\n"),
         ("run.sh", "#!/bin/sh\n"),
+        (".gitignore", "target/\n*.log\n"),
     ]);
     set_executable(&repo.path().join("run.sh"), true);
     git(repo.path(), &["add", "-A"]);
@@ -1022,6 +1023,9 @@ fn a_reset_worktree_is_the_snapshot_again_and_serves_the_next_agent() {
         std::fs::remove_file(path.join("b/c.txt")).unwrap();
         write(path, "new/deep/file.txt", "added\n");
         set_executable(&path.join("run.sh"), false);
+        // Build products the agent's tools leave (ignored: not in the diff).
+        write(path, "target/debug/out.bin", "bin");
+        write(path, "b/trace.log", "log");
         // An agent that commits moves its worktree's HEAD.
         git(path, &["add", "-A"]);
         git(path, &["commit", "-qm", "agent commit"]);
@@ -1035,6 +1039,12 @@ fn a_reset_worktree_is_the_snapshot_again_and_serves_the_next_agent() {
         !worktree.path.join("new").exists(),
         "folders the agent made are gone"
     );
+    assert!(
+        !worktree.path.join("target").exists(),
+        "ignored build products are gone"
+    );
+    assert!(!worktree.path.join("b/trace.log").exists());
+    assert!(worktree.path.join(".gitignore").exists());
     let mode = std::fs::metadata(worktree.path.join("run.sh"))
         .unwrap()
         .permissions()
