@@ -504,12 +504,7 @@ pub async fn run_verify(
         .and_then(crate::workflow::resolve::parse_memory);
     spec.labels
         .insert(INSTANCE_LABEL.to_owned(), instance_id.to_owned());
-    spec.masks = shared
-        .secrets
-        .iter()
-        .map(|(_, value)| value.clone())
-        .filter(|value| !value.is_empty())
-        .collect();
+    spec.masks = shared.masks();
     spec.timeout = Some(std::time::Duration::from_secs(1800));
     spec.kill_grace = shared.kill_grace;
     let report = docker.run(spec, shared.cancel.clone(), None).await;

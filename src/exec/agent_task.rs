@@ -10,7 +10,7 @@
 //! → save the patch under the pre- and post-state keys → remove the worktree.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -511,11 +511,7 @@ pub async fn execute_agent(
         let paths: Vec<String> = patch.paths().iter().map(|p| (*p).to_owned()).collect();
         let transcript2 = transcript.clone();
         // The input globs as the next run will expand them (new files included).
-        let patterns = if rendered.inputs.is_empty() {
-            rendered.outputs.clone()
-        } else {
-            rendered.inputs.clone()
-        };
+        let patterns = super::instance::input_patterns(task, &rendered).to_vec();
         let saved = tokio::task::spawn_blocking(move || {
             save_agent(
                 &shared2,
@@ -842,9 +838,8 @@ async fn run_verify(
         timeout: Some(Duration::from_secs(1800)),
         kill_grace: shared.kill_grace,
         masks: shared
-            .secrets
-            .iter()
-            .map(|(_, v)| v.clone())
+            .masks()
+            .into_iter()
             .chain(CREDENTIALS.iter().filter_map(|k| std::env::var(k).ok()))
             .filter(|v| !v.is_empty())
             .collect(),
@@ -856,10 +851,4 @@ async fn run_verify(
     let output = std::fs::read(&log).unwrap_or_default();
     let _ = std::fs::remove_file(&log);
     (report.outcome.is_success(), output)
-}
-
-/// Where salvaged and applied patches are listed for `ccflow show`.
-#[must_use]
-pub fn artifact_path(run_dir: &Path, relative: &str) -> PathBuf {
-    run_dir.join(relative)
 }

@@ -128,11 +128,31 @@ pub struct JobResult {
     pub artifacts: BTreeMap<String, String>,
 }
 
+impl RunShared {
+    /// The secret values to mask in logs (empty ones would mask everything).
+    #[must_use]
+    pub fn masks(&self) -> Vec<String> {
+        self.secrets
+            .iter()
+            .map(|(_, value)| value.clone())
+            .filter(|value| !value.is_empty())
+            .collect()
+    }
+}
+
 impl JobResult {
     /// A blank result (for internal bookkeeping).
     #[must_use]
     pub fn empty() -> JobResult {
         JobResult::new(petgraph::stable_graph::NodeIndex::new(0))
+    }
+
+    /// A failure that happened before anything ran.
+    #[must_use]
+    pub fn failed(node: petgraph::stable_graph::NodeIndex, message: String) -> JobResult {
+        let mut result = JobResult::new(node);
+        result.message = Some(message);
+        result
     }
 
     fn new(node: petgraph::stable_graph::NodeIndex) -> JobResult {
@@ -189,14 +209,8 @@ pub fn instance_key(
     deps: &BTreeMap<String, String>,
     image_ids: &HashMap<String, String>,
 ) -> Result<(CacheKey, BTreeMap<String, String>), String> {
-    // Agents read what they edit: without `inputs`, their outputs are their inputs.
-    let patterns = if task.is_agent() && rendered.inputs.is_empty() {
-        &rendered.outputs
-    } else {
-        &rendered.inputs
-    };
-    let input_files =
-        paths::expand(root, patterns, true).map_err(|e| format!("cannot expand inputs: {e}"))?;
+    let input_files = paths::expand(root, input_patterns(task, rendered), true)
+        .map_err(|e| format!("cannot expand inputs: {e}"))?;
     let mut inputs = BTreeMap::new();
     for file in &input_files {
         let hash = index
@@ -272,6 +286,17 @@ pub fn instance_key(
             .insert("verify_attempts".into(), task.verify_attempts.to_string());
     }
     Ok((key, inputs))
+}
+
+/// The globs that make an instance's inputs. Agents read what they edit:
+/// without `inputs`, their outputs are their inputs.
+#[must_use]
+pub fn input_patterns<'a>(task: &Task, rendered: &'a RenderedInstance) -> &'a [String] {
+    if task.is_agent() && rendered.inputs.is_empty() {
+        &rendered.outputs
+    } else {
+        &rendered.inputs
+    }
 }
 
 /// The process environment: the caller's basics, declared env, secrets.
@@ -467,12 +492,7 @@ pub async fn execute(shared: Arc<RunShared>, mut job: Job) -> JobResult {
             script: rendered.command.clone().unwrap_or_default(),
         },
     };
-    let masks: Vec<String> = shared
-        .secrets
-        .iter()
-        .map(|(_, v)| v.clone())
-        .filter(|v| !v.is_empty())
-        .collect();
+    let masks = shared.masks();
     let attempts = task.retry.attempts.max(1);
     let mut attempt = 0;
     loop {

@@ -122,6 +122,8 @@ struct State {
     started_unix_ms: u64,
     messages: Vec<String>,
     budget: BudgetState,
+    /// Per task: whether its templates read run-time state (re-rendered at start).
+    runtime_context: Vec<bool>,
     /// Recent rate-limit notices, and the agent pool's temporary limit.
     rate_limits: Vec<Instant>,
     throttle: Option<Throttle>,
@@ -199,9 +201,17 @@ pub async fn run(
         started_unix_ms: now_ms(),
         messages: Vec::new(),
         budget: BudgetState::default(),
+        runtime_context: Vec::new(),
         rate_limits: Vec::new(),
         throttle: None,
     };
+    state.runtime_context = state
+        .plan
+        .workflow
+        .tasks
+        .iter()
+        .map(task_uses_runtime_context)
+        .collect();
     let total = state.instance_count();
     state.reporters.event(&RunEvent::RunStarted {
         run_id: state.shared.run_id.clone(),
@@ -465,28 +475,13 @@ impl State {
                 self.release_successors(node, true);
             }
             Err(diagnostic) => {
-                let id = self.plan.graph[node].id.0.clone();
-                let task = self.plan.workflow.tasks[self.plan.graph[node].task]
-                    .name
-                    .clone();
-                let message = diagnostic.message.clone();
                 self.status.insert(node, InstanceStatus::Failed);
-                let record = InstanceRecord {
-                    id,
-                    task,
-                    label: None,
-                    status: InstanceStatus::Failed,
-                    attempts: Vec::new(),
-                    started_unix_ms: None,
-                    finished_unix_ms: Some(now_ms()),
-                    duration_ms: 0,
-                    exit_code: None,
-                    log: None,
-                    message: Some(message),
-                    cache_key: None,
-                    usage: Usage::default(),
-                    artifacts: BTreeMap::new(),
-                };
+                let record = self.record(
+                    node,
+                    InstanceStatus::Failed,
+                    None,
+                    Some(&diagnostic.message),
+                );
                 self.reporters.event(&RunEvent::TaskFinished {
                     record,
                     log_path: None,
@@ -664,9 +659,10 @@ impl State {
                 task: node_ref.task,
                 label: node_ref.label.clone(),
                 rendered: node_ref.rendered.clone(),
-                item: node_ref.item.clone().filter(|_| {
-                    task_uses_runtime_context(&self.plan.workflow.tasks[node_ref.task])
-                }),
+                item: node_ref
+                    .item
+                    .clone()
+                    .filter(|_| self.runtime_context[node_ref.task]),
             }
         };
         let workflow = Arc::clone(&self.plan.workflow);
@@ -674,7 +670,7 @@ impl State {
         // Re-render with the real state of the dependencies when the task's
         // templates look at them.
         let mut rendered = instance.rendered.clone().unwrap_or_default();
-        if task_uses_runtime_context(task) {
+        if self.runtime_context[instance.task] {
             let needs = self.needs_context(node);
             let base = base_context(&workflow, task, &needs, &self.shared.run_id);
             match render(
@@ -686,7 +682,7 @@ impl State {
             ) {
                 Ok(r) => rendered = Arc::new(r),
                 Err(diagnostic) => {
-                    let mut result = JobResultBuilder::failed(node, diagnostic.message);
+                    let mut result = JobResult::failed(node, diagnostic.message);
                     result.status = InstanceStatus::Failed;
                     let _ = done.send(result);
                     self.running.insert(node, instance.id.0.clone());
@@ -776,26 +772,7 @@ impl State {
             }
         }
         self.status.insert(node, status);
-        let record = InstanceRecord {
-            id: instance.id.0.clone(),
-            task: task.name.clone(),
-            label: instance.label.clone(),
-            status,
-            attempts: result.attempts.clone(),
-            started_unix_ms: Some(result.started_unix_ms),
-            finished_unix_ms: Some(now_ms()),
-            duration_ms: u64::try_from(result.duration.as_millis()).unwrap_or(u64::MAX),
-            exit_code: result.exit_code,
-            log: result
-                .log_path
-                .as_ref()
-                .and_then(|p| p.strip_prefix(&self.shared.run_dir).ok())
-                .map(|p| p.display().to_string()),
-            message: result.message.clone(),
-            cache_key: result.key.clone(),
-            usage: result.usage,
-            artifacts: result.artifacts.clone(),
-        };
+        let record = self.record(node, status, Some(&result), None);
         self.reporters.event(&RunEvent::TaskFinished {
             record,
             log_path: result.log_path.clone(),
@@ -872,27 +849,10 @@ impl State {
 
     /// Records an instance that will not start (budget), blocking its dependents.
     fn not_started(&mut self, node: NodeIndex, reason: String) {
-        let instance = self.plan.graph[node].clone();
-        let task = self.plan.workflow.tasks[instance.task].name.clone();
         self.status.insert(node, InstanceStatus::NotStarted);
-        let mut result = JobResultBuilder::failed(node, reason.clone());
+        let mut result = JobResult::failed(node, reason);
         result.status = InstanceStatus::NotStarted;
-        let record = InstanceRecord {
-            id: instance.id.0.clone(),
-            task,
-            label: instance.label.clone(),
-            status: InstanceStatus::NotStarted,
-            attempts: Vec::new(),
-            started_unix_ms: None,
-            finished_unix_ms: None,
-            duration_ms: 0,
-            exit_code: None,
-            log: None,
-            message: Some(reason),
-            cache_key: None,
-            usage: Usage::default(),
-            artifacts: BTreeMap::new(),
-        };
+        let record = self.record(node, InstanceStatus::NotStarted, Some(&result), None);
         self.reporters.event(&RunEvent::TaskFinished {
             record,
             log_path: None,
@@ -934,8 +894,12 @@ impl State {
             stack.extend(self.plan.graph.neighbors_directed(n, Direction::Outgoing));
             let instance = &self.plan.graph[n];
             if instance.kind == NodeKind::Instance {
-                let record =
-                    self.unfinished_record(n, InstanceStatus::Blocked, "a dependency failed");
+                let record = self.record(
+                    n,
+                    InstanceStatus::Blocked,
+                    None,
+                    Some("a dependency failed"),
+                );
                 self.reporters.event(&RunEvent::TaskFinished {
                     record,
                     log_path: None,
@@ -944,29 +908,37 @@ impl State {
         }
     }
 
-    /// The record of an instance that did not run.
-    fn unfinished_record(
+    /// The record of an instance: from its result when it has one, else
+    /// with `message` (an instance that did not run).
+    fn record(
         &self,
         node: NodeIndex,
         status: InstanceStatus,
-        message: &str,
+        result: Option<&JobResult>,
+        message: Option<&str>,
     ) -> InstanceRecord {
         let instance = &self.plan.graph[node];
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         InstanceRecord {
             id: instance.id.0.clone(),
             task: self.plan.workflow.tasks[instance.task].name.clone(),
             label: instance.label.clone(),
             status,
-            attempts: Vec::new(),
-            started_unix_ms: None,
-            finished_unix_ms: None,
-            duration_ms: 0,
-            exit_code: None,
-            log: None,
-            message: Some(message.to_owned()),
-            cache_key: None,
-            usage: Usage::default(),
-            artifacts: BTreeMap::new(),
+            attempts: result.map(|r| r.attempts.clone()).unwrap_or_default(),
+            started_unix_ms: result.map(|r| r.started_unix_ms),
+            finished_unix_ms: result.map(|r| r.started_unix_ms.saturating_add(millis(r.duration))),
+            duration_ms: result.map_or(0, |r| millis(r.duration)),
+            exit_code: result.and_then(|r| r.exit_code),
+            log: result
+                .and_then(|r| r.log_path.as_ref())
+                .and_then(|p| p.strip_prefix(&self.shared.run_dir).ok())
+                .map(|p| p.display().to_string()),
+            message: result
+                .and_then(|r| r.message.clone())
+                .or_else(|| message.map(str::to_owned)),
+            cache_key: result.and_then(|r| r.key.clone()),
+            usage: result.map(|r| r.usage).unwrap_or_default(),
+            artifacts: result.map(|r| r.artifacts.clone()).unwrap_or_default(),
         }
     }
 
@@ -982,7 +954,7 @@ impl State {
                 && !self.status.contains_key(&node)
                 && !self.running.contains_key(&node)
             {
-                let record = self.unfinished_record(node, InstanceStatus::NotStarted, reason);
+                let record = self.record(node, InstanceStatus::NotStarted, None, Some(reason));
                 self.reporters.event(&RunEvent::TaskFinished {
                     record,
                     log_path: None,
@@ -999,7 +971,6 @@ impl State {
             if instance.kind != NodeKind::Instance {
                 continue;
             }
-            let task = &self.plan.workflow.tasks[instance.task];
             let st =
                 self.status
                     .get(&node)
@@ -1015,29 +986,7 @@ impl State {
             if let Some(r) = result {
                 usage.add(&r.usage);
             }
-            instances.push(InstanceRecord {
-                id: instance.id.0.clone(),
-                task: task.name.clone(),
-                label: instance.label.clone(),
-                status: st,
-                attempts: result.map(|r| r.attempts.clone()).unwrap_or_default(),
-                started_unix_ms: result.map(|r| r.started_unix_ms),
-                finished_unix_ms: result.map(|r| {
-                    r.started_unix_ms + u64::try_from(r.duration.as_millis()).unwrap_or(0)
-                }),
-                duration_ms: result.map_or(0, |r| {
-                    u64::try_from(r.duration.as_millis()).unwrap_or(u64::MAX)
-                }),
-                exit_code: result.and_then(|r| r.exit_code),
-                log: result
-                    .and_then(|r| r.log_path.as_ref())
-                    .and_then(|p| p.strip_prefix(&self.shared.run_dir).ok())
-                    .map(|p| p.display().to_string()),
-                message: result.and_then(|r| r.message.clone()),
-                cache_key: result.and_then(|r| r.key.clone()),
-                usage: result.map(|r| r.usage).unwrap_or_default(),
-                artifacts: result.map(|r| r.artifacts.clone()).unwrap_or_default(),
-            });
+            instances.push(self.record(node, st, result, None));
         }
         let counts = Counts::from_instances(&instances);
         let now = now_ms();
@@ -1090,27 +1039,6 @@ fn task_uses_runtime_context(task: &crate::workflow::Task) -> bool {
     texts
         .iter()
         .any(|t| t.contains("needs") || t.contains("run.") || t.contains("read_file"))
-}
-
-struct JobResultBuilder;
-
-impl JobResultBuilder {
-    fn failed(node: NodeIndex, message: String) -> JobResult {
-        JobResult {
-            node,
-            status: InstanceStatus::Failed,
-            attempts: Vec::new(),
-            started_unix_ms: now_ms(),
-            duration: Duration::ZERO,
-            exit_code: None,
-            log_path: None,
-            message: Some(message),
-            outputs: Vec::new(),
-            key: None,
-            usage: Usage::default(),
-            artifacts: BTreeMap::new(),
-        }
-    }
 }
 
 /// Where a run's files go.

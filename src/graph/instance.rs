@@ -11,7 +11,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::sync::Arc;
 
 use minijinja::value::Value as TemplateValue;
 use serde_json::Value;
@@ -413,6 +412,3 @@ fn undefined_hints(workflow: &Workflow, task: &Task, message: &str) -> Vec<Strin
         ],
     }
 }
-
-/// A shared, immutable instance handle.
-pub type SharedRendered = Arc<RenderedInstance>;
