@@ -210,6 +210,10 @@ pub fn files(root: &Path, globs: &[String], exclude: &[String]) -> Result<Vec<It
         } else {
             root.join(start)
         };
+        // What the walk depends on: the directories it lists and the
+        // ignore files that shape it (see `crate::memo`).
+        crate::memo::stat(&dir);
+        crate::memo::ignore_files_above(&dir);
         if !dir.is_dir() {
             continue;
         }
@@ -230,6 +234,9 @@ pub fn files(root: &Path, globs: &[String], exclude: &[String]) -> Result<Vec<It
                 path: dir.display().to_string(),
                 reason: e.to_string(),
             })?;
+            if entry.file_type().is_some_and(|t| t.is_dir()) {
+                crate::memo::walked_dir(entry.path());
+            }
             if !entry
                 .file_type()
                 .is_some_and(|t| t.is_file() || t.is_symlink())
@@ -400,6 +407,7 @@ pub fn batch(items: Vec<Item>, size: usize) -> Vec<Item> {
 /// The file is missing or not the expected shape.
 pub fn dynamic_items(root: &Path, file: &str, json: bool) -> Result<Vec<Item>, FanoutError> {
     let path = root.join(file);
+    crate::memo::stat(&path);
     let text = std::fs::read_to_string(&path).map_err(|e| FanoutError::Read {
         path: file.to_owned(),
         reason: e.to_string(),

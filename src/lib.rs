@@ -13,6 +13,7 @@ pub mod error;
 pub mod exec;
 pub mod fanout;
 pub mod graph;
+pub mod memo;
 pub mod mock;
 pub mod report;
 pub mod template;

@@ -19,6 +19,8 @@ mod docker;
 mod dynamic;
 #[path = "engine/failure.rs"]
 mod failure;
+#[path = "engine/memo.rs"]
+mod memo;
 #[path = "engine/output.rs"]
 mod output;
 #[path = "engine/retries.rs"]

@@ -135,8 +135,12 @@ impl StatIndex {
     pub fn hash_file(&self, root: &Path, rel: &str) -> Result<FileHash, CacheError> {
         let path = root.join(rel);
         let metadata = match fs_err::metadata(&path) {
-            Ok(metadata) => metadata,
+            Ok(metadata) => {
+                crate::memo::metadata(&path, &metadata);
+                metadata
+            }
             Err(error) => {
+                crate::memo::absent(&path);
                 if error.kind() == io::ErrorKind::NotFound && self.shard(rel).remove(rel).is_some()
                 {
                     self.dirty.store(true, Ordering::Relaxed);

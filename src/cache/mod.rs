@@ -10,7 +10,7 @@
 
 mod entry;
 mod error;
-mod fsutil;
+pub(crate) mod fsutil;
 pub mod index;
 pub mod key;
 pub mod store;

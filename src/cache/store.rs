@@ -393,6 +393,9 @@ impl Store {
             fs_err::set_permissions(&target, std::fs::Permissions::from_mode(mode))?;
             report.chmodded.push(rel);
         }
+        if !report.written.is_empty() || !report.chmodded.is_empty() {
+            crate::memo::spoil("outputs were restored from the cache");
+        }
         Ok(report)
     }
 

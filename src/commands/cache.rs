@@ -28,6 +28,8 @@ pub fn run(args: &CacheArgs, ctx: &Ctx) -> CommandResult {
                 ))
             })?;
             let report = store.gc(limit).map_err(fail)?;
+            // A collected entry turns an up-to-date answer into a rerun.
+            crate::memo::remove_all(&ctx.state_dir);
             println!(
                 "removed {} entries and {} blobs ({}); the cache now holds {}",
                 report.entries_removed,
@@ -38,6 +40,7 @@ pub fn run(args: &CacheArgs, ctx: &Ctx) -> CommandResult {
         }
         CacheCommand::Clear => {
             store.clear().map_err(fail)?;
+            crate::memo::remove_all(&ctx.state_dir);
             println!("cache cleared");
         }
     }

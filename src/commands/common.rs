@@ -68,9 +68,20 @@ pub fn load(
     arg: &str,
     vars: &BTreeMap<String, String>,
 ) -> Result<Arc<Workflow>, CommandError> {
-    let path = find(ctx, arg)?;
-    let display = display_path(&path, &ctx.cwd);
-    let loaded = resolve::load(&path, &display, &ctx.root, vars);
+    load_path(ctx, &find(ctx, arg)?, vars)
+}
+
+/// Loads and checks the workflow at `path` (as [`find`] resolved it).
+///
+/// # Errors
+/// Exit status 2 when the workflow is invalid.
+pub fn load_path(
+    ctx: &Ctx,
+    path: &std::path::Path,
+    vars: &BTreeMap<String, String>,
+) -> Result<Arc<Workflow>, CommandError> {
+    let display = display_path(path, &ctx.cwd);
+    let loaded = resolve::load(path, &display, &ctx.root, vars);
     print_diagnostics(ctx, &loaded.diagnostics);
     match loaded.workflow {
         Some(workflow) => Ok(Arc::new(workflow)),

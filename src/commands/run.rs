@@ -75,8 +75,27 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
                 .hint("use `-j 1` to run one instance at a time"),
         );
     }
+    let clock = std::time::Instant::now();
     let vars = common::parse_vars(&args.vars)?;
-    let workflow = common::load(ctx, &args.workflow, &vars)?;
+    let workflow_path = common::find(ctx, &args.workflow)?;
+    // The up-to-date check (see `crate::memo`): not when the user asked
+    // for reruns, and not when every instance must be reported.
+    let memo = (!args.no_cache && args.rerun.is_empty())
+        .then(|| memo_context(ctx, &workflow_path, args, &vars));
+    if let Some(context) = &memo {
+        if args.events.is_none() && !ctx.github && !args.replay {
+            if let Some(up_to_date) = crate::memo::check(context) {
+                return report_up_to_date(ctx, &up_to_date, clock);
+            }
+        }
+        context.remove();
+        crate::memo::start();
+    }
+    crate::memo::stat(&workflow_path);
+    if let Some(dir) = workflow_path.parent() {
+        crate::memo::stat(dir);
+    }
+    let workflow = common::load_path(ctx, &workflow_path, &vars)?;
     for name in &args.rerun {
         if workflow.task(name).is_none() {
             let mut error = CommandError::usage(format!(
@@ -100,10 +119,15 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
     if let Err(e) = crate::exec::stale::write_owner(&run_dir) {
         eprintln!("warning: cannot record the run's owner: {e}");
     }
-    let _ = crate::exec::stale::close_dead_records(&ctx.state_dir);
-    match crate::exec::stale::kill_orphans_of_dead_runs(&ctx.state_dir, &run_id) {
-        0 => {}
-        n => eprintln!("ccflow: killed {n} process(es) left running by a ccflow that was killed"),
+    let killed = crate::exec::stale::killed_runs(&ctx.state_dir);
+    if !killed.is_empty() {
+        match crate::exec::stale::kill_orphans_of_dead_runs(&ctx.state_dir, &run_id) {
+            0 => {}
+            n => {
+                eprintln!("ccflow: killed {n} process(es) left running by a ccflow that was killed")
+            }
+        }
+        let _ = crate::exec::stale::close_dead_records(&killed);
     }
     let gitignore = ctx.state_dir.join(".gitignore");
     if !gitignore.exists() {
@@ -147,6 +171,12 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
     let selected: Vec<usize> = (0..workflow.tasks.len())
         .filter(|i| !plan.task_nodes[*i].is_empty())
         .collect();
+    if selected
+        .iter()
+        .any(|i| workflow.tasks[*i].runner == crate::workflow::raw::Runner::Docker)
+    {
+        crate::memo::spoil("an image can change under its tag");
+    }
     let (docker, image_ids) = common::prepare_docker(
         &runtime,
         &workflow,
@@ -215,6 +245,28 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
         max_jobs,
     };
     let outcome = runtime.block_on(scheduler::run(plan, shared, options, reporters, notice_rx));
+    if let Err(e) = crate::exec::stale::mark_finished(&run_dir) {
+        tracing::debug!("cannot mark the run finished: {e}");
+    }
+    if let Some(context) = &memo {
+        let record = &outcome.record;
+        let proven = crate::memo::Proven {
+            workflow: record.workflow.clone(),
+            workflow_file: record.workflow_file.clone(),
+            run_id: record.run_id.clone(),
+            counts: record.counts,
+            usage: record.usage,
+        };
+        let concluded = if outcome.status == RunStatus::Succeeded {
+            crate::memo::conclude(context, &proven, &record.instances)
+        } else {
+            crate::memo::stop();
+            Err(format!("the run {}", outcome.status.word()))
+        };
+        if let Err(reason) = concluded {
+            tracing::debug!("no up-to-date memo: {reason}");
+        }
+    }
     Ok(match outcome.status {
         RunStatus::Succeeded => ExitStatus::Success,
         RunStatus::Interrupted => ExitStatus::Interrupted,
@@ -222,4 +274,70 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
             ExitStatus::TaskFailed
         }
     })
+}
+
+/// The memo context of this invocation: the workflow and every argument
+/// that changes what a run decides (not `-j`, not how it reports).
+fn memo_context(
+    ctx: &Ctx,
+    workflow: &std::path::Path,
+    args: &RunArgs,
+    vars: &std::collections::BTreeMap<String, String>,
+) -> crate::memo::Context {
+    let mut parts: Vec<String> = vars.iter().map(|(k, v)| format!("var {k}={v}")).collect();
+    parts.extend(args.tasks.iter().map(|t| format!("task {t}")));
+    parts.push(format!("apply {:?}", args.apply));
+    crate::memo::Context::new(&ctx.state_dir, &ctx.root, workflow, &parts)
+}
+
+/// Ends a run the memo answered: writes its record (the proving run's
+/// instances, all cached or skipped) and prints the summary.
+fn report_up_to_date(
+    ctx: &Ctx,
+    up_to_date: &crate::memo::UpToDate,
+    clock: std::time::Instant,
+) -> CommandResult {
+    use crate::report::record::{now_ms, RunRecord, RECORD_VERSION};
+    let proven = &up_to_date.proven;
+    let run_id = new_run_id();
+    let run_dir = scheduler::run_dir(&ctx.state_dir, &run_id);
+    let io = |what: &str, e: std::io::Error| CommandError::usage(format!("cannot {what}: {e}"));
+    fs_err::create_dir_all(&run_dir).map_err(|e| io("create the run directory", e))?;
+    let duration = clock.elapsed();
+    let finished = now_ms();
+    let record = RunRecord {
+        version: RECORD_VERSION,
+        run_id: run_id.clone(),
+        workflow: proven.workflow.clone(),
+        workflow_file: proven.workflow_file.clone(),
+        status: RunStatus::Succeeded,
+        started_unix_ms: finished.saturating_sub(u64::try_from(duration.as_millis()).unwrap_or(0)),
+        finished_unix_ms: Some(finished),
+        duration_ms: u64::try_from(duration.as_millis()).unwrap_or(0),
+        counts: proven.counts,
+        usage: proven.usage,
+        messages: vec![format!(
+            "up to date: {} files and directories unchanged since run {}",
+            up_to_date.checked, proven.run_id
+        )],
+        instances: Vec::new(),
+    };
+    record
+        .write_with_instances(&run_dir, &up_to_date.instances_json)
+        .map_err(|e| io("write the run record", e))?;
+    eprintln!(
+        "ccflow: `{}` is up to date: {} files and directories unchanged since run {}",
+        proven.workflow, up_to_date.checked, proven.run_id
+    );
+    eprintln!(
+        "{}",
+        crate::report::plain::summary(
+            RunStatus::Succeeded,
+            &proven.counts,
+            &proven.usage,
+            duration,
+            &run_dir
+        )
+    );
+    Ok(ExitStatus::Success)
 }

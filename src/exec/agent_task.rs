@@ -55,6 +55,8 @@ async fn snapshot(shared: &Arc<RunShared>) -> Result<Arc<Snapshot>, String> {
                     {
                         tracing::warn!("cannot clean up old worktrees: {e}");
                     }
+                    // Agents that need a snapshot change the tree.
+                    crate::memo::spoil("an agent needed a snapshot of the working tree");
                     workspace::snapshot(&shared.root, &shared.run_id)
                         .map(Arc::new)
                         .map_err(|e| {
@@ -196,7 +198,11 @@ pub async fn execute_agent(
     })
     .await;
     let (binary, version) = match found {
-        Ok(Ok(found)) => found,
+        Ok(Ok(found)) => {
+            // The version joins the key; a new binary has a new stat.
+            crate::memo::stat(&found.0);
+            found
+        }
         Ok(Err(message)) => return fail(result, message),
         Err(e) => return fail(result, format!("cannot look for the claude CLI: {e}")),
     };

@@ -30,9 +30,15 @@ pub fn expand(
         // file, not the glob matching `pages/i.tsx`, which left such inputs
         // unhashed (edits never reran) and such outputs unsaved.
         let path = root.join(pattern);
-        if path.is_file() {
+        let metadata = std::fs::metadata(&path);
+        match &metadata {
+            Ok(m) => crate::memo::metadata(&path, m),
+            Err(_) => crate::memo::absent(&path),
+        }
+        let metadata = metadata.ok();
+        if metadata.as_ref().is_some_and(std::fs::Metadata::is_file) {
             files.insert(pattern.to_owned());
-        } else if path.is_dir() {
+        } else if metadata.as_ref().is_some_and(std::fs::Metadata::is_dir) {
             // A directory names everything below it.
             globs.push(format!(
                 "{}/**",
@@ -63,6 +69,7 @@ pub fn expand(
                 } else {
                     root.join(start)
                 };
+                crate::memo::stat(&dir);
                 ignore::WalkBuilder::new(dir)
                     .standard_filters(false)
                     .filter_entry(|e| {
@@ -72,6 +79,9 @@ pub fn expand(
                     .build()
             });
             for entry in entries.flatten() {
+                if entry.file_type().is_some_and(|t| t.is_dir()) {
+                    crate::memo::stat(entry.path());
+                }
                 if !entry
                     .file_type()
                     .is_some_and(|t| t.is_file() || t.is_symlink())

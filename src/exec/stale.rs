@@ -27,20 +27,67 @@ pub fn write_owner(run_dir: &Path) -> std::io::Result<()> {
     fs_err::write(run_dir.join(OWNER_FILE), format!("{pid} {started}\n"))
 }
 
-/// Whether the owner recorded in `run_dir` is still alive.
-fn owner_alive(run_dir: &Path) -> bool {
+/// What the owner file marks a run that ended normally with.
+const FINISHED: &str = "finished";
+
+/// Marks the run in `run_dir` as ended normally: later runs need not read
+/// its record to see whether it was cut short.
+///
+/// # Errors
+/// The marker cannot be written.
+pub fn mark_finished(run_dir: &Path) -> std::io::Result<()> {
+    fs_err::write(run_dir.join(OWNER_FILE), format!("{FINISHED}\n"))
+}
+
+/// The state of a run's owning ccflow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Owner {
+    /// Still running.
+    Alive,
+    /// Gone without finishing (killed).
+    Dead,
+    /// Ended normally.
+    Finished,
+    /// No marker: an older or foreign run.
+    Unknown,
+}
+
+fn owner(run_dir: &Path) -> Owner {
     let Ok(text) = std::fs::read_to_string(run_dir.join(OWNER_FILE)) else {
-        // No marker: an older or foreign run; leave its processes alone.
-        return true;
+        return Owner::Unknown;
     };
+    if text.trim() == FINISHED {
+        return Owner::Finished;
+    }
     let mut parts = text.split_whitespace();
     let (Some(pid), Some(started)) = (
         parts.next().and_then(|p| p.parse::<u32>().ok()),
         parts.next().and_then(|s| s.parse::<u64>().ok()),
     ) else {
-        return true;
+        return Owner::Unknown;
     };
-    start_time(pid) == Some(started)
+    if start_time(pid) == Some(started) {
+        Owner::Alive
+    } else {
+        Owner::Dead
+    }
+}
+
+/// Whether the owner recorded in `run_dir` is gone (killed or finished):
+/// processes and containers of such a run are leftovers.
+fn owner_gone(run_dir: &Path) -> bool {
+    matches!(owner(run_dir), Owner::Dead | Owner::Finished)
+}
+
+/// The most recent runs (at most 20) whose ccflow was killed mid-run and
+/// that no later run has cleaned up after yet.
+#[must_use]
+pub fn killed_runs(state_dir: &Path) -> Vec<std::path::PathBuf> {
+    crate::report::record::list_runs(state_dir)
+        .into_iter()
+        .take(20)
+        .filter(|dir| owner(dir) == Owner::Dead)
+        .collect()
 }
 
 /// Whether `run_id` is a run of this state directory whose ccflow is gone
@@ -51,7 +98,7 @@ pub fn run_is_dead(state_dir: &Path, run_id: &str) -> bool {
         return false;
     }
     let dir = state_dir.join("runs").join(run_id);
-    dir.is_dir() && !owner_alive(&dir)
+    dir.is_dir() && owner_gone(&dir)
 }
 
 /// Kills processes left running by runs (under `state_dir/runs`) whose
@@ -91,7 +138,7 @@ pub fn kill_orphans_of_dead_runs(state_dir: &Path, current_run: &str) -> usize {
         }
         let dead = *verdicts.entry(run_id.clone()).or_insert_with(|| {
             let dir = state_dir.join("runs").join(&run_id);
-            dir.is_dir() && !owner_alive(&dir)
+            dir.is_dir() && owner_gone(&dir)
         });
         if dead {
             let Ok(pid) = libc::pid_t::try_from(pid) else {
@@ -107,32 +154,27 @@ pub fn kill_orphans_of_dead_runs(state_dir: &Path, current_run: &str) -> usize {
     killed
 }
 
-/// Marks the records of recent runs whose ccflow died mid-run (status still
-/// `running`, owner gone) as `interrupted`, so `ccflow runs` tells the truth.
+/// Marks the records of `killed` runs (see [`killed_runs`]) still saying
+/// `running` as `interrupted`, so `ccflow runs` tells the truth, and marks
+/// the runs cleaned up. Call it after [`kill_orphans_of_dead_runs`].
 /// Returns how many records were fixed.
 #[must_use]
-pub fn close_dead_records(state_dir: &Path) -> usize {
+pub fn close_dead_records(killed: &[std::path::PathBuf]) -> usize {
     let mut fixed = 0;
-    for dir in crate::report::record::list_runs(state_dir)
-        .into_iter()
-        .take(20)
-    {
-        if owner_alive(&dir) {
-            continue;
+    for dir in killed {
+        if let Ok(mut record) = crate::report::record::RunRecord::read(dir) {
+            if record.status == crate::report::record::RunStatus::Running {
+                record.status = crate::report::record::RunStatus::Interrupted;
+                record.messages.push(
+                    "ccflow was killed during this run; the next run cleaned up after it".into(),
+                );
+                if record.write(dir).is_ok() {
+                    fixed += 1;
+                }
+            }
         }
-        let Ok(mut record) = crate::report::record::RunRecord::read(&dir) else {
-            continue;
-        };
-        if record.status != crate::report::record::RunStatus::Running {
-            continue;
-        }
-        record.status = crate::report::record::RunStatus::Interrupted;
-        record
-            .messages
-            .push("ccflow was killed during this run; the next run cleaned up after it".into());
-        if record.write(&dir).is_ok() {
-            fixed += 1;
-        }
+        // Cleaned up: later runs need not look at it again.
+        let _ = mark_finished(dir);
     }
     fixed
 }

@@ -236,6 +236,24 @@ impl RunRecord {
     ///
     /// # Errors
     /// Missing or unreadable record.
+    /// Writes the record with `instances_json` (a JSON array of
+    /// [`InstanceRecord`]s, already encoded) as its instances.
+    pub fn write_with_instances(&self, dir: &Path, instances_json: &[u8]) -> std::io::Result<()> {
+        let path = dir.join("run.json");
+        let temp = dir.join(format!(".run.json.{}.tmp", std::process::id()));
+        let mut text = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        let empty = b"[]\n}";
+        if !self.instances.is_empty() || !text.ends_with(empty) {
+            return Err(std::io::Error::other("unexpected run record layout"));
+        }
+        text.truncate(text.len() - empty.len());
+        text.extend_from_slice(instances_json);
+        text.extend_from_slice(b"\n}");
+        fs_err::write(&temp, text)?;
+        fs_err::rename(&temp, &path)?;
+        Ok(())
+    }
+
     pub fn read(dir: &Path) -> Result<RunRecord, String> {
         let path = dir.join("run.json");
         let text = fs_err::read(&path).map_err(|e| e.to_string())?;

@@ -1,0 +1,217 @@
+//! The up-to-date check (`src/memo.rs`): after a run proved everything
+//! cached, the next run answers from stats alone, and any change that
+//! could alter a decision sends it back to the full run.
+
+use std::time::Duration;
+
+use crate::support::{status_of, Test};
+
+const WORKFLOW: &str = r#"version: 1
+name: memo
+vars:
+  x: "0"
+tasks:
+  each:
+    for_each: { files: "in/*.txt" }
+    inputs: ["{{ item }}"]
+    outputs: ["out/{{ item.stem }}.txt"]
+    run: mkdir -p out && echo x >> .count/each && tr a-z A-Z < {{ item }} > out/{{ item.stem }}.txt
+  all:
+    needs: [each]
+    inputs: ["out/*.txt"]
+    outputs: [all.txt]
+    run: echo x >> .count/all && cat out/*.txt > all.txt
+"#;
+
+const UP_TO_DATE: &str = "is up to date";
+
+fn setup() -> Test {
+    Test::new()
+        .workflow("memo", WORKFLOW)
+        .file("in/a.txt", "alpha\n")
+        .file("in/b.txt", "beta\n")
+        .file("in/c.txt", "gamma\n")
+        .args(["run", "memo"])
+}
+
+/// Lets the files written so far age past the racy window, then runs once
+/// through the full path (which must find everything cached and leave the
+/// memo behind).
+fn prove_no_op(test: &Test) {
+    std::thread::sleep(Duration::from_millis(250));
+    let counts = (test.count("each"), test.count("all"));
+    let out = test.run();
+    out.ok();
+    assert!(
+        !out.stderr.contains(UP_TO_DATE),
+        "the proving run is a full run: {}",
+        out.stderr
+    );
+    assert_eq!(
+        (test.count("each"), test.count("all")),
+        counts,
+        "nothing ran"
+    );
+}
+
+/// A run answered by the memo: nothing ran, every instance is recorded cached.
+#[track_caller]
+fn assert_answered_by_memo(test: &Test) {
+    let counts = (test.count("each"), test.count("all"));
+    let out = test.run();
+    out.ok();
+    assert!(out.stderr.contains(UP_TO_DATE), "{}", out.stderr);
+    assert!(out.stderr.contains("0 ran, 4 cached"), "{}", out.stderr);
+    assert_eq!(
+        (test.count("each"), test.count("all")),
+        counts,
+        "nothing ran"
+    );
+    let record = test.last_run();
+    assert_eq!(record["status"], "succeeded");
+    assert_eq!(record["counts"]["cached"], 4);
+    assert_eq!(status_of(&record, "each[in/b.txt]"), "cached");
+    assert_eq!(status_of(&record, "all"), "cached");
+}
+
+/// A run that did not trust the memo.
+#[track_caller]
+fn assert_full_run(out: &crate::support::Output) {
+    out.ok();
+    assert!(!out.stderr.contains(UP_TO_DATE), "{}", out.stderr);
+}
+
+#[test]
+fn an_unchanged_tree_is_answered_from_stats_and_show_reads_the_record() {
+    let test = setup();
+    test.run().ok();
+    assert_eq!((test.count("each"), test.count("all")), (3, 1));
+    prove_no_op(&test);
+    assert_answered_by_memo(&test);
+    assert_answered_by_memo(&test);
+    assert!(
+        test.exists(".ccflow/memo"),
+        "the memo lives in the state dir"
+    );
+    let show = test.run_args(&["show"]);
+    show.ok();
+    assert!(show.stdout.contains("cached"), "{}", show.stdout);
+    assert_eq!(test.read("all.txt"), "ALPHA\nBETA\nGAMMA\n");
+}
+
+#[test]
+fn an_edited_input_reruns_its_instance_and_the_reduce() {
+    let test = setup();
+    test.run().ok();
+    prove_no_op(&test);
+    assert_answered_by_memo(&test);
+    test.write("in/b.txt", "bravo\n");
+    assert_full_run(&test.run());
+    assert_eq!((test.count("each"), test.count("all")), (4, 2));
+    assert_eq!(test.read("all.txt"), "ALPHA\nBRAVO\nGAMMA\n");
+}
+
+#[test]
+fn a_touched_input_goes_through_the_full_run_and_reruns_nothing() {
+    let test = setup();
+    test.run().ok();
+    prove_no_op(&test);
+    let file = std::fs::File::options()
+        .append(true)
+        .open(test.path("in/a.txt"))
+        .expect("open");
+    file.set_modified(std::time::SystemTime::now() + Duration::from_secs(60))
+        .expect("set mtime");
+    drop(file);
+    assert_full_run(&test.run());
+    assert_eq!((test.count("each"), test.count("all")), (3, 1));
+    // An mtime in the future is never trusted: still the full run.
+    assert_full_run(&test.run());
+}
+
+#[test]
+fn a_new_file_in_a_walked_directory_is_a_new_instance() {
+    let test = setup();
+    test.run().ok();
+    prove_no_op(&test);
+    test.write("in/d.txt", "delta\n");
+    assert_full_run(&test.run());
+    assert_eq!((test.count("each"), test.count("all")), (4, 2));
+    assert_eq!(test.read("all.txt"), "ALPHA\nBETA\nGAMMA\nDELTA\n");
+}
+
+#[test]
+fn an_edited_gitignore_changes_what_the_walk_finds() {
+    let test = setup().file("in/.gitignore", "# nothing\n");
+    test.run().ok();
+    prove_no_op(&test);
+    assert_answered_by_memo(&test);
+    // Same directory entries, new content: only the ignore file's stat shows it.
+    test.write("in/.gitignore", "c.txt\n");
+    let out = test.run();
+    assert_full_run(&out);
+    let record = test.last_run();
+    assert_eq!(record["counts"]["total"], 3, "c.txt is ignored now");
+}
+
+#[test]
+fn a_deleted_output_is_restored_by_the_full_run() {
+    let test = setup();
+    test.run().ok();
+    prove_no_op(&test);
+    std::fs::remove_file(test.path("out/a.txt")).expect("remove output");
+    assert_full_run(&test.run());
+    assert_eq!(test.read("out/a.txt"), "ALPHA\n");
+    assert_eq!(
+        (test.count("each"), test.count("all")),
+        (3, 1),
+        "restored, not rerun"
+    );
+}
+
+#[test]
+fn other_arguments_an_edited_workflow_and_a_cleared_cache_are_not_answered_by_the_memo() {
+    let test = setup();
+    test.run().ok();
+    prove_no_op(&test);
+    // Another context: `--var` is part of it.
+    assert_full_run(&test.run_args(&["run", "memo", "--var", "x=1"]));
+    // `--no-cache` and `--rerun` always run.
+    assert_full_run(&test.run_args(&["run", "memo", "--rerun", "all"]));
+    assert_eq!(test.count("all"), 2);
+    prove_no_op(&test);
+    assert_answered_by_memo(&test);
+    // The workflow itself.
+    test.write(
+        ".claudecluster/memo.yaml",
+        &WORKFLOW.replace("cat out/*.txt", "cat  out/*.txt"),
+    );
+    assert_full_run(&test.run());
+    assert_eq!(test.count("all"), 3, "the changed command reran");
+    prove_no_op(&test);
+    assert_answered_by_memo(&test);
+    // A cleared cache: the full run would rerun everything, so must this one.
+    test.run_args(&["cache", "clear"]).ok();
+    assert_full_run(&test.run());
+    assert_eq!((test.count("each"), test.count("all")), (6, 4));
+}
+
+#[test]
+fn a_failed_or_non_cached_run_leaves_no_memo() {
+    let test = Test::new()
+        .workflow(
+            "volatile",
+            "version: 1\ntasks:\n  always:\n    cache: false\n    run: echo x >> .count/always\n",
+        )
+        .args(["run", "volatile"]);
+    for expected in 1..=3 {
+        std::thread::sleep(Duration::from_millis(150));
+        let out = test.run();
+        assert_full_run(&out);
+        assert_eq!(
+            test.count("always"),
+            expected,
+            "`cache: false` runs every time"
+        );
+    }
+}
