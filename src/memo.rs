@@ -1,60 +1,67 @@
-//! The up-to-date check: a `ccflow run` whose answer is already known (every
-//! instance cached, nothing changed since) ends without planning anything,
-//! in the time it takes to `stat` what the answer rests on.
+//! The up-to-date check: a `ccflow run` whose answer is already known ends
+//! in the time it takes to `stat` what the answer rests on, and a run after
+//! a small edit settles every unaffected instance without touching the
+//! cache.
 //!
-//! # What a slow run records
+//! # What a run records
 //!
 //! While a run plans and executes, every file-system observation a decision
-//! rests on is recorded with the stat seen ([`metadata`], [`stat`],
-//! [`absent`]): the workflow file and its directory, each directory a glob
-//! walk listed and the ignore files that shaped the walk (in the directory
-//! and its ancestors), every input and output stat'ed or hashed, the files
-//! `lines_of`/`json_of` read, the claude CLI. This is what git's untracked
-//! cache keeps (directory stats plus ignore files) and what ninja compares
-//! on a no-op (file stats).
+//! rests on is recorded with the stat seen: the workflow file and its
+//! directory, each directory a glob walk listed and the ignore files that
+//! shaped the walk (in the directory and its ancestors), the files
+//! `lines_of`/`json_of` read and the claude CLI ([`stat`], [`absent`]:
+//! *global* observations, which can change the plan itself); and every
+//! input and output stat'ed or hashed ([`metadata`], [`file`]: *file*
+//! observations, with their content hash when one was computed). This is
+//! what git's untracked cache keeps (directory stats plus ignore files) and
+//! what ninja compares on a no-op (file stats).
 //!
-//! # When it becomes a memo
+//! # The memo
 //!
-//! Only a run that proved itself a no-op writes a memo: it succeeded with
-//! every instance cached or skipped, wrote no file (no restore), took no
-//! agent snapshot and ran no Docker task (an image can change under its
-//! tag), and no observation contradicts another (a path seen with two
-//! stats) or is racy (modified too close to when it was seen: a second
-//! write within one timestamp tick would not show). So a workflow whose key
-//! changes on every run (`cache: false`, `run.id` in a template) never gets
-//! a memo, by construction: its runs never end all cached.
-//!
-//! The memo holds the context (the ccflow binary's identity, the root, the
-//! workflow path, the arguments, `PATH` and `CCFLOW_CLAUDE`), the instance
-//! records of the proving run and every observed path with its stat
-//! (device, inode, size, mtime, ctime, mode). Any slow run removes the
-//! memo of its context first.
+//! A run that succeeded, took no agent snapshot, ran no Docker task (an
+//! image can change under its tag) and saw no path in two states writes a
+//! memo: the context (the ccflow binary's identity, the root, the workflow
+//! path, the arguments, `PATH` and `CCFLOW_CLAUDE`), every observation, and
+//! each instance's result (cache key, inputs, outputs with their hashes).
+//! Observations of files modified just before or during the run are marked
+//! racy: one more write within the same timestamp tick would leave the same
+//! stat, so their content is checked too (as git does for racily clean
+//! index entries). Every slow run removes its context's memo first.
 //!
 //! # The check
 //!
-//! The next `ccflow run` with the same context reads the memo (its checksum
-//! guards against a torn write) and stats every path. If every stat is
-//! identical, a slow run would observe exactly what the proving run did and
-//! reach the same decisions: every instance cached. The run record is
-//! written from the proving run's records and the run ends. Any difference
-//! (a touched file, a new file in a walked directory, an edited
-//! `.gitignore`) falls back to the slow run, which is always correct.
+//! The next `ccflow run` with the same context reads the memo (a checksum
+//! guards against a torn write) and stats every path:
+//! - nothing changed, and every instance's key is reproducible (no
+//!   `cache: false`, no run-dependent template): a slow run would observe
+//!   what the last one did and find every instance cached. The run record
+//!   is written from the memo and the run ends ([`Verdict::UpToDate`]);
+//! - only file observations changed: the plan is the same; an instance
+//!   none of whose inputs and outputs changed, and whose upstream
+//!   instances are settled the same way, has the same key and the same
+//!   outputs on disk, so the scheduler settles it as cached from the memo
+//!   without hashing or reading the cache; the others run the full path
+//!   ([`Verdict::Changed`]);
+//! - a global observation changed (a new file in a walked directory, an
+//!   edited `.gitignore`, the workflow): the full run, always correct.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write as _;
+use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use crate::report::record::{Counts, InstanceRecord, InstanceStatus, Usage};
+use serde::{Deserialize, Serialize};
+
+use crate::report::record::{Counts, InstanceRecord, Usage};
 
 /// File magic and format version.
-const MAGIC: &[u8; 12] = b"CCFMEMO\0\x00\x01\r\n";
+const MAGIC: &[u8; 12] = b"CCFMEMO\0\x00\x02\r\n";
 
-/// An observation is racy when the file changed this close before it was
-/// observed: one more write within the same timestamp tick would leave the
-/// same stat. Generous: it only costs one more slow run.
+/// A file modified this close to (or after) the start of the run that
+/// observed it is racy. Generous: it only costs reading the file once more.
 const RACY_NS: i64 = 100_000_000;
 
 /// A file's identity and state as `stat` reports it.
@@ -79,19 +86,30 @@ impl Seen {
             mode: metadata.mode(),
         }
     }
+
+    fn racy(&self, reference_ns: i64) -> bool {
+        self.mtime_ns >= reference_ns - RACY_NS || self.ctime_ns >= reference_ns - RACY_NS
+    }
 }
 
-/// What one path looked like when observed; `None` when it did not exist.
-type Observation = Option<Seen>;
+/// One observation: what a path looked like (`None`: it did not exist).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Observation {
+    seen: Option<Seen>,
+    /// A file observation (an instance's input or output), as opposed to a
+    /// global one (the plan's).
+    file: bool,
+    /// The content hash, when the run computed one.
+    hash: Option<[u8; 32]>,
+}
 
 /// The observations of one run.
 #[derive(Default)]
 struct Recorder {
     seen: HashMap<PathBuf, Observation>,
-    /// Why this run cannot vouch for a no-op, if it cannot.
+    /// Why this run cannot vouch for what it saw, if it cannot.
     spoiled: Option<String>,
-    /// The coarse clock when recording started: anything modified after it
-    /// (minus a tick) is racy.
+    /// The coarse clock when recording started.
     started_ns: i64,
 }
 
@@ -118,12 +136,20 @@ fn active() -> bool {
 fn record(path: &Path, observation: Observation) {
     let mut guard = recorder();
     let Some(rec) = guard.as_mut() else { return };
-    match rec.seen.get(path) {
-        Some(previous) if *previous == observation => {}
-        Some(_) => {
-            if rec.spoiled.is_none() {
-                rec.spoiled = Some(format!("`{}` changed during the run", path.display()));
+    match rec.seen.get_mut(path) {
+        Some(previous) if previous.seen == observation.seen => {
+            // Seen by the plan too: a global observation.
+            previous.file &= observation.file;
+            if previous.hash.is_none() {
+                previous.hash = observation.hash;
+            } else if observation.hash.is_some() && previous.hash != observation.hash {
+                rec.spoiled
+                    .get_or_insert_with(|| format!("`{}` changed while read", path.display()));
             }
+        }
+        Some(_) => {
+            rec.spoiled
+                .get_or_insert_with(|| format!("`{}` changed during the run", path.display()));
         }
         None => {
             rec.seen.insert(path.to_path_buf(), observation);
@@ -131,23 +157,54 @@ fn record(path: &Path, observation: Observation) {
     }
 }
 
-/// Records `path` as seen with `metadata` (which must follow symlinks, as
-/// `std::fs::metadata` does).
+/// Records an instance's input or output seen with `metadata` (which must
+/// follow symlinks, as `std::fs::metadata` does).
 pub fn metadata(path: &Path, metadata: &std::fs::Metadata) {
     if active() {
-        record(path, Some(Seen::of(metadata)));
+        record(
+            path,
+            Observation {
+                seen: Some(Seen::of(metadata)),
+                file: true,
+                hash: None,
+            },
+        );
     }
 }
 
-/// Records that `path` did not exist.
+/// Records an instance's input or output with the content hash computed
+/// from it while it had `metadata`.
+pub fn file(path: &Path, metadata: &std::fs::Metadata, hash: [u8; 32]) {
+    if active() {
+        record(
+            path,
+            Observation {
+                seen: Some(Seen::of(metadata)),
+                file: true,
+                hash: Some(hash),
+            },
+        );
+    }
+}
+
+/// Records that `path` did not exist (a global observation: what exists
+/// decides what the plan holds).
 pub fn absent(path: &Path) {
     if active() {
-        record(path, None);
+        record(
+            path,
+            Observation {
+                seen: None,
+                file: false,
+                hash: None,
+            },
+        );
     }
 }
 
-/// Stats `path` (following symlinks) and records what it found, once per
-/// path and run: for directories listed by a walk and ignore files.
+/// Stats `path` (following symlinks) and records a global observation of
+/// it, once per path and run: directories listed by a walk, ignore files,
+/// the workflow, files read to expand a fan-out.
 pub fn stat(path: &Path) {
     if !active() {
         return;
@@ -158,10 +215,15 @@ pub fn stat(path: &Path) {
     {
         return;
     }
-    match std::fs::metadata(path) {
-        Ok(m) => metadata(path, &m),
-        Err(_) => absent(path),
-    }
+    let seen = std::fs::metadata(path).ok().map(|m| Seen::of(&m));
+    record(
+        path,
+        Observation {
+            seen,
+            file: false,
+            hash: None,
+        },
+    );
 }
 
 /// Records the ignore files a walk starting at `dir` consults: `.gitignore`
@@ -190,16 +252,14 @@ fn ignore_files_in(dir: &Path) {
     stat(&dir.join(".ignore"));
 }
 
-/// This run cannot vouch for a no-op (it wrote files, or depends on
-/// something no stat shows).
+/// This run cannot vouch for what it saw (it depends on something no stat
+/// shows, or changed the tree in ways not recorded).
 pub fn spoil(reason: &str) {
     if !active() {
         return;
     }
     if let Some(rec) = recorder().as_mut() {
-        if rec.spoiled.is_none() {
-            rec.spoiled = Some(reason.to_owned());
-        }
+        rec.spoiled.get_or_insert_with(|| reason.to_owned());
     }
 }
 
@@ -209,22 +269,12 @@ pub fn stop() {
     recorder().take();
 }
 
-/// Stops recording and returns the observations, or why they cannot make
-/// a memo.
-fn finish() -> Result<Recorder, String> {
-    ACTIVE.store(false, Ordering::Release);
-    let rec = recorder().take().ok_or("not recording")?;
-    if let Some(reason) = &rec.spoiled {
-        return Err(reason.clone());
-    }
-    Ok(rec)
-}
-
 /// What identifies a memo: everything outside the observed files that a
 /// run's decisions depend on.
 pub struct Context {
     digest: [u8; 32],
     path: PathBuf,
+    root: PathBuf,
 }
 
 impl Context {
@@ -264,6 +314,7 @@ impl Context {
         Context {
             digest: *digest.finalize().as_bytes(),
             path: state_dir.join("memo").join(file_name),
+            root: root.to_path_buf(),
         }
     }
 
@@ -273,8 +324,8 @@ impl Context {
     }
 }
 
-/// What the proving run recorded about the workflow.
-#[derive(serde::Serialize, serde::Deserialize)]
+/// What the run that wrote a memo recorded about the workflow.
+#[derive(Serialize, Deserialize)]
 pub struct Proven {
     pub workflow: String,
     pub workflow_file: String,
@@ -283,75 +334,150 @@ pub struct Proven {
     pub usage: Usage,
 }
 
-/// A memo that holds: the proving run and its instance records, as compact
-/// JSON (ready to be spliced into the new run record).
+/// One instance's result, as the memo keeps it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Settled {
+    pub id: String,
+    pub key: String,
+    /// Repository-relative input files.
+    pub inputs: Vec<String>,
+    /// Repository-relative output files with their content hashes.
+    pub outputs: Vec<(String, String)>,
+    pub usage: Usage,
+    /// Whether a rerun with unchanged files reproduces this key: a shell
+    /// task with the cache on and no run-dependent template.
+    pub reproducible: bool,
+}
+
+/// A memo that holds entirely.
 pub struct UpToDate {
     pub proven: Proven,
+    /// The instance records of the run, without its times and logs, as a
+    /// JSON array ready to be spliced into the new run record.
     pub instances_json: Vec<u8>,
+    /// Every instance, for a run that must still report each one.
+    pub settled: Vec<Settled>,
     /// How many paths were checked.
     pub checked: usize,
 }
 
-/// Ends recording; writes the memo when the run proved a no-op, else
-/// leaves none. Returns why no memo was written (for `--verbose` logs).
+/// What the check found.
+pub enum Verdict {
+    /// No memo, a damaged one, or a global change: the full run.
+    Unknown,
+    /// Nothing changed.
+    UpToDate(UpToDate),
+    /// Only inputs or outputs of some instances changed: the others are
+    /// settled (by instance id).
+    Changed {
+        settled: HashMap<String, Settled>,
+        changed: usize,
+    },
+}
+
+/// Ends recording; writes the memo when the run can vouch for what it saw.
 ///
 /// # Errors
-/// Why this run cannot vouch for a no-op.
+/// Why no memo was written.
 pub fn conclude(
     context: &Context,
     proven: &Proven,
     instances: &[InstanceRecord],
+    settled: &[Settled],
 ) -> Result<(), String> {
-    let rec = finish()?;
-    let all_cached = instances
-        .iter()
-        .all(|i| matches!(i.status, InstanceStatus::Cached | InstanceStatus::Skipped));
-    if !all_cached || proven.counts.succeeded > 0 {
-        return Err("some instances ran".into());
-    }
-    let now = crate::cache::fsutil::coarse_now_ns();
-    let limit = rec.started_ns.min(now) - RACY_NS;
-    if let Some((path, _)) = rec
-        .seen
-        .iter()
-        .find(|(_, seen)| seen.is_some_and(|s| s.mtime_ns >= limit || s.ctime_ns >= limit))
-    {
-        return Err(format!("`{}` changed just before the run", path.display()));
+    ACTIVE.store(false, Ordering::Release);
+    let rec = recorder().take().ok_or("not recording")?;
+    if let Some(reason) = &rec.spoiled {
+        return Err(reason.clone());
     }
     // Records without this run's logs and times: the memo's answer has none.
     let records: Vec<InstanceRecord> = instances
         .iter()
-        .map(|i| InstanceRecord {
-            attempts: Vec::new(),
-            started_unix_ms: None,
-            finished_unix_ms: None,
-            duration_ms: 0,
-            log: None,
-            ..i.clone()
+        .map(|i| {
+            let mut record = InstanceRecord {
+                attempts: Vec::new(),
+                started_unix_ms: None,
+                finished_unix_ms: None,
+                duration_ms: 0,
+                log: None,
+                message: None,
+                exit_code: Some(0),
+                ..i.clone()
+            };
+            if record.status == crate::report::record::InstanceStatus::Succeeded {
+                record.status = crate::report::record::InstanceStatus::Cached;
+            }
+            record
         })
         .collect();
     let instances_json = serde_json::to_vec(&records).map_err(|e| e.to_string())?;
-    let proven_json = serde_json::to_vec(proven).map_err(|e| e.to_string())?;
-    let mut body = Vec::with_capacity(instances_json.len() + rec.seen.len() * 96);
+    // What a rerun reports: what ran now would be cached then.
+    let mut counts = proven.counts;
+    counts.cached += counts.succeeded;
+    counts.succeeded = 0;
+    let proven = Proven {
+        workflow: proven.workflow.clone(),
+        workflow_file: proven.workflow_file.clone(),
+        run_id: proven.run_id.clone(),
+        counts,
+        usage: proven.usage,
+    };
+    let proven_json = serde_json::to_vec(&proven).map_err(|e| e.to_string())?;
+    let settled_json = serde_json::to_vec(settled).map_err(|e| e.to_string())?;
+    let mut entries: Vec<(&PathBuf, &Observation)> = rec.seen.iter().collect();
+    entries.sort_by(|a, b| a.0.cmp(b.0));
+    let racy: Vec<bool> = entries
+        .iter()
+        .map(|(_, o)| o.seen.is_some_and(|s| s.racy(rec.started_ns)))
+        .collect();
+    write_memo(
+        context,
+        &Sections {
+            proven: &proven_json,
+            instances: &instances_json,
+            settled: &settled_json,
+        },
+        &entries,
+        &racy,
+    )
+}
+
+struct Sections<'a> {
+    proven: &'a [u8],
+    instances: &'a [u8],
+    settled: &'a [u8],
+}
+
+fn write_memo(
+    context: &Context,
+    sections: &Sections<'_>,
+    entries: &[(&PathBuf, &Observation)],
+    racy: &[bool],
+) -> Result<(), String> {
+    let mut body =
+        Vec::with_capacity(sections.instances.len() + sections.settled.len() + entries.len() * 128);
     body.extend_from_slice(&context.digest);
-    put_bytes(&mut body, &proven_json);
-    put_bytes(&mut body, &instances_json);
-    let mut seen: Vec<(&PathBuf, &Observation)> = rec.seen.iter().collect();
-    seen.sort_by(|a, b| a.0.cmp(b.0));
-    body.extend_from_slice(&u64::try_from(seen.len()).unwrap_or(0).to_le_bytes());
-    for (path, observation) in seen {
+    put_bytes(&mut body, sections.proven);
+    put_bytes(&mut body, sections.instances);
+    put_bytes(&mut body, sections.settled);
+    body.extend_from_slice(&u64::try_from(entries.len()).unwrap_or(0).to_le_bytes());
+    for ((path, observation), racy) in entries.iter().zip(racy) {
         put_bytes(&mut body, path.as_os_str().as_encoded_bytes());
-        match observation {
-            None => body.push(0),
-            Some(s) => {
-                body.push(1);
-                for n in [s.dev, s.ino, s.size] {
-                    body.extend_from_slice(&n.to_le_bytes());
-                }
-                body.extend_from_slice(&s.mtime_ns.to_le_bytes());
-                body.extend_from_slice(&s.ctime_ns.to_le_bytes());
-                body.extend_from_slice(&s.mode.to_le_bytes());
+        let flags = u8::from(observation.seen.is_some())
+            | u8::from(observation.file) << 1
+            | u8::from(observation.hash.is_some()) << 2
+            | u8::from(*racy) << 3;
+        body.push(flags);
+        if let Some(s) = observation.seen {
+            for n in [s.dev, s.ino, s.size] {
+                body.extend_from_slice(&n.to_le_bytes());
             }
+            body.extend_from_slice(&s.mtime_ns.to_le_bytes());
+            body.extend_from_slice(&s.ctime_ns.to_le_bytes());
+            body.extend_from_slice(&s.mode.to_le_bytes());
+        }
+        if let Some(hash) = observation.hash {
+            body.extend_from_slice(&hash);
         }
     }
     let checksum = blake3::hash(&body);
@@ -378,16 +504,18 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-/// Reads the memo of `context` and checks every observation against the
-/// file system now. `None` when there is no memo, it is damaged, or
-/// anything changed: the slow run decides.
-#[must_use]
-pub fn check(context: &Context) -> Option<UpToDate> {
-    let bytes = std::fs::read(&context.path).ok()?;
-    let body = bytes
-        .strip_prefix(MAGIC.as_slice())?
-        .split_at_checked(bytes.len().checked_sub(MAGIC.len() + 32)?)?;
-    let (body, checksum) = body;
+/// A decoded memo.
+struct Memo<'a> {
+    proven: &'a [u8],
+    instances: &'a [u8],
+    settled: &'a [u8],
+    entries: Vec<(PathBuf, Observation)>,
+    racy: Vec<bool>,
+}
+
+fn decode<'a>(bytes: &'a [u8], context: &Context) -> Option<Memo<'a>> {
+    let rest = bytes.strip_prefix(MAGIC.as_slice())?;
+    let (body, checksum) = rest.split_at_checked(rest.len().checked_sub(32)?)?;
     if blake3::hash(body).as_bytes() != checksum {
         return None;
     }
@@ -395,54 +523,201 @@ pub fn check(context: &Context) -> Option<UpToDate> {
     if reader.take(32)? != context.digest {
         return None;
     }
-    let proven: Proven = serde_json::from_slice(reader.bytes_field()?).ok()?;
-    let instances_json = reader.bytes_field()?.to_vec();
+    let proven = reader.bytes_field()?;
+    let instances = reader.bytes_field()?;
+    let settled = reader.bytes_field()?;
     let count = usize::try_from(reader.u64()?).ok()?;
-    let mut seen = Vec::with_capacity(count);
+    let mut entries = Vec::with_capacity(count);
+    let mut racy = Vec::with_capacity(count);
     for _ in 0..count {
-        let path = Path::new(std::ffi::OsStr::from_bytes(reader.bytes_field()?));
-        let observation = match reader.take(1)?[0] {
-            0 => None,
-            _ => Some(Seen {
+        let path = PathBuf::from(std::ffi::OsStr::from_bytes(reader.bytes_field()?));
+        let flags = reader.take(1)?[0];
+        let seen = if flags & 1 != 0 {
+            Some(Seen {
                 dev: reader.u64()?,
                 ino: reader.u64()?,
                 size: reader.u64()?,
                 mtime_ns: i64::from_le_bytes(reader.take(8)?.try_into().ok()?),
                 ctime_ns: i64::from_le_bytes(reader.take(8)?.try_into().ok()?),
                 mode: u32::from_le_bytes(reader.take(4)?.try_into().ok()?),
-            }),
+            })
+        } else {
+            None
         };
-        seen.push((path, observation));
+        let hash = if flags & 4 != 0 {
+            Some(reader.take(32)?.try_into().ok()?)
+        } else {
+            None
+        };
+        entries.push((
+            path,
+            Observation {
+                seen,
+                file: flags & 2 != 0,
+                hash,
+            },
+        ));
+        racy.push(flags & 8 != 0);
     }
     if !reader.bytes.is_empty() {
         return None;
     }
-    let unchanged = |part: &[(&Path, Observation)]| {
-        part.iter().all(|(path, observation)| {
-            let now = std::fs::metadata(path).ok().map(|m| Seen::of(&m));
-            now == *observation
-        })
-    };
-    // Two threads: stats are mostly system time, and 10,000 of them are
-    // most of the check.
-    let (first, second) = seen.split_at(seen.len() / 2);
-    let all = if seen.len() < 2_000 {
-        unchanged(&seen)
-    } else {
-        std::thread::scope(|scope| {
-            let other = scope.spawn(|| unchanged(second));
-            let mine = unchanged(first);
-            other.join().unwrap_or(false) && mine
-        })
-    };
-    all.then_some(UpToDate {
+    Some(Memo {
         proven,
-        instances_json,
-        checked: seen.len(),
+        instances,
+        settled,
+        entries,
+        racy,
     })
 }
 
-use std::os::unix::ffi::OsStrExt as _;
+/// How one observation compares with the file system now.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Now {
+    Same,
+    /// Same stat and content, but racy when recorded: no longer racy now.
+    Verified,
+    Changed,
+}
+
+fn compare(path: &Path, observation: &Observation, racy: bool, now_ns: i64) -> Now {
+    let metadata = std::fs::metadata(path).ok();
+    let seen = metadata.as_ref().map(Seen::of);
+    if seen != observation.seen {
+        return Now::Changed;
+    }
+    let Some(seen) = seen.filter(|_| racy) else {
+        return Now::Same;
+    };
+    // Racy: the stat cannot vouch for the content; the hash can.
+    let Some(expected) = observation.hash else {
+        return Now::Changed;
+    };
+    let Ok(bytes) = std::fs::read(path) else {
+        return Now::Changed;
+    };
+    if *blake3::hash(&bytes).as_bytes() != expected {
+        return Now::Changed;
+    }
+    // Verified now: trusted from here on once the clock has moved past it,
+    // and still the same stat after the read.
+    let after = std::fs::metadata(path).ok().map(|m| Seen::of(&m));
+    if after == Some(seen) && !seen.racy(now_ns) {
+        Now::Verified
+    } else {
+        Now::Changed
+    }
+}
+
+/// Reads the memo of `context` and checks every observation against the
+/// file system now.
+#[must_use]
+pub fn check(context: &Context) -> Verdict {
+    let Ok(bytes) = std::fs::read(&context.path) else {
+        return Verdict::Unknown;
+    };
+    let Some(memo) = decode(&bytes, context) else {
+        return Verdict::Unknown;
+    };
+    let now_ns = crate::cache::fsutil::coarse_now_ns();
+    let compare_all = |range: std::ops::Range<usize>| -> Vec<Now> {
+        range
+            .map(|i| compare(&memo.entries[i].0, &memo.entries[i].1, memo.racy[i], now_ns))
+            .collect()
+    };
+    let n = memo.entries.len();
+    // Two threads: the stats are most of the check.
+    let results: Vec<Now> = if n < 2_000 {
+        compare_all(0..n)
+    } else {
+        std::thread::scope(|scope| {
+            let other = scope.spawn(|| compare_all(n / 2..n));
+            let mut mine = compare_all(0..n / 2);
+            mine.extend(
+                other
+                    .join()
+                    .unwrap_or_else(|_| vec![Now::Changed; n - n / 2]),
+            );
+            mine
+        })
+    };
+    let changed: Vec<usize> = (0..n).filter(|i| results[*i] == Now::Changed).collect();
+    for i in changed.iter().take(10) {
+        tracing::debug!(
+            "up-to-date check: `{}` changed",
+            memo.entries[*i].0.display()
+        );
+    }
+    if changed.iter().any(|i| !memo.entries[*i].1.file) {
+        return Verdict::Unknown;
+    }
+    let Ok(settled) = serde_json::from_slice::<Vec<Settled>>(memo.settled) else {
+        return Verdict::Unknown;
+    };
+    if changed.is_empty() {
+        let Ok(proven) = serde_json::from_slice::<Proven>(memo.proven) else {
+            return Verdict::Unknown;
+        };
+        // Racy entries verified now need no second look next time.
+        if results.contains(&Now::Verified) {
+            let entries: Vec<(&PathBuf, &Observation)> =
+                memo.entries.iter().map(|(p, o)| (p, o)).collect();
+            let racy: Vec<bool> = results.iter().map(|r| *r == Now::Changed).collect();
+            let _ = write_memo(
+                context,
+                &Sections {
+                    proven: memo.proven,
+                    instances: memo.instances,
+                    settled: memo.settled,
+                },
+                &entries,
+                &racy,
+            );
+        }
+        return Verdict::UpToDate(UpToDate {
+            proven,
+            instances_json: memo.instances.to_vec(),
+            settled,
+            checked: n,
+        });
+    }
+    // Which instances the changed files belong to.
+    let changed_paths: HashSet<&Path> = changed
+        .iter()
+        .filter_map(|i| memo.entries[*i].0.strip_prefix(&context.root).ok())
+        .collect();
+    if changed_paths.len() != changed.len() {
+        return Verdict::Unknown;
+    }
+    let mut claimed: HashSet<&Path> = HashSet::new();
+    let mut clean = HashMap::new();
+    for instance in &settled {
+        let mut touched = false;
+        for path in instance
+            .inputs
+            .iter()
+            .map(String::as_str)
+            .chain(instance.outputs.iter().map(|(p, _)| p.as_str()))
+        {
+            if let Some(hit) = changed_paths.get(Path::new(path)) {
+                claimed.insert(hit);
+                touched = true;
+            }
+        }
+        if !touched && instance.reproducible {
+            clean.insert(instance.id.clone(), instance.clone());
+        }
+    }
+    // A changed file no instance reads or writes: what decided on it is
+    // unknown here.
+    if claimed.len() != changed_paths.len() {
+        return Verdict::Unknown;
+    }
+    Verdict::Changed {
+        settled: clean,
+        changed: changed.len(),
+    }
+}
 
 struct Reader<'a> {
     bytes: &'a [u8],

@@ -135,10 +135,7 @@ impl StatIndex {
     pub fn hash_file(&self, root: &Path, rel: &str) -> Result<FileHash, CacheError> {
         let path = root.join(rel);
         let metadata = match fs_err::metadata(&path) {
-            Ok(metadata) => {
-                crate::memo::metadata(&path, &metadata);
-                metadata
-            }
+            Ok(metadata) => metadata,
             Err(error) => {
                 crate::memo::absent(&path);
                 if error.kind() == io::ErrorKind::NotFound && self.shard(rel).remove(rel).is_some()
@@ -155,6 +152,7 @@ impl StatIndex {
         let cached = self.shard(rel).get(rel).copied();
         if let Some(entry) = cached {
             if entry.trusted && entry.stat == stat {
+                crate::memo::file(&path, &metadata, entry.hash);
                 return Ok(file_hash(&entry));
             }
         }
@@ -185,6 +183,9 @@ impl StatIndex {
             self.shard(rel).insert(rel.to_owned(), entry);
             self.dirty.store(true, Ordering::Relaxed);
         }
+        // With the stat from before the read: a file that changed while it
+        // was read no longer matches it.
+        crate::memo::file(&path, &metadata, hash);
         Ok(file_hash(&entry))
     }
 

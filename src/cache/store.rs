@@ -125,6 +125,9 @@ struct Shared {
     progress: Condvar,
     /// Keys already reported as corrupt, so each is warned about once.
     warned: Mutex<HashSet<KeyHash>>,
+    /// Roots this store restored into or saved from, with their canonical
+    /// paths: canonicalizing costs a `readlink` per component, per call.
+    roots: Mutex<HashMap<PathBuf, PathBuf>>,
 }
 
 #[derive(Default)]
@@ -139,6 +142,8 @@ struct FlushState {
     published: u64,
     error: Option<CacheError>,
     shutdown: bool,
+    /// A `flush()` is waiting: publish without waiting out the window.
+    urgent: bool,
 }
 
 /// One `save` waiting for its blobs to be durable.
@@ -164,6 +169,7 @@ impl Store {
             work: Condvar::new(),
             progress: Condvar::new(),
             warned: Mutex::new(HashSet::new()),
+            roots: Mutex::new(HashMap::new()),
         });
         let flusher = {
             let shared = Arc::clone(&shared);
@@ -252,7 +258,7 @@ impl Store {
     /// blobs are durable (see the module doc); lookups from this process see
     /// them at once.
     pub fn save(&self, keys: &[KeyHash], new: NewEntry, root: &Path) -> Result<Entry, CacheError> {
-        let root_canonical = fs_err::canonicalize(root)?;
+        let root_canonical = self.shared.canonical_root(root)?;
         let mut outputs: BTreeMap<String, OutputFile> = BTreeMap::new();
         for rel in &new.outputs {
             let path = normalize_rel(rel)?;
@@ -335,8 +341,7 @@ impl Store {
         root: &Path,
         index: Option<&StatIndex>,
     ) -> Result<RestoreReport, CacheError> {
-        fs_err::create_dir_all(root)?;
-        let root_canonical = fs_err::canonicalize(root)?;
+        let root_canonical = self.shared.canonical_root(root)?;
         let mut report = RestoreReport::default();
         let mut staged = StagedFiles::default();
         let mut chmods = Vec::new();
@@ -356,9 +361,7 @@ impl Store {
                 Some(parent) => parent.to_owned(),
                 None => return Err(CacheError::OutputOutsideRoot { path: rel }),
             };
-            fs_err::create_dir_all(&parent)?;
-            // A directory in the path may be a symlink leading out of root.
-            if !fs_err::canonicalize(&parent)?.starts_with(&root_canonical) {
+            if !parent_inside_root(root, &root_canonical, &rel)? {
                 return Err(CacheError::OutputOutsideRoot { path: rel });
             }
             let (file, temp) = fsutil::create_temp(&parent, RESTORE_TEMP, 0o600)?;
@@ -367,6 +370,7 @@ impl Store {
                 target,
                 rel,
                 size: output.size,
+                hash: output.hash.clone(),
             });
             let (file, _) = file.into_parts();
             self.shared.copy_blob_verified(&output.hash, &file, &temp)?;
@@ -385,6 +389,12 @@ impl Store {
         while staged.renamed < staged.files.len() {
             let file = &staged.files[staged.renamed];
             fs_err::rename(&file.temp, &file.target)?;
+            // What the up-to-date memo must see of it from now on.
+            if let (Ok(metadata), Some(hash)) =
+                (std::fs::metadata(&file.target), parse_hex32(&file.hash))
+            {
+                crate::memo::file(&file.target, &metadata, hash);
+            }
             report.written.push(file.rel.clone());
             report.bytes_written += file.size;
             staged.renamed += 1;
@@ -392,9 +402,6 @@ impl Store {
         for (target, rel, mode) in chmods {
             fs_err::set_permissions(&target, std::fs::Permissions::from_mode(mode))?;
             report.chmodded.push(rel);
-        }
-        if !report.written.is_empty() || !report.chmodded.is_empty() {
-            crate::memo::spoil("outputs were restored from the cache");
         }
         Ok(report)
     }
@@ -453,6 +460,10 @@ impl Store {
     pub fn flush(&self) -> Result<(), CacheError> {
         let mut state = lock(&self.shared.state);
         let target = state.enqueued;
+        if state.published < target {
+            state.urgent = true;
+            self.shared.work.notify_all();
+        }
         while state.published < target && state.error.is_none() {
             state = self
                 .shared
@@ -605,6 +616,17 @@ impl Drop for Store {
 }
 
 impl Shared {
+    /// `root`'s canonical path (creating `root` if needed), computed once.
+    fn canonical_root(&self, root: &Path) -> Result<PathBuf, CacheError> {
+        if let Some(canonical) = lock(&self.roots).get(root) {
+            return Ok(canonical.clone());
+        }
+        fs_err::create_dir_all(root)?;
+        let canonical = fs_err::canonicalize(root)?;
+        lock(&self.roots).insert(root.to_owned(), canonical.clone());
+        Ok(canonical)
+    }
+
     fn blob_path(&self, hash: &str) -> Option<PathBuf> {
         parse_hex32(hash)?;
         Some(self.dir.join("blobs").join(&hash[..2]).join(&hash[2..]))
@@ -854,14 +876,17 @@ fn run_flusher(shared: &Shared) {
             }
             // Group commit: let the batch grow for a moment, so a busy run
             // pays one `syncfs` per interval rather than one per save (each
-            // `syncfs` also writes back the run's other dirty files).
-            // (A plain sleep: every save notifies `work`, which would cut
-            // a condvar wait short.)
-            if !state.shutdown {
-                drop(state);
-                std::thread::sleep(GROUP_COMMIT_WINDOW);
-                state = lock(&shared.state);
+            // `syncfs` also writes back the run's other dirty files). A
+            // `flush()` waiting for the batch cuts the window short (saves
+            // notify `work` too, but do not end the wait).
+            if !state.shutdown && !state.urgent {
+                state = shared
+                    .work
+                    .wait_timeout_while(state, GROUP_COMMIT_WINDOW, |s| !s.shutdown && !s.urgent)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
             }
+            state.urgent = false;
             std::mem::take(&mut state.queue)
         };
         let result = shared.publish(&batch);
@@ -909,6 +934,7 @@ struct StagedFile {
     target: PathBuf,
     rel: String,
     size: u64,
+    hash: String,
 }
 
 impl Drop for StagedFiles {
@@ -917,6 +943,41 @@ impl Drop for StagedFiles {
             let _ = std::fs::remove_file(&file.temp);
         }
     }
+}
+
+/// Creates the directories above `rel` (a normalized relative path) under
+/// `root` and says whether they stay inside the root: a directory on the
+/// way may be a symlink leading out. One `lstat` per directory level; only
+/// a symlink costs a canonicalization.
+fn parent_inside_root(root: &Path, root_canonical: &Path, rel: &str) -> Result<bool, CacheError> {
+    let mut dir = root.to_path_buf();
+    let mut levels = rel.split('/').peekable();
+    while let Some(part) = levels.next() {
+        if levels.peek().is_none() {
+            break;
+        }
+        dir.push(part);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(metadata) if metadata.is_dir() => {}
+            Ok(metadata) if metadata.file_type().is_symlink() => {
+                if !fs_err::canonicalize(&dir)?.starts_with(root_canonical) {
+                    return Ok(false);
+                }
+            }
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("`{}` is not a directory", dir.display()),
+                )
+                .into())
+            }
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                fs_err::create_dir_all(&dir)?;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(true)
 }
 
 /// If `target` is a regular file with `output`'s content, its mode.

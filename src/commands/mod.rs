@@ -45,6 +45,7 @@ impl Ctx {
         let cwd = cwd.canonicalize().unwrap_or(cwd);
         let root = discover::find_root(&cwd);
         let state_dir = discover::state_dir(&root);
+        crate::workflow::schema::remember_valid_documents_in(state_dir.join("validated"));
         let color = !cli.no_color
             && std::env::var_os("NO_COLOR").is_none()
             && std::io::stderr().is_terminal();

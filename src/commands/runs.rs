@@ -182,6 +182,9 @@ pub fn logs(args: &LogsArgs, ctx: &Ctx) -> CommandResult {
             if let Ok(hash) = key.parse() {
                 if let Ok(Some(entry)) = store.lookup(&hash) {
                     if let Some(log) = entry.log.and_then(|h| store.read_blob(&h).ok()) {
+                        if log.is_empty() {
+                            eprintln!("(`{}` printed nothing)", args.instance);
+                        }
                         use std::io::Write as _;
                         let _ = std::io::stdout().write_all(&log);
                         return Ok(ExitStatus::Success);

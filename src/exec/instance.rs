@@ -60,6 +60,12 @@ pub struct RunShared {
     pub apply_lock: tokio::sync::Mutex<()>,
     /// Agent worktrees reset to the snapshot, ready for the next instance.
     pub worktree_pool: std::sync::Mutex<Vec<crate::workspace::Worktree>>,
+    /// Copy cached instances' logs into the run directory (`--replay`);
+    /// otherwise `ccflow logs` reads them from the cache entry.
+    pub replay_logs: bool,
+    /// Instances the up-to-date memo settles (by id), when their upstream
+    /// instances are settled too (see `crate::memo`).
+    pub settled: HashMap<String, crate::memo::Settled>,
 }
 
 /// A message from a running instance to the scheduler loop.
@@ -123,6 +129,8 @@ pub struct JobResult {
     pub message: Option<String>,
     /// Output files with their content hashes (for downstream keys).
     pub outputs: Vec<(String, String)>,
+    /// Input files (repository-relative), for the up-to-date memo.
+    pub inputs: Vec<String>,
     pub key: Option<String>,
     pub usage: Usage,
     pub artifacts: BTreeMap<String, String>,
@@ -166,6 +174,7 @@ impl JobResult {
             log_path: None,
             message: None,
             outputs: Vec::new(),
+            inputs: Vec::new(),
             key: None,
             usage: Usage::default(),
             artifacts: BTreeMap::new(),
@@ -368,6 +377,7 @@ pub async fn execute(shared: Arc<RunShared>, mut job: Job) -> JobResult {
     };
     let key_hash = key.hash();
     result.key = Some(key_hash.to_string());
+    result.inputs = inputs.keys().cloned().collect();
     let use_cache = task.cache && shared.store.is_some();
     let may_hit = use_cache && !shared.no_cache && !shared.rerun.iter().any(|t| t == &task.name);
 
@@ -433,7 +443,7 @@ pub async fn execute(shared: Arc<RunShared>, mut job: Job) -> JobResult {
                                 result.usage =
                                     serde_json::from_value(usage.clone()).unwrap_or_default();
                             }
-                            if let Some(log) = &entry.log {
+                            if let Some(log) = entry.log.as_ref().filter(|_| shared.replay_logs) {
                                 if let Ok(bytes) = store.read_blob(log) {
                                     let path = shared.run_dir.join("logs").join(format!(
                                         "{}.log",

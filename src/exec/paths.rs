@@ -30,12 +30,12 @@ pub fn expand(
         // file, not the glob matching `pages/i.tsx`, which left such inputs
         // unhashed (edits never reran) and such outputs unsaved.
         let path = root.join(pattern);
-        let metadata = std::fs::metadata(&path);
+        let metadata = std::fs::metadata(&path).ok();
         match &metadata {
-            Ok(m) => crate::memo::metadata(&path, m),
-            Err(_) => crate::memo::absent(&path),
+            Some(m) if m.is_file() => crate::memo::metadata(&path, m),
+            // Whether it exists, and what a directory holds, decide the list.
+            _ => crate::memo::stat(&path),
         }
-        let metadata = metadata.ok();
         if metadata.as_ref().is_some_and(std::fs::Metadata::is_file) {
             files.insert(pattern.to_owned());
         } else if metadata.as_ref().is_some_and(std::fs::Metadata::is_dir) {

@@ -62,6 +62,8 @@ pub struct RunOptions {
 pub struct RunOutcome {
     pub status: RunStatus,
     pub record: RunRecord,
+    /// Every instance that succeeded or was cached, for the up-to-date memo.
+    pub settled: Vec<crate::memo::Settled>,
 }
 
 /// Shell instances probing the cache beyond the job limit.
@@ -127,6 +129,8 @@ struct State {
     /// Recent rate-limit notices, and the agent pool's temporary limit.
     rate_limits: Vec<Instant>,
     throttle: Option<Throttle>,
+    /// Instances the up-to-date memo settled (see [`State::settle`]).
+    settled_nodes: HashSet<NodeIndex>,
 }
 
 /// A temporary cap on concurrent agents after rate limits.
@@ -204,6 +208,7 @@ pub async fn run(
         runtime_context: Vec::new(),
         rate_limits: Vec::new(),
         throttle: None,
+        settled_nodes: HashSet::new(),
     };
     state.runtime_context = state
         .plan
@@ -334,7 +339,12 @@ pub async fn run(
         duration: clock.elapsed(),
         run_dir: state.shared.run_dir.clone(),
     });
-    RunOutcome { status, record }
+    let settled = state.settled_results();
+    RunOutcome {
+        status,
+        record,
+        settled,
+    }
 }
 
 async fn recv_signal(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
@@ -622,6 +632,12 @@ impl State {
             let node = ready.node;
             let task_index = self.plan.graph[node].task;
             let pool = self.plan.workflow.tasks[task_index].pool.clone();
+            if let Some(result) = self.settle(node) {
+                // Started and finished at once: `finish` releases the pool.
+                *self.pool_running.entry(pool).or_insert(0) += 1;
+                self.finish(result);
+                continue;
+            }
             if self.plan.workflow.tasks[task_index].is_agent()
                 && self.running.len() >= self.global_limit
             {
@@ -779,6 +795,77 @@ impl State {
         });
         self.results.insert(node, result);
         self.release_successors(node, !failed || tolerated);
+    }
+
+    /// The result of `node` as the up-to-date memo settles it: a shell
+    /// instance with reproducible key whose inputs and outputs are as the
+    /// memo saw them, and whose upstream instances were settled the same
+    /// way (a rerun upstream may change what it reads). Its key and outputs
+    /// are then those of the memo, without hashing or reading the cache.
+    fn settle(&mut self, node: NodeIndex) -> Option<JobResult> {
+        if self.shared.settled.is_empty() {
+            return None;
+        }
+        let instance = &self.plan.graph[node];
+        let task = &self.plan.workflow.tasks[instance.task];
+        if task.is_agent()
+            || !task.cache
+            || self.runtime_context[instance.task]
+            || instance.rendered.as_ref().is_some_and(|r| !r.enabled)
+        {
+            return None;
+        }
+        let memo = self.shared.settled.get(&instance.id.0)?;
+        let upstream_settled = self
+            .plan
+            .graph
+            .edges_directed(node, Direction::Incoming)
+            .all(|e| self.settled_nodes.contains(&e.source()));
+        if !upstream_settled {
+            return None;
+        }
+        let mut result = JobResult::failed(node, String::new());
+        result.message = None;
+        result.status = InstanceStatus::Cached;
+        result.exit_code = Some(0);
+        result.key = Some(memo.key.clone());
+        result.outputs.clone_from(&memo.outputs);
+        result.inputs.clone_from(&memo.inputs);
+        result.usage = memo.usage;
+        self.settled_nodes.insert(node);
+        Some(result)
+    }
+
+    /// What the memo keeps of this run: every instance that succeeded or
+    /// was cached.
+    fn settled_results(&self) -> Vec<crate::memo::Settled> {
+        let mut settled = Vec::new();
+        for node in self.plan.ordered_nodes() {
+            let instance = &self.plan.graph[node];
+            let Some(result) = self.results.get(&node) else {
+                continue;
+            };
+            if instance.kind != NodeKind::Instance
+                || !matches!(
+                    result.status,
+                    InstanceStatus::Cached | InstanceStatus::Succeeded
+                )
+            {
+                continue;
+            }
+            let task = &self.plan.workflow.tasks[instance.task];
+            settled.push(crate::memo::Settled {
+                id: instance.id.0.clone(),
+                key: result.key.clone().unwrap_or_default(),
+                inputs: result.inputs.clone(),
+                outputs: result.outputs.clone(),
+                usage: result.usage,
+                reproducible: task.cache
+                    && !self.runtime_context[instance.task]
+                    && result.key.is_some(),
+            });
+        }
+        settled
     }
 
     /// Reserves the expected cost of an agent instance, or says why the

@@ -49,6 +49,27 @@ pub fn log_tail(path: &std::path::Path, n: usize) -> Vec<String> {
 
 impl Reporter for PlainReporter {
     fn event(&mut self, event: &RunEvent) {
+        self.write_event(event);
+        // Cached and skipped instances come by the thousand in a rerun:
+        // their lines go out with the next other line (or tick), not in one
+        // write(2) each.
+        let quiet = matches!(
+            event,
+            RunEvent::TaskFinished { record, .. }
+                if matches!(record.status, InstanceStatus::Cached | InstanceStatus::Skipped)
+        );
+        if !quiet {
+            let _ = self.out.flush();
+        }
+    }
+
+    fn tick(&mut self) {
+        let _ = self.out.flush();
+    }
+}
+
+impl PlainReporter {
+    fn write_event(&mut self, event: &RunEvent) {
         match event {
             RunEvent::RunStarted {
                 run_id,

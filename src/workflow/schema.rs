@@ -4,6 +4,7 @@
 //! validate every workflow before serde sees it, with each violation mapped
 //! back to a source span.
 
+use std::path::Path;
 use std::sync::OnceLock;
 
 use jsonschema::error::ValidationErrorKind;
@@ -255,9 +256,60 @@ fn detail(error: &jsonschema::ValidationError<'_>, pointer: &str) -> String {
     }
 }
 
+/// Where markers of documents that passed validation are kept (see
+/// [`validate`]); unset, every document is validated.
+static MARKER_DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
+
+/// Lets [`validate`] remember documents that passed, under `dir` (the
+/// state directory's `validated/`).
+pub fn remember_valid_documents_in(dir: std::path::PathBuf) {
+    let _ = MARKER_DIR.set(dir);
+}
+
+/// The marker file saying `value` passed this binary's schema: compiling
+/// the schema costs tens of milliseconds, most of a no-op `ccflow run`,
+/// while the same workflow is loaded again and again.
+fn marker(value: &Value) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = MARKER_DIR.get()?;
+    let exe = std::fs::metadata("/proc/self/exe").ok()?;
+    let mut hasher = blake3::Hasher::new();
+    // The binary's identity: another build may have another schema.
+    for n in [exe.dev(), exe.ino(), exe.size()] {
+        hasher.update(&n.to_le_bytes());
+    }
+    hasher.update(&exe.mtime().to_le_bytes());
+    hasher.update(&exe.mtime_nsec().to_le_bytes());
+    hasher.update(env!("CARGO_PKG_VERSION").as_bytes());
+    hasher.update(&serde_json::to_vec(value).ok()?);
+    Some(dir.join(&hasher.finalize().to_hex()[..32]))
+}
+
 /// Validates `value` against the schema; every violation becomes a diagnostic at its span.
 #[must_use]
 pub fn validate(
+    value: &Value,
+    spans: &SpanMap,
+    file: &std::sync::Arc<SourceFile>,
+) -> Vec<Diagnostic> {
+    let marker = marker(value);
+    if marker.as_ref().is_some_and(|m| m.is_file()) {
+        return Vec::new();
+    }
+    let diagnostics = validate_with_schema(value, spans, file);
+    if let (true, Some(marker)) = (diagnostics.is_empty(), marker) {
+        // Only into a state directory a run created (and git ignores).
+        if let Some(dir) = marker.parent() {
+            if dir.parent().is_some_and(Path::is_dir) {
+                let _ = std::fs::create_dir_all(dir);
+                let _ = std::fs::write(marker, b"");
+            }
+        }
+    }
+    diagnostics
+}
+
+fn validate_with_schema(
     value: &Value,
     spans: &SpanMap,
     file: &std::sync::Arc<SourceFile>,
