@@ -616,10 +616,13 @@ impl Drop for Store {
 }
 
 impl Shared {
-    /// `root`'s canonical path (creating `root` if needed), computed once.
+    /// `root`'s canonical path (creating `root` if needed), computed once
+    /// while `root` stays a directory.
     fn canonical_root(&self, root: &Path) -> Result<PathBuf, CacheError> {
         if let Some(canonical) = lock(&self.roots).get(root) {
-            return Ok(canonical.clone());
+            if std::fs::symlink_metadata(root).is_ok_and(|m| m.is_dir()) {
+                return Ok(canonical.clone());
+            }
         }
         fs_err::create_dir_all(root)?;
         let canonical = fs_err::canonicalize(root)?;
