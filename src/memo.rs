@@ -107,6 +107,10 @@ struct Observation {
 #[derive(Default)]
 struct Recorder {
     seen: HashMap<PathBuf, Observation>,
+    /// Paths seeded from the last memo and not observed by this run yet.
+    prior: HashSet<PathBuf>,
+    /// Seeded paths this run then saw in another state (see [`conclude`]).
+    replaced: Vec<PathBuf>,
     /// Why this run cannot vouch for what it saw, if it cannot.
     spoiled: Option<String>,
     /// The coarse clock when recording started.
@@ -120,11 +124,23 @@ fn recorder() -> MutexGuard<'static, Option<Recorder>> {
     RECORDER.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Starts recording observations (the slow path of `ccflow run`).
-pub fn start() {
+/// The observations of the last memo that still hold: a run that settles
+/// instances from the memo does not observe their files again, so its own
+/// memo starts from these.
+#[derive(Default)]
+pub struct Seed {
+    entries: Vec<(PathBuf, Observation)>,
+}
+
+/// Starts recording observations (the slow path of `ccflow run`), from
+/// `seed`.
+pub fn start(seed: Seed) {
     *recorder() = Some(Recorder {
         started_ns: crate::cache::fsutil::coarse_now_ns(),
-        ..Recorder::default()
+        prior: seed.entries.iter().map(|(path, _)| path.clone()).collect(),
+        seen: seed.entries.into_iter().collect(),
+        replaced: Vec::new(),
+        spoiled: None,
     });
     ACTIVE.store(true, Ordering::Release);
 }
@@ -136,6 +152,19 @@ fn active() -> bool {
 fn record(path: &Path, observation: Observation) {
     let mut guard = recorder();
     let Some(rec) = guard.as_mut() else { return };
+    if rec.prior.remove(path) {
+        // First seen by this run: its own observation counts (a task may
+        // have rewritten it); `conclude` checks no settled instance relied
+        // on the seeded state.
+        match rec.seen.get(path) {
+            Some(previous) if previous.seen == observation.seen => {}
+            _ => {
+                rec.replaced.push(path.to_path_buf());
+                rec.seen.insert(path.to_path_buf(), observation);
+                return;
+            }
+        }
+    }
     match rec.seen.get_mut(path) {
         Some(previous) if previous.seen == observation.seen => {
             // Seen by the plan too: a global observation.
@@ -215,15 +244,43 @@ pub fn stat(path: &Path) {
     {
         return;
     }
-    let seen = std::fs::metadata(path).ok().map(|m| Seen::of(&m));
+    let metadata = std::fs::metadata(path).ok();
+    let seen = metadata.as_ref().map(Seen::of);
+    // A directory's listing, read before the walk reads it: when the
+    // directory changed too recently for its stat to vouch for it (files
+    // created in it by the run itself), the listing can.
+    let hash = metadata
+        .filter(std::fs::Metadata::is_dir)
+        .and_then(|_| listing_hash(path));
     record(
         path,
         Observation {
             seen,
             file: false,
-            hash: None,
+            hash,
         },
     );
+}
+
+/// A hash of a directory's entries (names and types), in name order.
+fn listing_hash(dir: &Path) -> Option<[u8; 32]> {
+    let mut entries: Vec<(std::ffi::OsString, u8)> = std::fs::read_dir(dir)
+        .ok()?
+        .map(|entry| {
+            let entry = entry.ok()?;
+            let kind = entry.file_type().ok().map_or(0, |t| {
+                u8::from(t.is_file()) | u8::from(t.is_dir()) << 1 | u8::from(t.is_symlink()) << 2
+            });
+            Some((entry.file_name(), kind))
+        })
+        .collect::<Option<_>>()?;
+    entries.sort_unstable();
+    let mut hasher = blake3::Hasher::new();
+    for (name, kind) in &entries {
+        hasher.update(name.as_bytes());
+        hasher.update(&[0, *kind]);
+    }
+    Some(*hasher.finalize().as_bytes())
 }
 
 /// Records the ignore files a walk starting at `dir` consults: `.gitignore`
@@ -359,6 +416,8 @@ pub struct UpToDate {
     pub settled: Vec<Settled>,
     /// How many paths were checked.
     pub checked: usize,
+    /// The observations, for that run's recording.
+    pub seed: Seed,
 }
 
 /// What the check found.
@@ -372,6 +431,8 @@ pub enum Verdict {
     Changed {
         settled: HashMap<String, Settled>,
         changed: usize,
+        /// The observations that still hold.
+        seed: Seed,
     },
 }
 
@@ -384,11 +445,37 @@ pub fn conclude(
     proven: &Proven,
     instances: &[InstanceRecord],
     settled: &[Settled],
+    from_memo: &HashSet<String>,
 ) -> Result<(), String> {
     ACTIVE.store(false, Ordering::Release);
     let rec = recorder().take().ok_or("not recording")?;
     if let Some(reason) = &rec.spoiled {
         return Err(reason.clone());
+    }
+    // An instance settled from the memo relied on its files being as the
+    // memo saw them; if the run then saw one of them change, its result
+    // no longer matches what the new memo would say.
+    if !rec.replaced.is_empty() {
+        let relied: HashSet<&Path> = settled
+            .iter()
+            .filter(|s| from_memo.contains(&s.id))
+            .flat_map(|s| {
+                s.inputs
+                    .iter()
+                    .map(String::as_str)
+                    .chain(s.outputs.iter().map(|(p, _)| p.as_str()))
+            })
+            .map(Path::new)
+            .collect();
+        if let Some(path) = rec.replaced.iter().find(|p| {
+            p.strip_prefix(&context.root)
+                .is_ok_and(|rel| relied.contains(rel))
+        }) {
+            return Err(format!(
+                "`{}` changed under an instance settled from the memo",
+                path.display()
+            ));
+        }
     }
     // Records without this run's logs and times: the memo's answer has none.
     let records: Vec<InstanceRecord> = instances
@@ -593,10 +680,14 @@ fn compare(path: &Path, observation: &Observation, racy: bool, now_ns: i64) -> N
     let Some(expected) = observation.hash else {
         return Now::Changed;
     };
-    let Ok(bytes) = std::fs::read(path) else {
-        return Now::Changed;
+    let actual = if metadata.as_ref().is_some_and(std::fs::Metadata::is_dir) {
+        listing_hash(path)
+    } else {
+        std::fs::read(path)
+            .ok()
+            .map(|bytes| *blake3::hash(&bytes).as_bytes())
     };
-    if *blake3::hash(&bytes).as_bytes() != expected {
+    if actual != Some(expected) {
         return Now::Changed;
     }
     // Verified now: trusted from here on once the clock has moved past it,
@@ -679,6 +770,9 @@ pub fn check(context: &Context) -> Verdict {
             instances_json: memo.instances.to_vec(),
             settled,
             checked: n,
+            seed: Seed {
+                entries: memo.entries,
+            },
         });
     }
     // Which instances the changed files belong to.
@@ -713,9 +807,26 @@ pub fn check(context: &Context) -> Verdict {
     if claimed.len() != changed_paths.len() {
         return Verdict::Unknown;
     }
+    let changed_count = changed.len();
+    let mut changed = changed.into_iter().peekable();
+    let entries = memo
+        .entries
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| {
+            if changed.peek() == Some(i) {
+                changed.next();
+                false
+            } else {
+                true
+            }
+        })
+        .map(|(_, entry)| entry)
+        .collect();
     Verdict::Changed {
         settled: clean,
-        changed: changed.len(),
+        changed: changed_count,
+        seed: Seed { entries },
     }
 }
 

@@ -83,6 +83,7 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
     let memo = (!args.no_cache && args.rerun.is_empty())
         .then(|| memo_context(ctx, &workflow_path, args, &vars));
     let mut settled = std::collections::HashMap::new();
+    let mut seed = crate::memo::Seed::default();
     if let Some(context) = &memo {
         match crate::memo::check(context) {
             crate::memo::Verdict::UpToDate(up_to_date) => {
@@ -94,6 +95,7 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
                     return report_up_to_date(ctx, &up_to_date, clock);
                 }
                 // Every instance must be reported: the scheduler settles them.
+                seed = up_to_date.seed;
                 settled = up_to_date
                     .settled
                     .into_iter()
@@ -101,11 +103,18 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
                     .map(|s| (s.id.clone(), s))
                     .collect();
             }
-            crate::memo::Verdict::Changed { settled: clean, .. } => settled = clean,
+            crate::memo::Verdict::Changed {
+                settled: clean,
+                seed: holding,
+                ..
+            } => {
+                settled = clean;
+                seed = holding;
+            }
             crate::memo::Verdict::Unknown => {}
         }
         context.remove();
-        crate::memo::start();
+        crate::memo::start(seed);
     }
     crate::memo::stat(&workflow_path);
     if let Some(dir) = workflow_path.parent() {
@@ -280,7 +289,13 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
             usage: record.usage,
         };
         let concluded = if outcome.status == RunStatus::Succeeded {
-            crate::memo::conclude(context, &proven, &record.instances, &outcome.settled)
+            crate::memo::conclude(
+                context,
+                &proven,
+                &record.instances,
+                &outcome.settled,
+                &outcome.from_memo,
+            )
         } else {
             crate::memo::stop();
             Err(format!("the run {}", outcome.status.word()))

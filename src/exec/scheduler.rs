@@ -64,6 +64,8 @@ pub struct RunOutcome {
     pub record: RunRecord,
     /// Every instance that succeeded or was cached, for the up-to-date memo.
     pub settled: Vec<crate::memo::Settled>,
+    /// The ids of the instances the memo settled.
+    pub from_memo: HashSet<String>,
 }
 
 /// Shell instances probing the cache beyond the job limit.
@@ -340,10 +342,16 @@ pub async fn run(
         run_dir: state.shared.run_dir.clone(),
     });
     let settled = state.settled_results();
+    let from_memo = state
+        .settled_nodes
+        .iter()
+        .map(|n| state.plan.graph[*n].id.0.clone())
+        .collect();
     RunOutcome {
         status,
         record,
         settled,
+        from_memo,
     }
 }
 
