@@ -15,6 +15,7 @@ use crate::cli::RunArgs;
 use crate::error::{CommandError, CommandResult, ExitStatus};
 use crate::exec::instance::RunShared;
 use crate::exec::scheduler::{self, RunOptions};
+use crate::exec::worktree_pool::WorktreePool;
 use crate::report::events::EventsReporter;
 use crate::report::github::GithubReporter;
 use crate::report::plain::PlainReporter;
@@ -232,7 +233,14 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
         snapshot: tokio::sync::OnceCell::new(),
         apply_mode: args.apply,
         apply_lock: tokio::sync::Mutex::new(()),
-        worktree_pool: std::sync::Mutex::new(Vec::new()),
+        worktree_pool: WorktreePool::new(
+            &ctx.root,
+            selected
+                .iter()
+                .filter(|task| workflow.tasks[**task].is_agent())
+                .map(|task| plan.task_nodes[*task].len())
+                .sum(),
+        ),
         replay_logs: args.replay,
         settled,
     });

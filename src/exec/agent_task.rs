@@ -182,6 +182,9 @@ pub async fn execute_agent(
         result.message = Some("not an agent task".into());
         return result;
     };
+    // Until this instance has a worktree (or ends without one), the pool
+    // keeps worktrees that come free.
+    let mut claim = shared.worktree_pool.claim();
     let rendered = Arc::clone(&job.rendered);
     let prompt = rendered.prompt.clone().unwrap_or_default();
     let fail = |mut result: JobResult, message: String| {
@@ -271,12 +274,7 @@ pub async fn execute_agent(
         .join(&shared.run_id)
         .join(format!("{}", job.node.index()));
     // A worktree another instance left (reset to the snapshot), else a new one.
-    let pooled = shared
-        .worktree_pool
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .pop();
-    let worktree = if let Some(worktree) = pooled {
+    let worktree = if let Some(worktree) = claim.take_idle() {
         worktree
     } else {
         let snapshot = Arc::clone(&snapshot);
@@ -292,6 +290,7 @@ pub async fn execute_agent(
             Err(e) => return fail(result, format!("cannot create the agent's worktree: {e}")),
         }
     };
+    claim.settle();
     let config_dir = shared
         .run_dir
         .join("agents")
@@ -562,8 +561,8 @@ async fn diff_blocking(
 
 /// Returns a worktree to the run's pool, reset to the snapshot (only the
 /// files the agent changed are rewritten: a checkout per instance would cost
-/// the whole tree); removes it instead when the run is stopping or the reset
-/// fails.
+/// the whole tree); removes it instead when the run is stopping, when no
+/// instance is left to take it, or when the reset fails.
 async fn release_worktree(
     shared: &Arc<RunShared>,
     snapshot: &Arc<Snapshot>,
@@ -572,6 +571,11 @@ async fn release_worktree(
 ) {
     if shared.cancel.is_cancelled() {
         remove_worktree(snapshot, worktree).await;
+        return;
+    }
+    // No instance is left to take it: no reset, it goes.
+    if !shared.worktree_pool.wanted() {
+        shared.worktree_pool.discard(worktree);
         return;
     }
     let patch = match patch {
@@ -591,11 +595,7 @@ async fn release_worktree(
             .await
     };
     match reset {
-        Ok(Ok(())) => shared
-            .worktree_pool
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(worktree),
+        Ok(Ok(())) => shared.worktree_pool.give_back(worktree),
         Ok(Err(e)) => {
             tracing::warn!(
                 "cannot reset worktree `{}` ({e}); removing it",

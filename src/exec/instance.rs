@@ -59,7 +59,7 @@ pub struct RunShared {
     /// Diffs land one at a time, in completion order.
     pub apply_lock: tokio::sync::Mutex<()>,
     /// Agent worktrees reset to the snapshot, ready for the next instance.
-    pub worktree_pool: std::sync::Mutex<Vec<crate::workspace::Worktree>>,
+    pub worktree_pool: super::worktree_pool::WorktreePool,
     /// Copy cached instances' logs into the run directory (`--replay`);
     /// otherwise `ccflow logs` reads them from the cache entry.
     pub replay_logs: bool,

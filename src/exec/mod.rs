@@ -16,6 +16,7 @@ pub mod reaper;
 pub mod scheduler;
 pub mod shellwords;
 pub mod stale;
+pub mod worktree_pool;
 
 pub use local::{run, CommandLine, ProcessSpec};
 pub use outcome::{ProcessOutcome, ProcessReport};

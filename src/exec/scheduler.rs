@@ -284,7 +284,9 @@ pub async fn run(
     if state.stop || state.interrupted {
         state.report_unstarted();
     }
-    // Agents' worktrees and the snapshot ref go with the run.
+    // Agents' worktrees and the snapshot ref go with the run, after the
+    // removals the pool started (which this cleanup must not race).
+    state.shared.worktree_pool.finish_removals().await;
     if let Some(Ok(snapshot)) = state.shared.snapshot.get() {
         let own = state.shared.run_id.clone();
         let state_dir = state.shared.state_dir.clone();

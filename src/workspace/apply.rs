@@ -611,11 +611,8 @@ pub fn reset_worktree(
             continue;
         }
         let target = worktree.path.join(relative);
-        match std::fs::symlink_metadata(&target) {
-            Ok(meta) if meta.is_dir() => fs_err::remove_dir_all(&target)?,
-            Ok(_) => fs_err::remove_file(&target)?,
-            Err(_) => {}
-        }
+        // A build folder can hold many files: several threads unlink them.
+        super::remove::remove_trees(&[&target])?;
     }
     Ok(())
 }

@@ -9,7 +9,7 @@
 //! - [`diff`] turns the worktree's files into a [`Patch`] against the snapshot;
 //! - [`apply`] merges a patch into the working tree (all-or-nothing per patch),
 //!   [`commit_to_branch`] commits it on a branch instead;
-//! - [`remove_worktree`], [`release_snapshot`] and [`cleanup_stale`] remove
+//! - [`remove_worktree`] (or [`remove_worktrees`], several at once), [`release_snapshot`] and [`cleanup_stale`] remove
 //!   what runs leave behind.
 //!
 //! This module knows nothing about workflows, tasks or the cache: it takes
@@ -20,6 +20,7 @@
 mod apply;
 mod error;
 mod patch;
+mod remove;
 mod snapshot;
 mod worktree;
 
@@ -30,7 +31,9 @@ pub use apply::{apply, commit_to_branch, reset_worktree, ApplyOutcome};
 pub use error::WorkspaceError;
 pub use patch::{diff, paths_outside, ChangeKind, FileChange, Patch};
 pub use snapshot::{release_snapshot, snapshot, Snapshot};
-pub use worktree::{cleanup_stale, cleanup_stale_with, create_worktree, remove_worktree, Worktree};
+pub use worktree::{
+    cleanup_stale, cleanup_stale_with, create_worktree, remove_worktree, remove_worktrees, Worktree,
+};
 
 /// Path components that never take part in a snapshot, a diff or an apply:
 /// ccflow's own state directory (cache, run records, the worktrees themselves).

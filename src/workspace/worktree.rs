@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use git2::build::CheckoutBuilder;
 use git2::Repository;
 
+use super::remove::remove_trees;
 use super::snapshot::{delete_snapshot_ref, open_repository, SNAPSHOT_REF_PREFIX};
 use super::{Snapshot, WorkspaceError};
 
@@ -184,18 +185,32 @@ fn checkout_of(admin: &Path) -> Option<PathBuf> {
 
 /// Deletes a worktree's directory and its git admin entry.
 pub fn remove_worktree(snapshot_repo: &Path, worktree: &Worktree) -> Result<(), WorkspaceError> {
+    remove_worktrees(snapshot_repo, std::slice::from_ref(worktree))
+}
+
+/// Deletes worktrees' directories and git admin entries, the files of all
+/// of them in one sweep from several threads.
+pub fn remove_worktrees(
+    snapshot_repo: &Path,
+    worktrees: &[Worktree],
+) -> Result<(), WorkspaceError> {
     let (repo, _root) = open_repository(snapshot_repo)?;
-    if fs_err::symlink_metadata(&worktree.path).is_ok() {
-        fs_err::remove_dir_all(&worktree.path)?;
-    }
-    let admin = admin_dir(&repo, &worktree.name);
-    if admin.exists() {
-        fs_err::remove_dir_all(&admin)?;
-    }
+    let admins: Vec<PathBuf> = worktrees
+        .iter()
+        .map(|worktree| admin_dir(&repo, &worktree.name))
+        .collect();
+    let roots: Vec<&Path> = worktrees
+        .iter()
+        .map(|worktree| worktree.path.as_path())
+        .chain(admins.iter().map(PathBuf::as_path))
+        .collect();
+    remove_trees(&roots)?;
     // The per-run folder goes with its last worktree; failing to remove a
     // non-empty folder is expected.
-    if let Some(parent) = worktree.path.parent() {
-        let _ = std::fs::remove_dir(parent);
+    for worktree in worktrees {
+        if let Some(parent) = worktree.path.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
     }
     Ok(())
 }
@@ -222,6 +237,12 @@ pub fn cleanup_stale_with(
     let (repo, root) = open_repository(repo_root)?;
     let mut removed = 0;
 
+    // Stale checkouts, their admin entries and the folders of dead runs are
+    // collected first, then removed in one sweep (files from several
+    // threads). Should it stop half-way, what is left is still stale for
+    // the next cleanup: an entry of a dead run, a folder of a dead run.
+    let mut checkouts = Vec::new();
+    let mut admins = Vec::new();
     let admin_root = repo.commondir().join("worktrees");
     if admin_root.is_dir() {
         for entry in fs_err::read_dir(&admin_root)? {
@@ -248,26 +269,32 @@ pub fn cleanup_stale_with(
                 None => !checkout.as_deref().is_some_and(Path::exists),
             };
             if stale {
-                if let Some(checkout) = checkout.filter(|path| path.exists()) {
-                    fs_err::remove_dir_all(checkout)?;
-                }
-                fs_err::remove_dir_all(&admin)?;
-                removed += 1;
+                checkouts.extend(checkout.filter(|path| path.exists()));
+                admins.push(admin);
             }
         }
     }
-
+    let mut folders = Vec::new();
     if worktrees_dir.is_dir() {
         for entry in fs_err::read_dir(worktrees_dir)? {
             let entry = entry?;
             let run = entry.file_name();
             let Some(run) = run.to_str() else { continue };
             if !is_live(run) {
-                fs_err::remove_dir_all(entry.path())?;
-                removed += 1;
+                folders.push(entry.path());
             }
         }
     }
+    // A checkout inside a folder being removed goes with the folder.
+    checkouts.retain(|checkout| !folders.iter().any(|folder| checkout.starts_with(folder)));
+    let roots: Vec<&Path> = checkouts
+        .iter()
+        .chain(&folders)
+        .chain(&admins)
+        .map(PathBuf::as_path)
+        .collect();
+    remove_trees(&roots)?;
+    removed += admins.len() + folders.len();
 
     let references = repo
         .references_glob(&format!("{SNAPSHOT_REF_PREFIX}*"))
