@@ -58,7 +58,7 @@ use serde::{Deserialize, Serialize};
 use crate::report::record::{Counts, InstanceRecord, Usage};
 
 /// File magic and format version.
-const MAGIC: &[u8; 12] = b"CCFMEMO\0\x00\x02\r\n";
+const MAGIC: &[u8; 12] = b"CCFMEMO\0\x00\x03\r\n";
 
 /// A file modified this close to (or after) the start of the run that
 /// observed it is racy. Generous: it only costs reading the file once more.
@@ -379,6 +379,10 @@ impl Context {
     pub fn remove(&self) {
         let _ = std::fs::remove_file(&self.path);
     }
+
+    fn settled_path(&self) -> PathBuf {
+        self.path.with_extension("settled")
+    }
 }
 
 /// What the run that wrote a memo recorded about the workflow.
@@ -389,6 +393,10 @@ pub struct Proven {
     pub run_id: String,
     pub counts: Counts,
     pub usage: Usage,
+    /// Every instance would be cached by a rerun with nothing changed
+    /// (set when the memo is written).
+    #[serde(default)]
+    pub all_reproducible: bool,
 }
 
 /// One instance's result, as the memo keeps it.
@@ -412,12 +420,22 @@ pub struct UpToDate {
     /// The instance records of the run, without its times and logs, as a
     /// JSON array ready to be spliced into the new run record.
     pub instances_json: Vec<u8>,
-    /// Every instance, for a run that must still report each one.
-    pub settled: Vec<Settled>,
+    /// Every instance: the memo's side file, read by
+    /// [`UpToDate::settled`] only when the run must still report each one.
+    settled_file: PathBuf,
+    settled_checksum: [u8; 32],
     /// How many paths were checked.
     pub checked: usize,
     /// The observations, for that run's recording.
     pub seed: Seed,
+}
+
+impl UpToDate {
+    /// Every instance the memo holds.
+    #[must_use]
+    pub fn settled(&self) -> Vec<Settled> {
+        read_settled(&self.settled_file, &self.settled_checksum).unwrap_or_default()
+    }
 }
 
 /// What the check found.
@@ -508,9 +526,16 @@ pub fn conclude(
         run_id: proven.run_id.clone(),
         counts,
         usage: proven.usage,
+        all_reproducible: settled.iter().all(|s| s.reproducible)
+            && settled.len() == counts.cached
+            && counts.cached + counts.skipped == counts.total,
     };
     let proven_json = serde_json::to_vec(&proven).map_err(|e| e.to_string())?;
     let settled_json = serde_json::to_vec(settled).map_err(|e| e.to_string())?;
+    // The instances' results go to a side file the no-op answer never
+    // reads; the memo names it by checksum, so a torn pair is a miss.
+    let settled_checksum = *blake3::hash(&settled_json).as_bytes();
+    write_atomic(&context.settled_path(), &settled_json)?;
     let mut entries: Vec<(&PathBuf, &Observation)> = rec.seen.iter().collect();
     entries.sort_by(|a, b| a.0.cmp(b.0));
     let racy: Vec<bool> = entries
@@ -522,11 +547,32 @@ pub fn conclude(
         &Sections {
             proven: &proven_json,
             instances: &instances_json,
-            settled: &settled_json,
+            settled: &settled_checksum,
         },
         &entries,
         &racy,
     )
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let dir = path.parent().ok_or("no memo directory")?;
+    fs_err::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let temp = dir.join(format!(".tmp.{}.side", std::process::id()));
+    fs_err::write(&temp, bytes)
+        .and_then(|()| fs_err::rename(&temp, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&temp);
+            e.to_string()
+        })
+}
+
+/// The instances' results from the side file, if it is the one expected.
+fn read_settled(path: &Path, checksum: &[u8; 32]) -> Option<Vec<Settled>> {
+    let bytes = std::fs::read(path).ok()?;
+    if blake3::hash(&bytes).as_bytes() != checksum {
+        return None;
+    }
+    serde_json::from_slice(&bytes).ok()
 }
 
 struct Sections<'a> {
@@ -550,9 +596,11 @@ fn write_memo(
     body.extend_from_slice(&u64::try_from(entries.len()).unwrap_or(0).to_le_bytes());
     for ((path, observation), racy) in entries.iter().zip(racy) {
         put_bytes(&mut body, path.as_os_str().as_encoded_bytes());
+        // Only a racy observation needs its content hash (see `compare`).
+        let hash = observation.hash.filter(|_| *racy);
         let flags = u8::from(observation.seen.is_some())
             | u8::from(observation.file) << 1
-            | u8::from(observation.hash.is_some()) << 2
+            | u8::from(hash.is_some()) << 2
             | u8::from(*racy) << 3;
         body.push(flags);
         if let Some(s) = observation.seen {
@@ -563,7 +611,7 @@ fn write_memo(
             body.extend_from_slice(&s.ctime_ns.to_le_bytes());
             body.extend_from_slice(&s.mode.to_le_bytes());
         }
-        if let Some(hash) = observation.hash {
+        if let Some(hash) = hash {
             body.extend_from_slice(&hash);
         }
     }
@@ -613,6 +661,9 @@ fn decode<'a>(bytes: &'a [u8], context: &Context) -> Option<Memo<'a>> {
     let proven = reader.bytes_field()?;
     let instances = reader.bytes_field()?;
     let settled = reader.bytes_field()?;
+    if settled.len() != 32 {
+        return None;
+    }
     let count = usize::try_from(reader.u64()?).ok()?;
     let mut entries = Vec::with_capacity(count);
     let mut racy = Vec::with_capacity(count);
@@ -742,9 +793,6 @@ pub fn check(context: &Context) -> Verdict {
     if changed.iter().any(|i| !memo.entries[*i].1.file) {
         return Verdict::Unknown;
     }
-    let Ok(settled) = serde_json::from_slice::<Vec<Settled>>(memo.settled) else {
-        return Verdict::Unknown;
-    };
     if changed.is_empty() {
         let Ok(proven) = serde_json::from_slice::<Proven>(memo.proven) else {
             return Verdict::Unknown;
@@ -768,13 +816,22 @@ pub fn check(context: &Context) -> Verdict {
         return Verdict::UpToDate(UpToDate {
             proven,
             instances_json: memo.instances.to_vec(),
-            settled,
+            settled_file: context.settled_path(),
+            settled_checksum: memo.settled.try_into().unwrap_or_default(),
             checked: n,
             seed: Seed {
                 entries: memo.entries,
             },
         });
     }
+    let Some(settled) = memo
+        .settled
+        .try_into()
+        .ok()
+        .and_then(|checksum| read_settled(&context.settled_path(), checksum))
+    else {
+        return Verdict::Unknown;
+    };
     // Which instances the changed files belong to.
     let changed_paths: HashSet<&Path> = changed
         .iter()

@@ -6,8 +6,12 @@
 //! - `entries/<key hash>.json` — manifests: a header line
 //!   `ccflow-manifest 1 <blake3 of the body>` then the [`Entry`] as JSON;
 //!   the file's mtime records its last use (touched on every hit) for LRU gc;
-//! - `instances/<blake3 of the instance id>` — the key hash of an instance's
-//!   latest entry, for `ccflow explain`;
+//! - `instances/log-<time>-<pid>` — one append-only file per process:
+//!   lines `<blake3 of an instance id> <key hash>` naming an instance's
+//!   latest entry, for `ccflow explain` (the newest file naming an instance
+//!   wins; one file per run rather than one per instance, because creating
+//!   files is most of what saving an entry costs). Older stores kept one
+//!   file per instance, `instances/<blake3 of the instance id>`, still read;
 //! - `tmp/` — temp files, renamed into place (same file system).
 //!
 //! # Durability without an fsync per entry
@@ -128,6 +132,8 @@ struct Shared {
     /// Roots this store restored into or saved from, with their canonical
     /// paths: canonicalizing costs a `readlink` per component, per call.
     roots: Mutex<HashMap<PathBuf, PathBuf>>,
+    /// This process's instance-pointer log, opened on first publish.
+    pointer_log: Mutex<Option<File>>,
 }
 
 #[derive(Default)]
@@ -170,7 +176,9 @@ impl Store {
             progress: Condvar::new(),
             warned: Mutex::new(HashSet::new()),
             roots: Mutex::new(HashMap::new()),
+            pointer_log: Mutex::new(None),
         });
+        compact_pointer_logs(&shared.dir.join("instances"));
         let flusher = {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
@@ -438,14 +446,13 @@ impl Store {
             .map(|(_, key)| *key);
         let key = match unpublished {
             Some(key) => key,
-            None => match fs_err::read_to_string(self.shared.instance_path(instance_id)) {
-                Ok(text) => match text.trim().parse() {
-                    Ok(key) => key,
-                    Err(_) => return Ok(None),
-                },
-                Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
-                Err(error) => return Err(error.into()),
-            },
+            None => {
+                let instance = fsutil::hash_bytes(instance_id.as_bytes());
+                match latest_pointer(&self.shared.dir.join("instances"), &instance)? {
+                    Some(key) => key,
+                    None => return Ok(None),
+                }
+            }
         };
         self.lookup(&key)
     }
@@ -576,6 +583,9 @@ impl Store {
             }
         }
         for (path, _) in list_files(&shared.dir.join("instances"))? {
+            if is_pointer_log(&path) {
+                continue;
+            }
             let target = fs_err::read_to_string(&path)
                 .ok()
                 .and_then(|text| text.trim().parse::<KeyHash>().ok());
@@ -637,12 +647,6 @@ impl Shared {
 
     fn entry_path(&self, key: &KeyHash) -> PathBuf {
         self.dir.join("entries").join(format!("{key}.json"))
-    }
-
-    fn instance_path(&self, instance_id: &str) -> PathBuf {
-        self.dir
-            .join("instances")
-            .join(fsutil::hash_bytes(instance_id.as_bytes()))
     }
 
     fn temp_dir(&self) -> PathBuf {
@@ -844,16 +848,38 @@ impl Shared {
     fn publish(&self, batch: &[Pending]) -> Result<(), CacheError> {
         fsutil::sync_file_system(&self.dir_handle)?;
         let temp_dir = self.temp_dir();
+        let mut pointers = String::new();
         for pending in batch {
             for (key, bytes) in &pending.manifests {
                 fsutil::write_atomic(&temp_dir, &self.entry_path(key), bytes)?;
             }
-            let pointer = format!("{}\n", pending.latest);
-            fsutil::write_atomic(
-                &temp_dir,
-                &self.instance_path(&pending.instance_id),
-                pointer.as_bytes(),
-            )?;
+            pointers.push_str(&format!(
+                "{} {}\n",
+                fsutil::hash_bytes(pending.instance_id.as_bytes()),
+                pending.latest
+            ));
+        }
+        // One append for the whole batch (a torn last line is skipped by
+        // readers). A failure only costs `explain` its answer.
+        let mut log = lock(&self.pointer_log);
+        if log.is_none() {
+            let name = format!(
+                "log-{:020}-{}",
+                SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos()),
+                std::process::id()
+            );
+            *log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.join("instances").join(name))
+                .ok();
+        }
+        if let Some(file) = log.as_mut() {
+            if let Err(error) = file.write_all(pointers.as_bytes()) {
+                tracing::debug!("cannot append instance pointers: {error}");
+            }
         }
         Ok(())
     }
@@ -981,6 +1007,114 @@ fn parent_inside_root(root: &Path, root_canonical: &Path, rel: &str) -> Result<b
         }
     }
     Ok(true)
+}
+
+/// Pointer logs older than this are merged when there are many.
+const POINTER_LOG_COMPACT_AGE: Duration = Duration::from_secs(600);
+/// How many pointer logs may pile up before they are merged.
+const POINTER_LOGS_MAX: usize = 64;
+
+fn is_pointer_log(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("log-"))
+}
+
+/// The pointer logs in `dir`, newest first.
+fn pointer_logs(dir: &Path) -> Vec<PathBuf> {
+    let mut logs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| is_pointer_log(p))
+                .collect()
+        })
+        .unwrap_or_default();
+    logs.sort();
+    logs.reverse();
+    logs
+}
+
+/// `(instance hash, key)` lines of a pointer log, in file order; a torn or
+/// garbled line is skipped.
+fn read_pointers(path: &Path) -> Vec<(String, KeyHash)> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|line| {
+            let (instance, key) = line.split_once(' ')?;
+            (instance.len() == 64 && parse_hex32(instance).is_some())
+                .then(|| Some((instance.to_owned(), key.parse().ok()?)))?
+        })
+        .collect()
+}
+
+/// The key of the latest entry recorded for the instance whose id hashes
+/// to `instance`: the last line naming it in the newest log that does, else
+/// an older store's pointer file.
+fn latest_pointer(dir: &Path, instance: &str) -> Result<Option<KeyHash>, CacheError> {
+    for log in pointer_logs(dir) {
+        if let Some((_, key)) = read_pointers(&log)
+            .into_iter()
+            .rev()
+            .find(|(name, _)| name == instance)
+        {
+            return Ok(Some(key));
+        }
+    }
+    match fs_err::read_to_string(dir.join(instance)) {
+        Ok(text) => Ok(text.trim().parse().ok()),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Merges old pointer logs into one when they pile up (one per run), so
+/// `explain` reads a bounded number of files. Logs younger than
+/// [`POINTER_LOG_COMPACT_AGE`] may belong to a running ccflow: kept.
+fn compact_pointer_logs(dir: &Path) {
+    let logs = pointer_logs(dir);
+    if logs.len() <= POINTER_LOGS_MAX {
+        return;
+    }
+    let now = SystemTime::now();
+    let old: Vec<PathBuf> = logs
+        .into_iter()
+        .filter(|log| {
+            std::fs::metadata(log)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|modified| now.duration_since(modified).ok())
+                .is_some_and(|age| age > POINTER_LOG_COMPACT_AGE)
+        })
+        .collect();
+    if old.len() < 2 {
+        return;
+    }
+    // Oldest first, so later lines win; the merged log takes the newest
+    // merged log's name (it stays ordered before every younger log).
+    let mut latest: HashMap<String, KeyHash> = HashMap::new();
+    for log in old.iter().rev() {
+        latest.extend(read_pointers(log));
+    }
+    let merged: String = latest
+        .iter()
+        .map(|(instance, key)| format!("{instance} {key}\n"))
+        .collect();
+    let target = &old[0];
+    let temp = dir.join(format!(".merge-{}", std::process::id()));
+    if fs_err::write(&temp, merged)
+        .and_then(|()| fs_err::rename(&temp, target))
+        .is_err()
+    {
+        let _ = std::fs::remove_file(&temp);
+        return;
+    }
+    for log in &old[1..] {
+        let _ = std::fs::remove_file(log);
+    }
 }
 
 /// If `target` is a regular file with `output`'s content, its mode.

@@ -88,21 +88,21 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
     if let Some(context) = &memo {
         match crate::memo::check(context) {
             crate::memo::Verdict::UpToDate(up_to_date) => {
-                let counts = up_to_date.proven.counts;
-                let reproducible = up_to_date.settled.iter().all(|s| s.reproducible)
-                    && up_to_date.settled.len() == counts.cached
-                    && counts.cached + counts.skipped == counts.total;
-                if reproducible && args.events.is_none() && !ctx.github && !args.replay {
+                if up_to_date.proven.all_reproducible
+                    && args.events.is_none()
+                    && !ctx.github
+                    && !args.replay
+                {
                     return report_up_to_date(ctx, &up_to_date, clock);
                 }
                 // Every instance must be reported: the scheduler settles them.
-                seed = up_to_date.seed;
                 settled = up_to_date
-                    .settled
+                    .settled()
                     .into_iter()
                     .filter(|s| s.reproducible)
                     .map(|s| (s.id.clone(), s))
                     .collect();
+                seed = up_to_date.seed;
             }
             crate::memo::Verdict::Changed {
                 settled: clean,
@@ -116,6 +116,7 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
         }
         context.remove();
         crate::memo::start(seed);
+        tracing::debug!("up-to-date check done at {:?}", clock.elapsed());
     }
     crate::memo::stat(&workflow_path);
     if let Some(dir) = workflow_path.parent() {
@@ -139,6 +140,7 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
     }
     let run_id = new_run_id();
     let plan = common::plan(ctx, Arc::clone(&workflow), &run_id, &args.tasks)?;
+    tracing::debug!("planned at {:?}", clock.elapsed());
     let io = |what: &str, e: std::io::Error| CommandError::usage(format!("cannot {what}: {e}"));
     let run_dir = scheduler::run_dir(&ctx.state_dir, &run_id);
     fs_err::create_dir_all(run_dir.join("logs")).map_err(|e| io("create the run directory", e))?;
@@ -283,7 +285,9 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
         keep_going: args.keep_going,
         max_jobs,
     };
+    tracing::debug!("scheduler starts at {:?}", clock.elapsed());
     let outcome = runtime.block_on(scheduler::run(plan, shared, options, reporters, notice_rx));
+    tracing::debug!("scheduler done at {:?}", clock.elapsed());
     if let Err(e) = crate::exec::stale::mark_finished(&run_dir) {
         tracing::debug!("cannot mark the run finished: {e}");
     }
@@ -295,6 +299,7 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
             run_id: record.run_id.clone(),
             counts: record.counts,
             usage: record.usage,
+            all_reproducible: false,
         };
         let concluded = if outcome.status == RunStatus::Succeeded {
             crate::memo::conclude(
@@ -308,6 +313,7 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
             crate::memo::stop();
             Err(format!("the run {}", outcome.status.word()))
         };
+        tracing::debug!("memo written at {:?}", clock.elapsed());
         if let Err(reason) = concluded {
             tracing::debug!("no up-to-date memo: {reason}");
         }

@@ -660,3 +660,55 @@ fn store_and_index_are_shared_across_threads() {
     assert_send_sync::<Store>();
     assert_send_sync::<StatIndex>();
 }
+
+#[test]
+fn pointer_logs_name_the_latest_entry_skip_torn_lines_and_merge_when_many() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let instances = dir.path();
+    let instance = fsutil::hash_bytes(b"build[x]");
+    let other = fsutil::hash_bytes(b"build[y]");
+    let (k1, k2, k3) = (
+        key("build", "1").hash(),
+        key("build", "2").hash(),
+        key("build", "3").hash(),
+    );
+    let log = |name: &str, text: String| std::fs::write(instances.join(name), text).expect("log");
+    log(
+        "log-00000000000000000001-1",
+        format!("{instance} {k1}\n{other} {k3}\n"),
+    );
+    // The newer log wins, and its last line naming the instance; a torn
+    // line at the end is skipped.
+    log(
+        "log-00000000000000000002-1",
+        format!("{instance} {k3}\n{instance} {k2}\n{instance} 12ab"),
+    );
+    assert_eq!(
+        latest_pointer(instances, &instance).expect("read"),
+        Some(k2)
+    );
+    assert_eq!(latest_pointer(instances, &other).expect("read"), Some(k3));
+    assert_eq!(
+        latest_pointer(instances, &fsutil::hash_bytes(b"never")).expect("read"),
+        None
+    );
+    // Many old logs are merged into one that keeps every latest pointer.
+    for n in 3..=(POINTER_LOGS_MAX as u64 + 2) {
+        log(&format!("log-{n:020}-1"), format!("{other} {k1}\n"));
+    }
+    let old = SystemTime::now() - 2 * POINTER_LOG_COMPACT_AGE;
+    for log in pointer_logs(instances) {
+        std::fs::File::options()
+            .append(true)
+            .open(&log)
+            .and_then(|f| f.set_modified(old))
+            .expect("age the log");
+    }
+    compact_pointer_logs(instances);
+    assert_eq!(pointer_logs(instances).len(), 1);
+    assert_eq!(
+        latest_pointer(instances, &instance).expect("read"),
+        Some(k2)
+    );
+    assert_eq!(latest_pointer(instances, &other).expect("read"), Some(k1));
+}
