@@ -443,7 +443,7 @@ pub enum Verdict {
     /// No memo, a damaged one, or a global change: the full run.
     Unknown,
     /// Nothing changed.
-    UpToDate(UpToDate),
+    UpToDate(Box<UpToDate>),
     /// Only inputs or outputs of some instances changed: the others are
     /// settled (by instance id).
     Changed {
@@ -813,7 +813,7 @@ pub fn check(context: &Context) -> Verdict {
                 &racy,
             );
         }
-        return Verdict::UpToDate(UpToDate {
+        return Verdict::UpToDate(Box::new(UpToDate {
             proven,
             instances_json: memo.instances.to_vec(),
             settled_file: context.settled_path(),
@@ -822,7 +822,7 @@ pub fn check(context: &Context) -> Verdict {
             seed: Seed {
                 entries: memo.entries,
             },
-        });
+        }));
     }
     let Some(settled) = memo
         .settled
