@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use super::CacheError;
 
 /// Bumped whenever the meaning of a key or the store layout changes; it is
-/// part of every key and of the store path (`cache/v1/`).
-pub const CACHE_FORMAT_VERSION: u32 = 1;
+/// part of every key and of the store path (`cache/v2/`).
+pub const CACHE_FORMAT_VERSION: u32 = 2;
 
 /// `extra` entries named `vars.NAME` render as workflow variables in
 /// [`KeyChange`] messages (the scheduler may record the variables a task's
@@ -453,7 +453,7 @@ mod tests {
         let hash = sample().hash();
         assert_eq!(
             hash.to_string(),
-            "1f66fbd4812293a56fa9b13e4fcaa7585fc4b8b4e83df6410d4625aa561e7b13"
+            "742fcd2540610eb167e401f9b68c69ced8932f9333ca7b769bdcc927b63ef5b3"
         );
     }
 

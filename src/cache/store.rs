@@ -2,7 +2,9 @@
 //! named by their BLAKE3 hash, and one manifest per cache key naming them.
 //!
 //! Layout under `CACHE_DIR/v1/` (the format version is part of the path):
-//! - `blobs/ab/cdef…` — file contents, named by hash;
+//! - `blobs/<hash>` — file contents, named by their hash (one flat
+//!   directory: creating 256 fan-out directories cost more than a large
+//!   directory's lookups, which ext4 and xfs index);
 //! - `entries/<key hash>.json` — manifests: a header line
 //!   `ccflow-manifest 1 <blake3 of the body>` then the [`Entry`] as JSON;
 //!   the file's mtime records its last use (touched on every hit) for LRU gc;
@@ -273,11 +275,10 @@ impl Store {
             if outputs.contains_key(&path) {
                 continue;
             }
-            let source = fs_err::canonicalize(root.join(&path))?;
-            if !source.starts_with(&root_canonical) {
+            if !inside_root(root, &root_canonical, &path)? {
                 return Err(CacheError::OutputOutsideRoot { path: rel.clone() });
             }
-            let (hash, size, mode) = self.shared.store_file(&source)?;
+            let (hash, size, mode) = self.shared.store_file(&root.join(&path))?;
             outputs.insert(
                 path.clone(),
                 OutputFile {
@@ -642,7 +643,7 @@ impl Shared {
 
     fn blob_path(&self, hash: &str) -> Option<PathBuf> {
         parse_hex32(hash)?;
-        Some(self.dir.join("blobs").join(&hash[..2]).join(&hash[2..]))
+        Some(self.dir.join("blobs").join(hash))
     }
 
     fn entry_path(&self, key: &KeyHash) -> PathBuf {
@@ -795,21 +796,10 @@ impl Shared {
     /// Every blob as (hash, size).
     fn list_blobs(&self) -> Result<Vec<(String, u64)>, CacheError> {
         let mut blobs = Vec::new();
-        let root = self.dir.join("blobs");
-        for fan_out in fs_err::read_dir(&root)? {
-            let fan_out = fan_out?;
-            let Some(prefix) = fan_out.file_name().to_str().map(str::to_owned) else {
-                continue;
-            };
-            if !fan_out.file_type()?.is_dir() {
-                continue;
-            }
-            for (path, metadata) in list_files(&fan_out.path())? {
-                if let Some(rest) = path.file_name().and_then(|name| name.to_str()) {
-                    let hash = format!("{prefix}{rest}");
-                    if parse_hex32(&hash).is_some() {
-                        blobs.push((hash, metadata.len()));
-                    }
+        for (path, metadata) in list_files(&self.dir.join("blobs"))? {
+            if let Some(hash) = path.file_name().and_then(|name| name.to_str()) {
+                if parse_hex32(hash).is_some() {
+                    blobs.push((hash.to_owned(), metadata.len()));
                 }
             }
         }
@@ -972,6 +962,25 @@ impl Drop for StagedFiles {
             let _ = std::fs::remove_file(&file.temp);
         }
     }
+}
+
+/// Whether `rel` (a normalized relative path) names, through whatever
+/// symlinks, a path inside `root`: one `lstat` per component; only a
+/// symlink costs a canonicalization.
+pub(crate) fn inside_root(
+    root: &Path,
+    root_canonical: &Path,
+    rel: &str,
+) -> Result<bool, CacheError> {
+    let mut path = root.to_path_buf();
+    for part in rel.split('/') {
+        path.push(part);
+        let metadata = fs_err::symlink_metadata(&path)?;
+        if metadata.file_type().is_symlink() {
+            return Ok(fs_err::canonicalize(root.join(rel))?.starts_with(root_canonical));
+        }
+    }
+    Ok(true)
 }
 
 /// Creates the directories above `rel` (a normalized relative path) under

@@ -216,6 +216,7 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
     let shared = Arc::new(RunShared {
         workflow: Arc::clone(&workflow),
         root: ctx.root.clone(),
+        root_canonical: std::fs::canonicalize(&ctx.root).unwrap_or_else(|_| ctx.root.clone()),
         run_id: run_id.clone(),
         run_dir: run_dir.clone(),
         store,

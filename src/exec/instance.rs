@@ -29,6 +29,8 @@ use crate::workflow::{Task, TaskKind, Workflow};
 pub struct RunShared {
     pub workflow: Arc<Workflow>,
     pub root: PathBuf,
+    /// `root` with symlinks resolved.
+    pub root_canonical: PathBuf,
     pub run_id: String,
     pub run_dir: PathBuf,
     pub store: Option<Store>,
@@ -746,14 +748,16 @@ fn save(
     }
     let outputs = paths::expand(&shared.root, &rendered.outputs, false)?;
     for output in &outputs {
-        if let Ok(target) = std::fs::canonicalize(shared.root.join(output)) {
-            let root = std::fs::canonicalize(&shared.root).unwrap_or_else(|_| shared.root.clone());
-            if !target.starts_with(&root) {
-                return Err(format!(
-                    "output `{output}` is a symlink pointing outside the repository (`{}`)",
-                    target.display()
-                ));
-            }
+        // One lstat per path component; only a symlink is resolved.
+        let outside =
+            !crate::cache::store::inside_root(&shared.root, &shared.root_canonical, output)
+                .unwrap_or(true);
+        if outside {
+            let target = std::fs::canonicalize(shared.root.join(output))
+                .map_or_else(|_| "?".to_owned(), |t| t.display().to_string());
+            return Err(format!(
+                "output `{output}` is a symlink pointing outside the repository (`{target}`)"
+            ));
         }
     }
     let hashes = hash_files(shared, &outputs)?;

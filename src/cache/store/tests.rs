@@ -161,7 +161,7 @@ fn unpublished_entries_are_visible_to_their_own_process_only_until_flush() {
     writer.flush().expect("flush");
     assert!(reader.lookup(&key_hash).expect("lookup").is_some());
     assert!(cache
-        .join("v1/entries")
+        .join("v2/entries")
         .join(format!("{key_hash}.json"))
         .is_file());
 }
