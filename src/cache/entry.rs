@@ -69,6 +69,7 @@ impl Entry {
     pub(crate) fn blobs(&self) -> impl Iterator<Item = (&str, Option<u64>)> {
         self.outputs
             .iter()
+            .filter(|output| output.inline.is_none())
             .map(|output| (output.hash.as_str(), Some(output.size)))
             .chain(self.log.iter().map(|hash| (hash.as_str(), None)))
             .chain(self.attachments.values().map(|hash| (hash.as_str(), None)))
@@ -85,6 +86,43 @@ pub struct OutputFile {
     pub size: u64,
     /// Permission bits (`st_mode & 0o7777`).
     pub mode: u32,
+    /// The content, hex-encoded, of a file small enough to live in the
+    /// manifest rather than in a blob of its own (as Bazel's remote cache
+    /// inlines small outputs): one file fewer to create per entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline: Option<String>,
+}
+
+/// Outputs up to this size are kept in the manifest.
+pub(crate) const INLINE_MAX: u64 = 2048;
+
+/// Lowercase hex of `bytes`.
+pub(crate) fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        text.push(char::from(DIGITS[usize::from(byte & 15)]));
+    }
+    text
+}
+
+/// The bytes of hex `text`; `None` if malformed.
+pub(crate) fn from_hex(text: &str) -> Option<Vec<u8>> {
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    };
+    let bytes = text.as_bytes();
+    if bytes.len() % 2 != 0 {
+        return None;
+    }
+    bytes
+        .chunks_exact(2)
+        .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
+        .collect()
 }
 
 pub(crate) fn encode_manifest(entry: &Entry) -> Result<Vec<u8>, CacheError> {

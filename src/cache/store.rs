@@ -278,16 +278,8 @@ impl Store {
             if !inside_root(root, &root_canonical, &path)? {
                 return Err(CacheError::OutputOutsideRoot { path: rel.clone() });
             }
-            let (hash, size, mode) = self.shared.store_file(&root.join(&path))?;
-            outputs.insert(
-                path.clone(),
-                OutputFile {
-                    path,
-                    hash,
-                    size,
-                    mode,
-                },
-            );
+            let output = self.shared.store_output(&root.join(&path), path.clone())?;
+            outputs.insert(path, output);
         }
         let log = match &new.log {
             Some(path) => Some(self.shared.store_file(path)?.0),
@@ -381,8 +373,20 @@ impl Store {
                 size: output.size,
                 hash: output.hash.clone(),
             });
-            let (file, _) = file.into_parts();
-            self.shared.copy_blob_verified(&output.hash, &file, &temp)?;
+            let (mut file, _) = file.into_parts();
+            match &output.inline {
+                Some(hex) => {
+                    // The manifest's checksum covers it; verified anyway.
+                    let bytes = super::entry::from_hex(hex)
+                        .filter(|bytes| fsutil::hash_bytes(bytes) == output.hash)
+                        .ok_or_else(|| CacheError::CorruptBlob {
+                            hash: output.hash.clone(),
+                            path: self.shared.entry_path(&entry.key_hash),
+                        })?;
+                    file.write_all(&bytes)?;
+                }
+                None => self.shared.copy_blob_verified(&output.hash, &file, &temp)?,
+            }
             // On the descriptor: the mode given at creation is masked by the
             // umask, and this saves a path lookup.
             file.set_permissions(std::fs::Permissions::from_mode(mode))
@@ -652,6 +656,36 @@ impl Shared {
 
     fn temp_dir(&self) -> PathBuf {
         self.dir.join("tmp")
+    }
+
+    /// Records the output file at `source`: small ones inline, others as
+    /// blobs (see [`Shared::store_file`]).
+    fn store_output(&self, source: &Path, path: String) -> Result<OutputFile, CacheError> {
+        let mut file = fs_err::File::open(source)?;
+        let metadata = file.metadata()?;
+        if metadata.is_file() && metadata.len() <= super::entry::INLINE_MAX {
+            let mut bytes = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or(0) + 1);
+            file.read_to_end(&mut bytes)?;
+            // It grew while read: a blob then.
+            if bytes.len() as u64 <= super::entry::INLINE_MAX {
+                return Ok(OutputFile {
+                    path,
+                    hash: fsutil::hash_bytes(&bytes),
+                    size: bytes.len() as u64,
+                    mode: metadata.mode() & 0o7777,
+                    inline: Some(super::entry::to_hex(&bytes)),
+                });
+            }
+        }
+        drop(file);
+        let (hash, size, mode) = self.store_file(source)?;
+        Ok(OutputFile {
+            path,
+            hash,
+            size,
+            mode,
+            inline: None,
+        })
     }
 
     /// Stores the file at `source` as a blob; returns (hash, size, mode).

@@ -279,7 +279,8 @@ fn corrupt_blobs(test: &Test) -> usize {
 
 #[test]
 fn corrupted_blob_is_never_restored() {
-    let test = pipe();
+    // Outputs larger than what manifests keep inline: blobs.
+    let test = pipe().file("in.txt", &"hello\n".repeat(600));
     test.run().ok();
     assert!(corrupt_blobs(&test) >= 2, "the store holds blobs");
     std::fs::remove_file(test.path("mid.txt")).expect("rm");
@@ -287,10 +288,14 @@ fn corrupted_blob_is_never_restored() {
     let out = test.run();
     assert!(out.code == 0 || out.code == 1, "{}", out.stderr);
     if out.code == 0 {
-        assert_eq!(test.read("mid.txt"), "HELLO\n", "never wrong content");
+        assert_eq!(
+            test.read("mid.txt"),
+            "HELLO\n".repeat(600),
+            "never wrong content"
+        );
         assert_eq!(
             test.read("final.txt"),
-            "HELLO\nHELLO\n",
+            "HELLO\n".repeat(1200),
             "never wrong content"
         );
         assert_eq!(
@@ -300,7 +305,10 @@ fn corrupted_blob_is_never_restored() {
         );
     } else {
         assert!(out.stderr.contains("corrupt"), "{}", out.stderr);
-        for (f, expected) in [("mid.txt", "HELLO\n"), ("final.txt", "HELLO\nHELLO\n")] {
+        for (f, expected) in [
+            ("mid.txt", "HELLO\n".repeat(600)),
+            ("final.txt", "HELLO\n".repeat(1200)),
+        ] {
             if test.exists(f) {
                 assert_eq!(test.read(f), expected, "never wrong content in `{f}`");
             }

@@ -248,7 +248,8 @@ fn corrupt_blob_is_reported_and_nothing_is_written() {
     let dir = tempfile::tempdir().expect("tempdir");
     let work = dir.path().join("work");
     write(&work, "good.txt", b"good content", 0o644);
-    write(&work, "bad.txt", b"content to corrupt", 0o644);
+    // Larger than INLINE_MAX: kept as a blob.
+    write(&work, "bad.txt", &b"content to corrupt ".repeat(200), 0o644);
     let store = Store::open(&dir.path().join("cache")).expect("open");
     let entry = store
         .save(
@@ -299,7 +300,8 @@ fn corrupt_blob_is_reported_and_nothing_is_written() {
 #[test]
 fn torn_or_foreign_manifests_are_misses() {
     let dir = tempfile::tempdir().expect("tempdir");
-    write(dir.path(), "a.txt", b"alpha", 0o644);
+    // Larger than INLINE_MAX: kept as a blob.
+    write(dir.path(), "a.txt", &b"alpha ".repeat(1000), 0o644);
     let store = Store::open(&dir.path().join("cache")).expect("open");
     let entry = store
         .save(&[], new_entry(key("t", "1"), &["a.txt"]), dir.path())
@@ -711,4 +713,60 @@ fn pointer_logs_name_the_latest_entry_skip_torn_lines_and_merge_when_many() {
         Some(k2)
     );
     assert_eq!(latest_pointer(instances, &other).expect("read"), Some(k1));
+}
+
+#[test]
+fn small_outputs_live_in_the_manifest_and_restore_verified() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let work = dir.path().join("work");
+    write(&work, "small.txt", b"small\n", 0o640);
+    write(&work, "large.txt", &vec![b'x'; 4096], 0o644);
+    let store = Store::open(&dir.path().join("cache")).expect("open");
+    let entry = store
+        .save(
+            &[],
+            new_entry(key("t", "1"), &["small.txt", "large.txt"]),
+            &work,
+        )
+        .expect("save");
+    store.flush().expect("flush");
+    let small = entry
+        .outputs
+        .iter()
+        .find(|o| o.path == "small.txt")
+        .expect("small");
+    let large = entry
+        .outputs
+        .iter()
+        .find(|o| o.path == "large.txt")
+        .expect("large");
+    assert!(small.inline.is_some(), "a small output is inline");
+    assert!(store
+        .shared
+        .blob_path(&small.hash)
+        .is_some_and(|p| !p.exists()));
+    assert!(large.inline.is_none(), "a large output is a blob");
+    let found = store.lookup(&entry.key_hash).expect("lookup").expect("hit");
+    let target = dir.path().join("target");
+    store.restore(&found, &target).expect("restore");
+    assert_eq!(
+        std::fs::read(target.join("small.txt")).expect("read"),
+        b"small\n"
+    );
+    assert_eq!(mode_of(&target.join("small.txt")), 0o640);
+    // Inline content that does not match its hash is never written.
+    let mut tampered = found.clone();
+    for output in &mut tampered.outputs {
+        if output.path == "small.txt" {
+            output.inline = Some(super::super::entry::to_hex(b"SMALL\n"));
+        }
+    }
+    let other = dir.path().join("other");
+    let error = store.restore(&tampered, &other).expect_err("corrupt");
+    assert!(matches!(error, CacheError::CorruptBlob { .. }), "{error}");
+    assert!(!other.join("small.txt").exists());
+    assert_eq!(
+        super::super::entry::from_hex(&super::super::entry::to_hex(&[0, 15, 255])),
+        Some(vec![0, 15, 255])
+    );
 }
