@@ -319,13 +319,18 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
             tracing::debug!("no up-to-date memo: {reason}");
         }
     }
-    Ok(match outcome.status {
+    let status = match outcome.status {
         RunStatus::Succeeded => ExitStatus::Success,
         RunStatus::Interrupted => ExitStatus::Interrupted,
         RunStatus::Failed | RunStatus::BudgetExhausted | RunStatus::Running => {
             ExitStatus::TaskFailed
         }
-    })
+    };
+    // Everything is on disk: the process exits next, so neither wait for
+    // idle runtime threads nor free the record piece by piece.
+    runtime.shutdown_background();
+    std::mem::forget(outcome);
+    Ok(status)
 }
 
 /// The memo context of this invocation: the workflow and every argument

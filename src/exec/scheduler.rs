@@ -133,6 +133,8 @@ struct State {
     throttle: Option<Throttle>,
     /// Instances the up-to-date memo settled (see [`State::settle`]).
     settled_nodes: HashSet<NodeIndex>,
+    /// Writes the first record in the background.
+    record_writer: Option<std::thread::JoinHandle<()>>,
 }
 
 /// A temporary cap on concurrent agents after rate limits.
@@ -211,6 +213,7 @@ pub async fn run(
         rate_limits: Vec::new(),
         throttle: None,
         settled_nodes: HashSet::new(),
+        record_writer: None,
     };
     state.runtime_context = state
         .plan
@@ -230,7 +233,15 @@ pub async fn run(
             text: format!("ccflow: running at most {global_limit} instances at once instead of {requested_limit}: the open-file limit is too low (raise it with `ulimit -n`)"),
         });
     }
-    state.write_record(RunStatus::Running);
+    // The record as the run starts (so a killed run leaves one), written
+    // beside the first instances rather than before them.
+    let first = state.build_record(RunStatus::Running);
+    let run_dir = state.shared.run_dir.clone();
+    state.record_writer = Some(std::thread::spawn(move || {
+        if let Err(e) = first.write(&run_dir) {
+            tracing::warn!("cannot write the run record: {e}");
+        }
+    }));
     let nodes: Vec<NodeIndex> = state.plan.graph.node_indices().collect();
     for node in &nodes {
         let degree = state
@@ -759,9 +770,9 @@ impl State {
         if let Some(rank) = self.ranks.remove(&node) {
             self.probing.remove(&rank);
         }
-        let instance = self.plan.graph[node].clone();
+        let task_index = self.plan.graph[node].task;
         let workflow = Arc::clone(&self.plan.workflow);
-        let task = &workflow.tasks[instance.task];
+        let task = &workflow.tasks[task_index];
         if let Some(count) = self.pool_running.get_mut(&task.pool) {
             *count = count.saturating_sub(1);
         }
@@ -776,7 +787,7 @@ impl State {
             self.budget.reserved.remove(&node);
             self.budget.spent.add(&result.usage);
             if result.status != InstanceStatus::Cached && result.usage.total_tokens() > 0 {
-                let entry = self.budget.per_task.entry(instance.task).or_default();
+                let entry = self.budget.per_task.entry(task_index).or_default();
                 entry.0 += 1;
                 entry.1 += result.usage.cost_usd;
                 entry.2 += result.usage.total_tokens();
@@ -1061,6 +1072,18 @@ impl State {
     }
 
     fn write_record(&mut self, status: RunStatus) -> RunRecord {
+        // After the first record, never before it.
+        if let Some(writer) = self.record_writer.take() {
+            let _ = writer.join();
+        }
+        let record = self.build_record(status);
+        if let Err(e) = record.write(&self.shared.run_dir) {
+            tracing::warn!("cannot write the run record: {e}");
+        }
+        record
+    }
+
+    fn build_record(&self, status: RunStatus) -> RunRecord {
         let mut instances = Vec::new();
         let mut usage = Usage::default();
         for node in self.plan.ordered_nodes() {
@@ -1087,7 +1110,7 @@ impl State {
         }
         let counts = Counts::from_instances(&instances);
         let now = now_ms();
-        let record = RunRecord {
+        RunRecord {
             version: RECORD_VERSION,
             run_id: self.shared.run_id.clone(),
             workflow: self.plan.workflow.name.clone(),
@@ -1100,11 +1123,7 @@ impl State {
             usage,
             messages: self.messages.clone(),
             instances,
-        };
-        if let Err(e) = record.write(&self.shared.run_dir) {
-            tracing::warn!("cannot write the run record: {e}");
         }
-        record
     }
 }
 
