@@ -631,7 +631,33 @@ fn write_memo(
     write().map_err(|e| {
         let _ = std::fs::remove_file(&temp);
         e.to_string()
-    })
+    })?;
+    prune(dir);
+    Ok(())
+}
+
+/// How many memos (workflow and argument combinations) are kept.
+const MEMOS_KEPT: usize = 64;
+
+/// Removes the least recently written memos beyond [`MEMOS_KEPT`] (each
+/// `--var` combination has its own).
+fn prune(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut memos: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_none() && !e.file_name().as_bytes().starts_with(b"."))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    if memos.len() <= MEMOS_KEPT {
+        return;
+    }
+    memos.sort();
+    for (_, path) in &memos[..memos.len() - MEMOS_KEPT] {
+        let _ = std::fs::remove_file(path);
+        let _ = std::fs::remove_file(path.with_extension("settled"));
+    }
 }
 
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -912,4 +938,54 @@ impl<'a> Reader<'a> {
 /// would miss where the memo says hit).
 pub fn remove_all(state_dir: &Path) {
     let _ = std::fs::remove_dir_all(state_dir.join("memo"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prune_keeps_the_most_recent_memos_and_their_side_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        for n in 0..(MEMOS_KEPT + 3) {
+            let memo = dir.path().join(format!("{n:032}"));
+            std::fs::write(&memo, b"memo").expect("write");
+            std::fs::write(memo.with_extension("settled"), b"[]").expect("write");
+            let age = std::time::Duration::from_secs(u64::try_from(n).unwrap_or(0));
+            std::fs::File::options()
+                .append(true)
+                .open(&memo)
+                .and_then(|f| f.set_modified(base + age))
+                .expect("mtime");
+        }
+        prune(dir.path());
+        let left = std::fs::read_dir(dir.path()).expect("list").count();
+        assert_eq!(
+            left,
+            2 * MEMOS_KEPT,
+            "memos and side files beyond the limit go"
+        );
+        assert!(
+            !dir.path().join(format!("{:032}", 0)).exists(),
+            "the oldest goes"
+        );
+        assert!(!dir.path().join(format!("{:032}.settled", 2)).exists());
+        assert!(dir.path().join(format!("{:032}", MEMOS_KEPT + 2)).exists());
+    }
+
+    #[test]
+    fn a_directory_listing_hash_sees_a_new_entry_but_not_its_content() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("a"), b"1").expect("write");
+        let before = listing_hash(dir.path());
+        std::fs::write(dir.path().join("a"), b"2").expect("write");
+        assert_eq!(
+            listing_hash(dir.path()),
+            before,
+            "contents are not listings"
+        );
+        std::fs::write(dir.path().join("b"), b"1").expect("write");
+        assert_ne!(listing_hash(dir.path()), before);
+    }
 }
