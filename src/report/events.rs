@@ -35,7 +35,11 @@ impl EventsReporter {
             map.insert("event".into(), json!(event));
             map.insert("ts_ms".into(), json!(now_ms()));
         }
-        let _ = writeln!(self.out, "{body}");
+        // One write(2) per event: `Value`'s Display writes piece by piece,
+        // which on an unbuffered file was a system call per token.
+        let mut line = serde_json::to_vec(&body).unwrap_or_default();
+        line.push(b'\n');
+        let _ = self.out.write_all(&line);
         let _ = self.out.flush();
     }
 }
