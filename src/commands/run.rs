@@ -147,6 +147,7 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
     if let Err(e) = crate::exec::stale::write_owner(&run_dir) {
         eprintln!("warning: cannot record the run's owner: {e}");
     }
+    let _ = crate::exec::stale::prune_runs(&ctx.state_dir, crate::exec::stale::runs_to_keep());
     let killed = crate::exec::stale::killed_runs(&ctx.state_dir);
     if !killed.is_empty() {
         match crate::exec::stale::kill_orphans_of_dead_runs(&ctx.state_dir, &run_id) {
@@ -360,6 +361,7 @@ fn report_up_to_date(
     let run_dir = scheduler::run_dir(&ctx.state_dir, &run_id);
     let io = |what: &str, e: std::io::Error| CommandError::usage(format!("cannot {what}: {e}"));
     fs_err::create_dir_all(&run_dir).map_err(|e| io("create the run directory", e))?;
+    let _ = crate::exec::stale::prune_runs(&ctx.state_dir, crate::exec::stale::runs_to_keep());
     let duration = clock.elapsed();
     let finished = now_ms();
     let record = RunRecord {

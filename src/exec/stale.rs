@@ -154,6 +154,38 @@ pub fn kill_orphans_of_dead_runs(state_dir: &Path, current_run: &str) -> usize {
     killed
 }
 
+/// How many run records are kept by default (`CCFLOW_KEEP_RUNS`).
+pub const KEEP_RUNS: usize = 100;
+
+/// Removes the oldest run directories beyond the `keep` most recent (`0`
+/// keeps all), except runs whose ccflow is still running. Returns how many
+/// were removed.
+#[must_use]
+pub fn prune_runs(state_dir: &Path, keep: usize) -> usize {
+    if keep == 0 {
+        return 0;
+    }
+    let mut removed = 0;
+    for dir in crate::report::record::list_runs(state_dir)
+        .into_iter()
+        .skip(keep)
+    {
+        if owner(&dir) != Owner::Alive && std::fs::remove_dir_all(&dir).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// The number of run records to keep: `CCFLOW_KEEP_RUNS`, else [`KEEP_RUNS`].
+#[must_use]
+pub fn runs_to_keep() -> usize {
+    std::env::var("CCFLOW_KEEP_RUNS")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(KEEP_RUNS)
+}
+
 /// Marks the records of `killed` runs (see [`killed_runs`]) still saying
 /// `running` as `interrupted`, so `ccflow runs` tells the truth, and marks
 /// the runs cleaned up. Call it after [`kill_orphans_of_dead_runs`].
@@ -182,6 +214,28 @@ pub fn close_dead_records(killed: &[std::path::PathBuf]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pruning_keeps_the_most_recent_runs_and_live_ones() {
+        let state = tempfile::tempdir().unwrap();
+        let run = |name: &str| {
+            let dir = state.path().join("runs").join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("run.json"), "{}").unwrap();
+            dir
+        };
+        let oldest_live = run("20260101-000000-aaaa");
+        write_owner(&oldest_live).unwrap();
+        let old = run("20260101-000001-bbbb");
+        mark_finished(&old).unwrap();
+        let recent = run("20260102-000000-cccc");
+        let newest = run("20260103-000000-dddd");
+        assert_eq!(prune_runs(state.path(), 2), 1);
+        assert!(!old.exists(), "an old finished run goes");
+        assert!(oldest_live.exists(), "a running ccflow's run stays");
+        assert!(recent.exists() && newest.exists());
+        assert_eq!(prune_runs(state.path(), 0), 0, "0 keeps all");
+    }
 
     #[test]
     fn processes_of_a_dead_run_are_killed_and_live_runs_are_kept() {
