@@ -46,7 +46,6 @@
 //!   edited `.gitignore`, the workflow): the full run, always correct.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Write as _;
 use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -55,7 +54,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
-use crate::report::record::{Counts, InstanceRecord, Usage};
+use crate::report::record::{Counts, InstanceRecord, RunRecord, Usage};
 
 /// File magic and format version.
 const MAGIC: &[u8; 12] = b"CCFMEMO\0\x00\x03\r\n";
@@ -189,28 +188,23 @@ fn record(path: &Path, observation: Observation) {
 /// Records an instance's input or output seen with `metadata` (which must
 /// follow symlinks, as `std::fs::metadata` does).
 pub fn metadata(path: &Path, metadata: &std::fs::Metadata) {
-    if active() {
-        record(
-            path,
-            Observation {
-                seen: Some(Seen::of(metadata)),
-                file: true,
-                hash: None,
-            },
-        );
-    }
+    observe_file(path, metadata, None);
 }
 
 /// Records an instance's input or output with the content hash computed
 /// from it while it had `metadata`.
 pub fn file(path: &Path, metadata: &std::fs::Metadata, hash: [u8; 32]) {
+    observe_file(path, metadata, Some(hash));
+}
+
+fn observe_file(path: &Path, metadata: &std::fs::Metadata, hash: Option<[u8; 32]>) {
     if active() {
         record(
             path,
             Observation {
                 seen: Some(Seen::of(metadata)),
                 file: true,
-                hash: Some(hash),
+                hash,
             },
         );
     }
@@ -393,8 +387,7 @@ pub struct Proven {
     pub run_id: String,
     pub counts: Counts,
     pub usage: Usage,
-    /// Every instance would be cached by a rerun with nothing changed
-    /// (set when the memo is written).
+    /// Every instance would be cached by a rerun with nothing changed.
     #[serde(default)]
     pub all_reproducible: bool,
 }
@@ -460,11 +453,11 @@ pub enum Verdict {
 /// Why no memo was written.
 pub fn conclude(
     context: &Context,
-    proven: &Proven,
-    instances: &[InstanceRecord],
+    run: &RunRecord,
     settled: &[Settled],
     from_memo: &HashSet<String>,
 ) -> Result<(), String> {
+    let instances = &run.instances;
     ACTIVE.store(false, Ordering::Release);
     let rec = recorder().take().ok_or("not recording")?;
     if let Some(reason) = &rec.spoiled {
@@ -517,15 +510,15 @@ pub fn conclude(
         .collect();
     let instances_json = serde_json::to_vec(&records).map_err(|e| e.to_string())?;
     // What a rerun reports: what ran now would be cached then.
-    let mut counts = proven.counts;
+    let mut counts = run.counts;
     counts.cached += counts.succeeded;
     counts.succeeded = 0;
     let proven = Proven {
-        workflow: proven.workflow.clone(),
-        workflow_file: proven.workflow_file.clone(),
-        run_id: proven.run_id.clone(),
+        workflow: run.workflow.clone(),
+        workflow_file: run.workflow_file.clone(),
+        run_id: run.run_id.clone(),
         counts,
-        usage: proven.usage,
+        usage: run.usage,
         all_reproducible: settled.iter().all(|s| s.reproducible)
             && settled.len() == counts.cached
             && counts.cached + counts.skipped == counts.total,
@@ -554,16 +547,11 @@ pub fn conclude(
     )
 }
 
+/// Writes `bytes` to `path` atomically (temp file beside it, then rename).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
     let dir = path.parent().ok_or("no memo directory")?;
     fs_err::create_dir_all(dir).map_err(|e| e.to_string())?;
-    let temp = dir.join(format!(".tmp.{}.side", std::process::id()));
-    fs_err::write(&temp, bytes)
-        .and_then(|()| fs_err::rename(&temp, path))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&temp);
-            e.to_string()
-        })
+    crate::cache::fsutil::write_atomic(dir, path, bytes).map_err(|e| e.to_string())
 }
 
 /// The instances' results from the side file, if it is the one expected.
@@ -587,8 +575,10 @@ fn write_memo(
     entries: &[(&PathBuf, &Observation)],
     racy: &[bool],
 ) -> Result<(), String> {
-    let mut body =
-        Vec::with_capacity(sections.instances.len() + sections.settled.len() + entries.len() * 128);
+    let mut body = Vec::with_capacity(
+        MAGIC.len() + sections.instances.len() + sections.settled.len() + entries.len() * 128,
+    );
+    body.extend_from_slice(MAGIC);
     body.extend_from_slice(&context.digest);
     put_bytes(&mut body, sections.proven);
     put_bytes(&mut body, sections.instances);
@@ -615,24 +605,12 @@ fn write_memo(
             body.extend_from_slice(&hash);
         }
     }
-    let checksum = blake3::hash(&body);
-    let dir = context.path.parent().ok_or("no memo directory")?;
-    fs_err::create_dir_all(dir).map_err(|e| e.to_string())?;
-    let temp = dir.join(format!(".tmp.{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut file = std::io::BufWriter::new(fs_err::File::create(&temp)?);
-        file.write_all(MAGIC)?;
-        file.write_all(&body)?;
-        file.write_all(checksum.as_bytes())?;
-        file.into_inner()
-            .map_err(std::io::IntoInnerError::into_error)?;
-        fs_err::rename(&temp, &context.path)
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&temp);
-        e.to_string()
-    })?;
-    prune(dir);
+    let checksum = blake3::hash(&body[MAGIC.len()..]);
+    body.extend_from_slice(checksum.as_bytes());
+    write_atomic(&context.path, &body)?;
+    if let Some(dir) = context.path.parent() {
+        prune(dir);
+    }
     Ok(())
 }
 

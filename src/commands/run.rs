@@ -294,20 +294,10 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
         tracing::debug!("cannot mark the run finished: {e}");
     }
     if let Some(context) = &memo {
-        let record = &outcome.record;
-        let proven = crate::memo::Proven {
-            workflow: record.workflow.clone(),
-            workflow_file: record.workflow_file.clone(),
-            run_id: record.run_id.clone(),
-            counts: record.counts,
-            usage: record.usage,
-            all_reproducible: false,
-        };
         let concluded = if outcome.status == RunStatus::Succeeded {
             crate::memo::conclude(
                 context,
-                &proven,
-                &record.instances,
+                &outcome.record,
                 &outcome.settled,
                 &outcome.from_memo,
             )

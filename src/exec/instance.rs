@@ -165,7 +165,8 @@ impl JobResult {
         result
     }
 
-    fn new(node: petgraph::stable_graph::NodeIndex) -> JobResult {
+    /// A result with nothing yet: failed until told otherwise.
+    pub(crate) fn new(node: petgraph::stable_graph::NodeIndex) -> JobResult {
         JobResult {
             node,
             status: InstanceStatus::Failed,

@@ -828,10 +828,8 @@ impl State {
             return None;
         }
         let instance = &self.plan.graph[node];
-        let task = &self.plan.workflow.tasks[instance.task];
-        if task.is_agent()
-            || !task.cache
-            || self.runtime_context[instance.task]
+        if self.plan.workflow.tasks[instance.task].is_agent()
+            || !self.reproducible(instance.task)
             || instance.rendered.as_ref().is_some_and(|r| !r.enabled)
         {
             return None;
@@ -845,8 +843,7 @@ impl State {
         if !upstream_settled {
             return None;
         }
-        let mut result = JobResult::failed(node, String::new());
-        result.message = None;
+        let mut result = JobResult::new(node);
         result.status = InstanceStatus::Cached;
         result.exit_code = Some(0);
         result.key = Some(memo.key.clone());
@@ -874,19 +871,22 @@ impl State {
             {
                 continue;
             }
-            let task = &self.plan.workflow.tasks[instance.task];
             settled.push(crate::memo::Settled {
                 id: instance.id.0.clone(),
                 key: result.key.clone().unwrap_or_default(),
                 inputs: result.inputs.clone(),
                 outputs: result.outputs.clone(),
                 usage: result.usage,
-                reproducible: task.cache
-                    && !self.runtime_context[instance.task]
-                    && result.key.is_some(),
+                reproducible: self.reproducible(instance.task) && result.key.is_some(),
             });
         }
         settled
+    }
+
+    /// Whether a rerun of this task with unchanged files reproduces its
+    /// keys: the cache is on and no template reads run-time state.
+    fn reproducible(&self, task_index: usize) -> bool {
+        self.plan.workflow.tasks[task_index].cache && !self.runtime_context[task_index]
     }
 
     /// Reserves the expected cost of an agent instance, or says why the

@@ -224,12 +224,8 @@ impl RunRecord {
     /// # Errors
     /// I/O failures, naming the path.
     pub fn write(&self, dir: &Path) -> std::io::Result<()> {
-        let path = dir.join("run.json");
-        let temp = dir.join(format!(".run.json.{}.tmp", std::process::id()));
         let text = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        fs_err::write(&temp, text)?;
-        fs_err::rename(&temp, &path)?;
-        Ok(())
+        write_run_json(dir, &text)
     }
 
     /// Reads a run's record.
@@ -239,8 +235,6 @@ impl RunRecord {
     /// Writes the record with `instances_json` (a JSON array of
     /// [`InstanceRecord`]s, already encoded) as its instances.
     pub fn write_with_instances(&self, dir: &Path, instances_json: &[u8]) -> std::io::Result<()> {
-        let path = dir.join("run.json");
-        let temp = dir.join(format!(".run.json.{}.tmp", std::process::id()));
         let mut text = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
         let empty = b"[]\n}";
         if !self.instances.is_empty() || !text.ends_with(empty) {
@@ -249,9 +243,7 @@ impl RunRecord {
         text.truncate(text.len() - empty.len());
         text.extend_from_slice(instances_json);
         text.extend_from_slice(b"\n}");
-        fs_err::write(&temp, text)?;
-        fs_err::rename(&temp, &path)?;
-        Ok(())
+        write_run_json(dir, &text)
     }
 
     pub fn read(dir: &Path) -> Result<RunRecord, String> {
@@ -260,6 +252,13 @@ impl RunRecord {
         serde_json::from_slice(&text)
             .map_err(|e| format!("`{}` is not a valid run record: {e}", path.display()))
     }
+}
+
+/// Replaces `dir/run.json` with `text` atomically (temp file, rename).
+fn write_run_json(dir: &Path, text: &[u8]) -> std::io::Result<()> {
+    let temp = dir.join(format!(".run.json.{}.tmp", std::process::id()));
+    fs_err::write(&temp, text)?;
+    fs_err::rename(&temp, dir.join("run.json"))
 }
 
 /// Run directories under `state/runs`, newest first.
