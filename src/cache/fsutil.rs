@@ -136,9 +136,9 @@ pub(crate) fn touch(path: &Path) -> io::Result<()> {
     }
 }
 
-/// Sets a file's modification time (and access time) to `unix_ns`. Used by
-/// tests to forge timestamps; kept here so all `libc` use is in one file.
-#[cfg(test)]
+/// Sets a file's modification time (and access time) to `unix_ns` (a
+/// rewritten pack keeps its last use; tests forge timestamps); kept here so
+/// all `libc` use is in one file.
 pub(crate) fn set_mtime_ns(path: &Path, unix_ns: i64) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())

@@ -133,6 +133,19 @@ impl StatIndex {
     /// The content hash of `root/rel`: from the index when its stat is
     /// unchanged (and the entry is not racy), else by reading the file.
     pub fn hash_file(&self, root: &Path, rel: &str) -> Result<FileHash, CacheError> {
+        self.hash_file_within(root, rel, u64::MAX)
+            .map(|hashed| hashed.unwrap_or_else(|| unreachable!("no file is larger than u64::MAX")))
+    }
+
+    /// [`StatIndex::hash_file`], but `None` instead of reading a file of
+    /// more than `limit` bytes that the index cannot answer for: the
+    /// caller hashes it off its thread (the run loop must not stall).
+    pub fn hash_file_within(
+        &self,
+        root: &Path,
+        rel: &str,
+        limit: u64,
+    ) -> Result<Option<FileHash>, CacheError> {
         let path = root.join(rel);
         let metadata = match fs_err::metadata(&path) {
             Ok(metadata) => metadata,
@@ -153,8 +166,11 @@ impl StatIndex {
         if let Some(entry) = cached {
             if entry.trusted && entry.stat == stat {
                 crate::memo::file(&path, &metadata, entry.hash);
-                return Ok(file_hash(&entry));
+                return Ok(Some(file_hash(&entry)));
             }
+        }
+        if stat.size > limit {
+            return Ok(None);
         }
 
         // Read the clock before the content: if the mtime is older than this
@@ -186,7 +202,7 @@ impl StatIndex {
         // With the stat from before the read: a file that changed while it
         // was read no longer matches it.
         crate::memo::file(&path, &metadata, hash);
-        Ok(file_hash(&entry))
+        Ok(Some(file_hash(&entry)))
     }
 
     /// Writes the index atomically (temp file + rename). Does nothing when

@@ -13,6 +13,7 @@ mod error;
 pub(crate) mod fsutil;
 pub mod index;
 pub mod key;
+mod pack;
 pub mod store;
 
 pub use entry::{Entry, NewEntry, OutputFile};

@@ -5,9 +5,12 @@
 //! - `blobs/<hash>` — file contents, named by their hash (one flat
 //!   directory: creating 256 fan-out directories cost more than a large
 //!   directory's lookups, which ext4 and xfs index);
-//! - `entries/<key hash>.json` — manifests: a header line
-//!   `ccflow-manifest 1 <blake3 of the body>` then the [`Entry`] as JSON;
-//!   the file's mtime records its last use (touched on every hit) for LRU gc;
+//! - `packs/pack-<time>-<pid>-<n>` — manifests, one pack per published
+//!   batch (see [`super::pack`]); each manifest is a header line
+//!   `ccflow-manifest 2 <blake3 of the body>` then the [`Entry`] as JSON;
+//!   a pack's mtime records the last use of its entries for LRU gc;
+//! - `entries/<key hash>.json` — one manifest per file, as stores written
+//!   before packs kept them: still read, collected and cleared;
 //! - `instances/log-<time>-<pid>` — one append-only file per process:
 //!   lines `<blake3 of an instance id> <key hash>` naming an instance's
 //!   latest entry, for `ccflow explain` (the newest file naming an instance
@@ -72,6 +75,7 @@ pub use super::entry::{Entry, NewEntry, OutputFile};
 use super::fsutil::{self, RESTORE_TEMP, STORE_TEMP};
 use super::index::StatIndex;
 use super::key::{parse_hex32, KeyHash, CACHE_FORMAT_VERSION};
+use super::pack::{self, Located, Pack, PackIndex};
 use super::CacheError;
 
 /// Files up to this size are read into memory (hash first, then write only
@@ -136,6 +140,13 @@ struct Shared {
     roots: Mutex<HashMap<PathBuf, PathBuf>>,
     /// This process's instance-pointer log, opened on first publish.
     pointer_log: Mutex<Option<File>>,
+    /// The packs this process has read or written.
+    packs: Mutex<PackIndex>,
+    /// Packs this process published (names them).
+    packs_published: std::sync::atomic::AtomicU64,
+    /// Whether `entries/` held per-entry manifests when the store was
+    /// opened (a store from before packs): only then is it read on a miss.
+    legacy_entries: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -166,10 +177,13 @@ impl Store {
     /// Opens (creating it if needed) the store under `cache_dir/v1`.
     pub fn open(cache_dir: &Path) -> Result<Store, CacheError> {
         let dir = cache_dir.join(format!("v{CACHE_FORMAT_VERSION}"));
-        for sub in ["blobs", "entries", "instances", "tmp"] {
+        for sub in ["blobs", "entries", "packs", "instances", "tmp"] {
             fs_err::create_dir_all(dir.join(sub))?;
         }
         let dir_handle = fs_err::File::open(&dir)?.into_parts().0;
+        let legacy_entries = std::fs::read_dir(dir.join("entries"))
+            .map(|mut entries| entries.next().is_some())
+            .unwrap_or(false);
         let shared = Arc::new(Shared {
             dir,
             dir_handle,
@@ -179,13 +193,19 @@ impl Store {
             warned: Mutex::new(HashSet::new()),
             roots: Mutex::new(HashMap::new()),
             pointer_log: Mutex::new(None),
+            packs: Mutex::new(PackIndex::default()),
+            packs_published: std::sync::atomic::AtomicU64::new(0),
+            legacy_entries: std::sync::atomic::AtomicBool::new(legacy_entries),
         });
         compact_pointer_logs(&shared.dir.join("instances"));
         let flusher = {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name("ccflow-cache-flush".to_owned())
-                .spawn(move || run_flusher(&shared))?
+                .spawn(move || {
+                    compact_packs(&shared);
+                    run_flusher(&shared);
+                })?
         };
         Ok(Store {
             shared,
@@ -208,15 +228,30 @@ impl Store {
             .map(|(_, bytes)| Arc::clone(bytes));
         let path = self.shared.entry_path(key);
         let mut last_use = None;
+        let mut packed: Option<Located> = None;
         let bytes = match unpublished {
             Some(bytes) => bytes,
-            None => match read_with_mtime(&path) {
-                Ok((bytes, modified)) => {
-                    last_use = Some(modified);
-                    Arc::new(bytes)
+            None => match self.shared.find_packed(key) {
+                Some(located) => {
+                    let bytes = Arc::new(located.manifest().to_vec());
+                    packed = Some(located);
+                    bytes
                 }
-                Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
-                Err(error) => return Err(error.into()),
+                None if !self
+                    .shared
+                    .legacy_entries
+                    .load(std::sync::atomic::Ordering::Relaxed) =>
+                {
+                    return Ok(None)
+                }
+                None => match read_with_mtime(&path) {
+                    Ok((bytes, modified)) => {
+                        last_use = Some(modified);
+                        Arc::new(bytes)
+                    }
+                    Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+                    Err(error) => return Err(error.into()),
+                },
             },
         };
         let entry = match decode_manifest(&bytes, key).and_then(|entry| self.check_blobs(entry)) {
@@ -239,6 +274,14 @@ impl Store {
         if stale {
             if let Err(error) = fsutil::touch(&path) {
                 tracing::debug!("failed to record use of cache entry `{key}`: {error}");
+            }
+        }
+        if let Some(located) = packed.filter(|l| l.pack.used_before(TOUCH_RESOLUTION)) {
+            match fsutil::touch(&located.pack.path) {
+                Ok(()) => located.pack.mark_used(),
+                Err(error) => {
+                    tracing::debug!("failed to record use of cache entry `{key}`: {error}");
+                }
             }
         }
         Ok(Some(entry))
@@ -498,6 +541,12 @@ impl Store {
             stats.entries += 1;
             stats.bytes += metadata.len();
         }
+        let mut keys = HashSet::new();
+        for pack in self.shared.read_packs() {
+            stats.bytes += pack.bytes.len() as u64;
+            keys.extend(pack::decode(&pack.bytes).into_iter().map(|(key, _)| key));
+        }
+        stats.entries += keys.len() as u64;
         for (_, size) in self.shared.list_blobs()? {
             stats.blobs += 1;
             stats.bytes += size;
@@ -515,8 +564,8 @@ impl Store {
         let mut report = GcReport::default();
         let blobs: HashMap<String, u64> = shared.list_blobs()?.into_iter().collect();
 
-        // (last use, path, manifest size, blobs) of every readable entry.
-        let mut entries = Vec::new();
+        // (last use, where, manifest size, blobs) of every readable entry.
+        let mut entries: Vec<(SystemTime, Stored, u64, Vec<String>)> = Vec::new();
         for (path, metadata) in list_files(&shared.dir.join("entries"))? {
             let decoded = path
                 .file_stem()
@@ -540,14 +589,46 @@ impl Store {
                 continue;
             }
             let last_use = metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-            entries.push((last_use, path, metadata.len(), hashes));
+            entries.push((last_use, Stored::File(path), metadata.len(), hashes));
+        }
+        // Packs, newest first: a key already seen is superseded.
+        let mut packs = shared.read_packs();
+        packs.sort_by(|a, b| b.path.cmp(&a.path));
+        let mut seen = HashSet::new();
+        let mut kept_records: Vec<Vec<bool>> = Vec::with_capacity(packs.len());
+        for (pack_index, pack) in packs.iter().enumerate() {
+            let records = pack::decode(&pack.bytes);
+            let mut kept = vec![false; records.len()];
+            for (record, (key, range)) in records.into_iter().enumerate() {
+                if !seen.insert(key) {
+                    continue;
+                }
+                let Ok(entry) = decode_manifest(&pack.bytes[range.clone()], &key) else {
+                    report.entries_removed += 1;
+                    continue;
+                };
+                let hashes: Vec<String> = entry.blobs().map(|(hash, _)| hash.to_owned()).collect();
+                if !hashes.iter().all(|hash| blobs.contains_key(hash)) {
+                    report.entries_removed += 1;
+                    continue;
+                }
+                kept[record] = true;
+                let size = range.len() as u64;
+                entries.push((
+                    pack.last_use(),
+                    Stored::Packed(pack_index, record),
+                    size,
+                    hashes,
+                ));
+            }
+            kept_records.push(kept);
         }
         entries.sort_by_key(|entry| std::cmp::Reverse(entry.0));
 
         let mut kept_blobs: HashSet<String> = HashSet::new();
         let mut used = 0u64;
         let mut evicting = false;
-        for (_, path, size, hashes) in entries {
+        for (_, stored, size, hashes) in entries {
             let new_blobs: HashSet<&String> = hashes
                 .iter()
                 .filter(|hash| !kept_blobs.contains(*hash))
@@ -564,10 +645,17 @@ impl Store {
                 kept_blobs.extend(hashes);
             } else {
                 evicting = true;
-                remove_counting(&path, size, &mut report)?;
+                match stored {
+                    Stored::File(path) => remove_counting(&path, size, &mut report)?,
+                    Stored::Packed(pack, record) => kept_records[pack][record] = false,
+                }
                 report.entries_removed += 1;
             }
         }
+        for (pack, kept) in packs.iter().zip(&kept_records) {
+            shared.rewrite_pack(pack, kept, &mut report)?;
+        }
+        lock(&shared.packs).reset();
         for (hash, size) in &blobs {
             if !kept_blobs.contains(hash) {
                 if let Some(path) = shared.blob_path(hash) {
@@ -594,7 +682,7 @@ impl Store {
             let target = fs_err::read_to_string(&path)
                 .ok()
                 .and_then(|text| text.trim().parse::<KeyHash>().ok());
-            if target.is_none_or(|key| !shared.entry_path(&key).exists()) {
+            if target.is_none_or(|key| !shared.entry_exists(&key)) {
                 remove_counting(&path, 0, &mut report)?;
             }
         }
@@ -605,7 +693,7 @@ impl Store {
     /// Removes every entry and blob.
     pub fn clear(&self) -> Result<(), CacheError> {
         self.flush()?;
-        for sub in ["entries", "blobs", "instances", "tmp"] {
+        for sub in ["entries", "packs", "blobs", "instances", "tmp"] {
             let path = self.shared.dir.join(sub);
             match fs_err::remove_dir_all(&path) {
                 Ok(()) => {}
@@ -615,6 +703,7 @@ impl Store {
             fs_err::create_dir_all(&path)?;
         }
         lock(&self.shared.warned).clear();
+        lock(&self.shared.packs).reset();
         Ok(())
     }
 }
@@ -652,6 +741,58 @@ impl Shared {
 
     fn entry_path(&self, key: &KeyHash) -> PathBuf {
         self.dir.join("entries").join(format!("{key}.json"))
+    }
+
+    fn packs_dir(&self) -> PathBuf {
+        self.dir.join("packs")
+    }
+
+    /// `key`'s manifest in a pack, if any pack holds it.
+    fn find_packed(&self, key: &KeyHash) -> Option<Located> {
+        lock(&self.packs).find(&self.packs_dir(), key)
+    }
+
+    /// Whether a manifest for `key` is stored (valid or not).
+    fn entry_exists(&self, key: &KeyHash) -> bool {
+        self.find_packed(key).is_some() || self.entry_path(key).exists()
+    }
+
+    /// Every pack now in `packs/`, read.
+    fn read_packs(&self) -> Vec<Pack> {
+        let dir = self.packs_dir();
+        pack::list(&dir)
+            .into_iter()
+            .filter_map(|name| pack::read(&dir.join(name)))
+            .collect()
+    }
+
+    /// Rewrites `pack` with only the records marked kept (removing it when
+    /// none is), keeping its last-use time; counts what it frees.
+    fn rewrite_pack(
+        &self,
+        pack: &Pack,
+        kept: &[bool],
+        report: &mut GcReport,
+    ) -> Result<(), CacheError> {
+        if kept.iter().all(|k| *k) && !kept.is_empty() {
+            return Ok(());
+        }
+        let size = pack.bytes.len() as u64;
+        if !kept.iter().any(|k| *k) {
+            return remove_counting(&pack.path, size, report);
+        }
+        let records = pack::decode(&pack.bytes);
+        let bytes = pack::encode(
+            records
+                .iter()
+                .zip(kept)
+                .filter(|(_, kept)| **kept)
+                .map(|((key, range), _)| (key, &pack.bytes[range.clone()])),
+        );
+        fsutil::write_atomic(&self.temp_dir(), &pack.path, &bytes)?;
+        let _ = fsutil::set_mtime_ns(&pack.path, pack.last_use_ns());
+        report.bytes_freed += size.saturating_sub(bytes.len() as u64);
+        Ok(())
     }
 
     fn temp_dir(&self) -> PathBuf {
@@ -871,12 +1012,27 @@ impl Shared {
     /// instance pointers into place (the commit point of each entry).
     fn publish(&self, batch: &[Pending]) -> Result<(), CacheError> {
         fsutil::sync_file_system(&self.dir_handle)?;
-        let temp_dir = self.temp_dir();
+        let records: Vec<(&KeyHash, &[u8])> = batch
+            .iter()
+            .flat_map(|pending| {
+                pending
+                    .manifests
+                    .iter()
+                    .map(|(key, bytes)| (key, bytes.as_slice()))
+            })
+            .collect();
+        if !records.is_empty() {
+            let sequence = self
+                .packs_published
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let name = pack::new_name(sequence);
+            let path = self.packs_dir().join(&name);
+            let bytes = pack::encode(records);
+            fsutil::write_atomic(&self.temp_dir(), &path, &bytes)?;
+            lock(&self.packs).insert(name, Pack::new(path, bytes, SystemTime::now()));
+        }
         let mut pointers = String::new();
         for pending in batch {
-            for (key, bytes) in &pending.manifests {
-                fsutil::write_atomic(&temp_dir, &self.entry_path(key), bytes)?;
-            }
             pointers.push_str(&format!(
                 "{} {}\n",
                 fsutil::hash_bytes(pending.instance_id.as_bytes()),
@@ -1050,6 +1206,53 @@ fn parent_inside_root(root: &Path, root_canonical: &Path, rel: &str) -> Result<b
         }
     }
     Ok(true)
+}
+
+/// Where gc found an entry: its own file, or (pack, record) in gc's list.
+enum Stored {
+    File(PathBuf),
+    Packed(usize, usize),
+}
+
+/// How many packs may pile up (a few per run) before they are merged.
+const PACKS_MAX: usize = 64;
+
+/// Merges every pack into one when there are more than [`PACKS_MAX`], so
+/// a lookup reads a bounded number of files. Packs are immutable once
+/// named, so a reader that indexed the old ones sees them vanish and reads
+/// the merged one. The merged pack takes the newest merged pack's name (it
+/// still sorts before any pack written later) and the latest use.
+fn compact_packs(shared: &Shared) {
+    let dir = shared.packs_dir();
+    let mut names = pack::list(&dir);
+    if names.len() <= PACKS_MAX {
+        return;
+    }
+    names.sort();
+    let packs: Vec<Pack> = names
+        .iter()
+        .filter_map(|name| pack::read(&dir.join(name)))
+        .collect();
+    let Some(newest) = packs.last() else { return };
+    let mut latest: BTreeMap<KeyHash, (usize, std::ops::Range<usize>)> = BTreeMap::new();
+    for (index, pack) in packs.iter().enumerate() {
+        for (key, range) in pack::decode(&pack.bytes) {
+            latest.insert(key, (index, range));
+        }
+    }
+    let bytes = pack::encode(
+        latest
+            .iter()
+            .map(|(key, (index, range))| (key, &packs[*index].bytes[range.clone()])),
+    );
+    let last_use = packs.iter().map(Pack::last_use_ns).max().unwrap_or(0);
+    if fsutil::write_atomic(&shared.temp_dir(), &newest.path, &bytes).is_err() {
+        return;
+    }
+    let _ = fsutil::set_mtime_ns(&newest.path, last_use);
+    for pack in &packs[..packs.len() - 1] {
+        let _ = std::fs::remove_file(&pack.path);
+    }
 }
 
 /// Pointer logs older than this are merged when there are many.

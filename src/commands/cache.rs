@@ -19,7 +19,11 @@ pub fn run(args: &CacheArgs, ctx: &Ctx) -> CommandResult {
             let stats = store.stats().map_err(fail)?;
             println!("cache: {}", store.dir().display());
             println!("entries: {}", stats.entries);
-            println!("blobs:   {} ({})", stats.blobs, human_bytes(stats.bytes));
+            println!("blobs:   {}", stats.blobs);
+            println!(
+                "size:    {} (manifests and blobs)",
+                human_bytes(stats.bytes)
+            );
         }
         CacheCommand::Gc { max_size } => {
             let limit = parse_memory(max_size).ok_or_else(|| {

@@ -86,6 +86,12 @@ pub enum Notice {
     WantSlot {
         node: petgraph::stable_graph::NodeIndex,
     },
+    /// The instance's process has exited: its job slot is free for the
+    /// next one while it records its outputs (a slot bounds processes, as
+    /// ninja's `-j` does, not ccflow's bookkeeping).
+    SlotFree {
+        node: petgraph::stable_graph::NodeIndex,
+    },
 }
 
 /// One instance to execute.
@@ -101,7 +107,8 @@ pub struct Job {
     /// Where the loop grants the instance a job slot (`-j`). An instance
     /// probes the cache without one and asks for one only to run, so cache
     /// hits never wait behind processes. The slot is the loop's to account:
-    /// it is free again when the loop handles the instance's result.
+    /// it is free again when the process has exited ([`Notice::SlotFree`])
+    /// or when the loop handles the instance's result, whichever is first.
     pub slot: tokio::sync::oneshot::Receiver<()>,
 }
 
@@ -191,6 +198,9 @@ impl JobResult {
     }
 }
 
+/// Inputs up to this size are hashed on the run loop's thread.
+const INLINE_HASH_LIMIT: u64 = 1024 * 1024;
+
 fn hash_files(shared: &RunShared, files: &[String]) -> Result<BTreeMap<String, String>, String> {
     let mut hashes = BTreeMap::new();
     for file in files {
@@ -202,6 +212,9 @@ fn hash_files(shared: &RunShared, files: &[String]) -> Result<BTreeMap<String, S
     }
     Ok(hashes)
 }
+
+/// An instance's cache key and its hashed inputs (path → hash).
+pub type Keyed = (CacheKey, BTreeMap<String, String>);
 
 /// The cache key of an instance (shell or agent) and its hashed inputs.
 ///
@@ -221,13 +234,47 @@ pub fn instance_key(
     deps: &BTreeMap<String, String>,
     image_ids: &HashMap<String, String>,
 ) -> Result<(CacheKey, BTreeMap<String, String>), String> {
+    let keyed = instance_key_within(
+        workflow,
+        root,
+        index,
+        secret_names,
+        task,
+        rendered,
+        deps,
+        image_ids,
+        u64::MAX,
+    )?;
+    Ok(keyed.unwrap_or_else(|| unreachable!("no file is larger than u64::MAX")))
+}
+
+/// [`instance_key`], or `None` when an input of more than `limit` bytes
+/// would have to be read (see [`StatIndex::hash_file_within`]).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "instance_key's arguments and the limit"
+)]
+pub fn instance_key_within(
+    workflow: &Workflow,
+    root: &Path,
+    index: &StatIndex,
+    secret_names: &[String],
+    task: &Task,
+    rendered: &RenderedInstance,
+    deps: &BTreeMap<String, String>,
+    image_ids: &HashMap<String, String>,
+    limit: u64,
+) -> Result<Option<Keyed>, String> {
     let input_files = paths::expand(root, input_patterns(task, rendered), true)
         .map_err(|e| format!("cannot expand inputs: {e}"))?;
     let mut inputs = BTreeMap::new();
     for file in &input_files {
-        let hash = index
-            .hash_file(root, file)
+        let hashed = index
+            .hash_file_within(root, file, limit)
             .map_err(|e| format!("cannot hash input `{file}`: {e}"))?;
+        let Some(hash) = hashed else {
+            return Ok(None);
+        };
         inputs.insert(file.clone(), hash.hash);
     }
     let mut key = CacheKey::new(task.name.clone());
@@ -297,7 +344,7 @@ pub fn instance_key(
         key.extra
             .insert("verify_attempts".into(), task.verify_attempts.to_string());
     }
-    Ok((key, inputs))
+    Ok(Some((key, inputs)))
 }
 
 /// The globs that make an instance's inputs. Agents read what they edit:
@@ -359,9 +406,10 @@ pub async fn execute(shared: Arc<RunShared>, mut job: Job) -> JobResult {
         return super::agent_task::execute_agent(shared, job, result, Instant::now()).await;
     }
     // Inputs → key. Usually a few stats through the warm index: cheaper in
-    // place than a hand-off to the blocking pool and back (a large cold input
-    // blocks this worker while it is hashed; the other workers go on).
-    let keyed = instance_key(
+    // place than a hand-off to the blocking pool and back. The run loop
+    // shares this thread, so an input too large to hash in passing sends
+    // the whole key to the blocking pool.
+    let keyed = match instance_key_within(
         &shared.workflow,
         &shared.root,
         &shared.index,
@@ -370,7 +418,32 @@ pub async fn execute(shared: Arc<RunShared>, mut job: Job) -> JobResult {
         &rendered,
         &job.deps,
         &shared.image_ids,
-    );
+        INLINE_HASH_LIMIT,
+    ) {
+        Ok(Some(keyed)) => Ok(keyed),
+        Err(message) => Err(message),
+        Ok(None) => {
+            let shared = Arc::clone(&shared);
+            let rendered = Arc::clone(&rendered);
+            let deps = job.deps.clone();
+            let task_index = job.task;
+            tokio::task::spawn_blocking(move || {
+                let task = &shared.workflow.tasks[task_index];
+                instance_key(
+                    &shared.workflow,
+                    &shared.root,
+                    &shared.index,
+                    &shared.workflow.secrets,
+                    task,
+                    &rendered,
+                    &deps,
+                    &shared.image_ids,
+                )
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("cannot hash the inputs: {e}")))
+        }
+    };
     let (key, inputs) = match keyed {
         Ok(k) => k,
         Err(message) => {
@@ -587,6 +660,7 @@ pub async fn execute(shared: Arc<RunShared>, mut job: Job) -> JobResult {
             () = shared.cancel.cancelled() => break,
         }
     }
+    let _ = shared.notices.send(Notice::SlotFree { node: job.node });
     if attempts > 1 && result.attempts.len() > 1 {
         if let Some(message) = &mut result.message {
             message.push_str(&format!(" (after {} attempts)", result.attempts.len()));

@@ -17,7 +17,11 @@
 //! an instance while a higher-ranked one is still probing, so the start
 //! order is the queue order as if every instance had held a slot. An
 //! instance is reported started when it gets its slot (a hit, just before it
-//! is reported finished). Agents are dispatched within `-j` as before, since
+//! is reported finished). A slot is free again as soon as its process has
+//! exited ([`Notice::SlotFree`]), so that recording outputs overlaps the
+//! next process instead of idling a core, unless finishing the instance
+//! makes a successor ready (which may outrank every waiting instance).
+//! Agents are dispatched within `-j` as before, since
 //! dispatch reserves their budget. Without this, a no-op run at `-j 2`
 //! passed every cached instance through the loop two at a time and spent
 //! most of its wall time in thread wake-ups.
@@ -546,6 +550,21 @@ impl State {
                 if let Some(rank) = self.ranks.get(&node).copied() {
                     self.probing.remove(&rank);
                     self.slot_queue.push(rank);
+                }
+            }
+            Notice::SlotFree { node } => {
+                // Early only when finishing cannot make a successor ready:
+                // one might outrank whatever would take the slot now.
+                let readies_successor = self
+                    .plan
+                    .graph
+                    .neighbors_directed(node, Direction::Outgoing)
+                    .any(|s| {
+                        !self.status.contains_key(&s)
+                            && self.indegree.get(&s).copied().unwrap_or(1) <= 1
+                    });
+                if !readies_successor {
+                    self.holding_slot.remove(&node);
                 }
             }
         }

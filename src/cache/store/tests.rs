@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use super::super::key::CacheKey;
 use super::*;
+use crate::cache::pack;
 
 fn write(root: &Path, rel: &str, content: &[u8], mode: u32) {
     let path = root.join(rel);
@@ -160,10 +161,25 @@ fn unpublished_entries_are_visible_to_their_own_process_only_until_flush() {
     assert!(writer.lookup(&key_hash).expect("lookup").is_some());
     writer.flush().expect("flush");
     assert!(reader.lookup(&key_hash).expect("lookup").is_some());
-    assert!(cache
-        .join("v2/entries")
-        .join(format!("{key_hash}.json"))
-        .is_file());
+    assert_eq!(packed_keys(&reader), vec![key_hash]);
+}
+
+/// Every key in the store's packs, with the pack holding it.
+fn packs_of(store: &Store) -> Vec<(KeyHash, PathBuf)> {
+    store
+        .shared
+        .read_packs()
+        .into_iter()
+        .flat_map(|pack| {
+            pack::decode(&pack.bytes)
+                .into_iter()
+                .map(move |(key, _)| (key, pack.path.clone()))
+        })
+        .collect()
+}
+
+fn packed_keys(store: &Store) -> Vec<KeyHash> {
+    packs_of(store).into_iter().map(|(key, _)| key).collect()
 }
 
 #[test]
@@ -307,21 +323,43 @@ fn torn_or_foreign_manifests_are_misses() {
         .save(&[], new_entry(key("t", "1"), &["a.txt"]), dir.path())
         .expect("save");
     store.flush().expect("flush");
-    let path = store.shared.entry_path(&entry.key_hash);
-    let bytes = std::fs::read(&path).expect("read");
+    let (_, path) = packs_of(&store).pop().expect("a pack");
+    let pack_bytes = std::fs::read(&path).expect("read");
+    let range = pack::decode(&pack_bytes).pop().expect("a record").1;
+    let bytes = pack_bytes[range.clone()].to_vec();
     let fresh = || Store::open(&dir.path().join("cache")).expect("open");
 
-    std::fs::write(&path, &bytes[..bytes.len() - 10]).expect("truncate");
+    // A pack cut short, or a manifest damaged inside it, is a miss.
+    std::fs::write(&path, &pack_bytes[..pack_bytes.len() - 10]).expect("truncate");
     assert!(fresh().lookup(&entry.key_hash).expect("lookup").is_none());
-    std::fs::write(&path, &bytes[..20]).expect("truncate header");
+    let mut flipped = pack_bytes.clone();
+    flipped[range.end - 5] ^= 1;
+    std::fs::write(&path, &flipped).expect("flip a byte");
     assert!(fresh().lookup(&entry.key_hash).expect("lookup").is_none());
     std::fs::write(&path, b"").expect("empty");
     assert!(fresh().lookup(&entry.key_hash).expect("lookup").is_none());
+    std::fs::remove_file(&path).expect("rm pack");
 
-    // A valid manifest under another key's name is not that key's entry.
-    std::fs::write(&path, &bytes).expect("restore manifest");
+    // Per-entry manifest files (stores from before packs) are still read,
+    // with the same checks.
+    let legacy = store.shared.entry_path(&entry.key_hash);
+    std::fs::write(&legacy, &bytes[..bytes.len() - 10]).expect("truncate");
+    assert!(fresh().lookup(&entry.key_hash).expect("lookup").is_none());
+    std::fs::write(&legacy, &bytes[..20]).expect("truncate header");
+    assert!(fresh().lookup(&entry.key_hash).expect("lookup").is_none());
+    std::fs::write(&legacy, &bytes).expect("restore manifest");
+    assert!(fresh().lookup(&entry.key_hash).expect("lookup").is_some());
+
+    // A valid manifest under another key's name is not that key's entry,
+    // in a file or in a pack.
     let other = key("t", "2").hash();
     std::fs::write(store.shared.entry_path(&other), &bytes).expect("copy");
+    assert!(fresh().lookup(&other).expect("lookup").is_none());
+    std::fs::write(
+        store.shared.packs_dir().join("pack-9"),
+        pack::encode([(&other, &bytes[..])]),
+    )
+    .expect("forge pack");
     assert!(fresh().lookup(&other).expect("lookup").is_none());
     assert!(fresh().lookup(&entry.key_hash).expect("lookup").is_some());
 
@@ -445,18 +483,25 @@ fn gc_keeps_the_most_recently_used_entries_under_the_limit() {
             )
             .expect("save");
         keys.push(entry.key_hash);
+        // One pack per entry: a pack's mtime is its entries' last use.
+        store.flush().expect("flush");
     }
-    store.flush().expect("flush");
+    let packs = packs_of(&store);
+    assert_eq!(packs.len(), 6);
     // Entry n was last used at second n; then entry 0 is hit, becoming the
     // most recent.
     for (number, key_hash) in keys.iter().enumerate() {
-        let path = store.shared.entry_path(key_hash);
+        let (_, path) = packs
+            .iter()
+            .find(|(key, _)| key == key_hash)
+            .expect("packed");
         fsutil::set_mtime_ns(
-            &path,
+            path,
             1_600_000_000_000_000_000 + number as i64 * 1_000_000_000,
         )
         .expect("utimensat");
     }
+    let store = Store::open(&dir.path().join("cache")).expect("reopen");
     assert!(store.lookup(&keys[0]).expect("lookup").is_some());
 
     let before = store.stats().expect("stats");
@@ -557,12 +602,7 @@ fn sigkill_at_random_points_leaves_only_valid_entries() {
     let store = Store::open(&dir.path().join("cache")).expect("open");
     let mut hits = 0;
     let mut misses = 0;
-    for (path, _) in list_files(&store.shared.dir.join("entries")).expect("list") {
-        let stem = path
-            .file_stem()
-            .and_then(|stem| stem.to_str())
-            .expect("name");
-        let key_hash: KeyHash = stem.parse().expect("manifest named by a key hash");
+    for key_hash in packed_keys(&store) {
         let Some(entry) = store.lookup(&key_hash).expect("lookup") else {
             misses += 1;
             continue;
@@ -769,4 +809,60 @@ fn small_outputs_live_in_the_manifest_and_restore_verified() {
         super::super::entry::from_hex(&super::super::entry::to_hex(&[0, 15, 255])),
         Some(vec![0, 15, 255])
     );
+}
+
+#[test]
+fn many_packs_are_merged_into_one_and_every_entry_survives() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = dir.path().join("cache");
+    let store = Store::open(&cache).expect("open");
+    let mut keys = Vec::new();
+    for number in 0..70u32 {
+        write(
+            dir.path(),
+            "out.txt",
+            format!("{number}\n").as_bytes(),
+            0o644,
+        );
+        let entry = store
+            .save(
+                &[],
+                new_entry(key("t", &number.to_string()), &["out.txt"]),
+                dir.path(),
+            )
+            .expect("save");
+        keys.push(entry.key_hash);
+        store.flush().expect("flush");
+    }
+    // The same key saved again later: the newer manifest must win.
+    write(dir.path(), "out.txt", b"newer\n", 0o644);
+    store
+        .save(&[], new_entry(key("t", "0"), &["out.txt"]), dir.path())
+        .expect("save");
+    store.flush().expect("flush");
+    assert_eq!(pack::list(&store.shared.packs_dir()).len(), 71);
+    drop(store);
+
+    // Opening merges them (on the flusher thread; dropping waits for it).
+    drop(Store::open(&cache).expect("open"));
+    assert_eq!(pack::list(&cache.join("v2/packs")).len(), 1);
+    let store = Store::open(&cache).expect("open");
+    for (number, key_hash) in keys.iter().enumerate() {
+        let entry = store
+            .lookup(key_hash)
+            .expect("lookup")
+            .unwrap_or_else(|| panic!("entry {number} lost in the merge"));
+        let target = dir.path().join("check");
+        store.restore(&entry, &target).expect("restore");
+        let expected = if number == 0 {
+            "newer\n".to_owned()
+        } else {
+            format!("{number}\n")
+        };
+        assert_eq!(
+            std::fs::read_to_string(target.join("out.txt")).expect("read"),
+            expected
+        );
+    }
+    assert_eq!(store.stats().expect("stats").entries, 70);
 }
