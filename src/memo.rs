@@ -197,6 +197,57 @@ pub fn file(path: &Path, metadata: &std::fs::Metadata, hash: [u8; 32]) {
     observe_file(path, metadata, Some(hash));
 }
 
+/// Records a file this run has just written itself (an output restored
+/// from the cache, or its mode fixed) with the content hash it wrote. Its
+/// state before was only compared to decide whether to write it: the new
+/// state replaces it instead of counting as a change during the run.
+pub fn rewritten(path: &Path, metadata: &std::fs::Metadata, hash: [u8; 32]) {
+    if !active() {
+        return;
+    }
+    let observation = Observation {
+        seen: Some(Seen::of(metadata)),
+        file: true,
+        hash: Some(hash),
+    };
+    let mut guard = recorder();
+    let Some(rec) = guard.as_mut() else { return };
+    if rec.prior.remove(path)
+        && rec
+            .seen
+            .get(path)
+            .is_none_or(|previous| previous.seen != observation.seen)
+    {
+        rec.replaced.push(path.to_path_buf());
+    }
+    rec.seen.insert(path.to_path_buf(), observation);
+}
+
+/// Records that the run replaced files in directory `dir` (renamed over
+/// existing ones, when restoring outputs): if the run observed `dir` and
+/// its listing is still what it was, its new stat replaces the old one
+/// (otherwise the next check finds it changed and takes the full run).
+pub fn dir_rewritten(dir: &Path) {
+    if !active() {
+        return;
+    }
+    let Ok(metadata) = std::fs::metadata(dir) else {
+        return;
+    };
+    let recorded = recorder()
+        .as_ref()
+        .and_then(|rec| rec.seen.get(dir).and_then(|o| o.hash));
+    let Some(recorded) = recorded else { return };
+    if listing_hash(dir) != Some(recorded) {
+        return;
+    }
+    if let Some(observation) = recorder().as_mut().and_then(|rec| rec.seen.get_mut(dir)) {
+        if observation.hash == Some(recorded) {
+            observation.seen = Some(Seen::of(&metadata));
+        }
+    }
+}
+
 fn observe_file(path: &Path, metadata: &std::fs::Metadata, hash: Option<[u8; 32]>) {
     if active() {
         record(
@@ -719,6 +770,9 @@ enum Now {
     Same,
     /// Same stat and content, but racy when recorded: no longer racy now.
     Verified,
+    /// Same stat and content, and still racy: the same now, but one more
+    /// write within the tick could still hide, so it stays racy.
+    SameRacy,
     Changed,
 }
 
@@ -745,13 +799,17 @@ fn compare(path: &Path, observation: &Observation, racy: bool, now_ns: i64) -> N
     if actual != Some(expected) {
         return Now::Changed;
     }
-    // Verified now: trusted from here on once the clock has moved past it,
-    // and still the same stat after the read.
+    // Verified now, if still the same stat after the read; trusted from
+    // here on once the clock has moved past it. A file written by the run
+    // just before (back-to-back runs) is still racy: the same, and checked
+    // again next time.
     let after = std::fs::metadata(path).ok().map(|m| Seen::of(&m));
-    if after == Some(seen) && !seen.racy(now_ns) {
-        Now::Verified
-    } else {
+    if after != Some(seen) {
         Now::Changed
+    } else if seen.racy(now_ns) {
+        Now::SameRacy
+    } else {
+        Now::Verified
     }
 }
 
@@ -805,7 +863,10 @@ pub fn check(context: &Context) -> Verdict {
         if results.contains(&Now::Verified) {
             let entries: Vec<(&PathBuf, &Observation)> =
                 memo.entries.iter().map(|(p, o)| (p, o)).collect();
-            let racy: Vec<bool> = results.iter().map(|r| *r == Now::Changed).collect();
+            let racy: Vec<bool> = results
+                .iter()
+                .map(|r| matches!(r, Now::Changed | Now::SameRacy))
+                .collect();
             let _ = write_memo(
                 context,
                 &Sections {

@@ -35,6 +35,9 @@
 //!    `syncfs` once (every blob of the batch is now durable, whatever the
 //!    batch size: one journal commit instead of one fsync per file), and only
 //!    then renames the batch's manifests and instance pointers into place.
+//!    A batch naming no blob (every output small enough to be inlined in
+//!    its manifest, no log) skips the `syncfs`: there is nothing a manifest
+//!    could point at that is not durable.
 //!
 //! While a batch is being synced, new saves queue up behind it, so batches
 //! grow with the load (group commit). Each `syncfs` also makes the manifests
@@ -171,6 +174,9 @@ struct Pending {
     manifests: Vec<(KeyHash, Arc<Vec<u8>>)>,
     instance_id: String,
     latest: KeyHash,
+    /// Whether the entry names blobs (which must be durable before its
+    /// manifest is visible); outputs inlined in the manifest need no sync.
+    names_blobs: bool,
 }
 
 impl Store {
@@ -232,11 +238,14 @@ impl Store {
         let bytes = match unpublished {
             Some(bytes) => bytes,
             None => match self.shared.find_packed(key) {
-                Some(located) => {
-                    let bytes = Arc::new(located.manifest().to_vec());
-                    packed = Some(located);
-                    bytes
-                }
+                Some(located) => match located.manifest() {
+                    Ok(bytes) => {
+                        packed = Some(located);
+                        Arc::new(bytes)
+                    }
+                    // Merged or collected meanwhile by another process.
+                    Err(_) => return Ok(None),
+                },
                 None if !self
                     .shared
                     .legacy_entries
@@ -276,9 +285,9 @@ impl Store {
                 tracing::debug!("failed to record use of cache entry `{key}`: {error}");
             }
         }
-        if let Some(located) = packed.filter(|l| l.pack.used_before(TOUCH_RESOLUTION)) {
+        if let Some(located) = packed.filter(|l| l.pack.last_use.before(TOUCH_RESOLUTION)) {
             match fsutil::touch(&located.pack.path) {
-                Ok(()) => located.pack.mark_used(),
+                Ok(()) => located.pack.last_use.mark(),
                 Err(error) => {
                     tracing::debug!("failed to record use of cache entry `{key}`: {error}");
                 }
@@ -362,9 +371,24 @@ impl Store {
             manifests.push((*key, Arc::new(encode_manifest(&entry)?)));
         }
         entry.key_hash = latest;
+        let names_blobs = entry.blobs().next().is_some();
         self.shared
-            .enqueue(manifests, entry.instance_id.clone(), latest);
+            .enqueue(manifests, entry.instance_id.clone(), latest, names_blobs);
         Ok(entry)
+    }
+
+    /// Whether every output of `entry` is already in place under `root`
+    /// (same content and mode), so that a restore would write nothing. A
+    /// stat per output through the index; `false` on any doubt.
+    pub fn is_restored(&self, entry: &Entry, root: &Path, index: Option<&StatIndex>) -> bool {
+        entry.outputs.iter().all(|output| {
+            normalize_rel(&output.path).is_ok_and(|rel| {
+                matches!(
+                    identical_file(&root.join(&rel), root, &rel, output, index),
+                    Ok(Some(mode)) if mode == output.mode & 0o7777
+                )
+            })
+        })
     }
 
     /// Writes `entry`'s outputs under `root`; see [`Store::restore_with_index`].
@@ -397,7 +421,7 @@ impl Store {
                 if existing_mode == mode {
                     report.skipped.push(rel);
                 } else {
-                    chmods.push((target, rel, mode));
+                    chmods.push((target, rel, mode, output.hash.clone()));
                 }
                 continue;
             }
@@ -449,14 +473,27 @@ impl Store {
             if let (Ok(metadata), Some(hash)) =
                 (std::fs::metadata(&file.target), parse_hex32(&file.hash))
             {
-                crate::memo::file(&file.target, &metadata, hash);
+                crate::memo::rewritten(&file.target, &metadata, hash);
             }
             report.written.push(file.rel.clone());
             report.bytes_written += file.size;
             staged.renamed += 1;
         }
-        for (target, rel, mode) in chmods {
+        let mut parents: Vec<&Path> = staged
+            .files
+            .iter()
+            .filter_map(|f| f.target.parent())
+            .collect();
+        parents.sort();
+        parents.dedup();
+        for parent in parents {
+            crate::memo::dir_rewritten(parent);
+        }
+        for (target, rel, mode, hash) in chmods {
             fs_err::set_permissions(&target, std::fs::Permissions::from_mode(mode))?;
+            if let (Ok(metadata), Some(hash)) = (std::fs::metadata(&target), parse_hex32(&hash)) {
+                crate::memo::rewritten(&target, &metadata, hash);
+            }
             report.chmodded.push(rel);
         }
         Ok(report)
@@ -615,7 +652,7 @@ impl Store {
                 kept[record] = true;
                 let size = range.len() as u64;
                 entries.push((
-                    pack.last_use(),
+                    pack.last_use.time(),
                     Stored::Packed(pack_index, record),
                     size,
                     hashes,
@@ -790,7 +827,7 @@ impl Shared {
                 .map(|((key, range), _)| (key, &pack.bytes[range.clone()])),
         );
         fsutil::write_atomic(&self.temp_dir(), &pack.path, &bytes)?;
-        let _ = fsutil::set_mtime_ns(&pack.path, pack.last_use_ns());
+        let _ = fsutil::set_mtime_ns(&pack.path, pack.last_use.ns());
         report.bytes_freed += size.saturating_sub(bytes.len() as u64);
         Ok(())
     }
@@ -986,6 +1023,7 @@ impl Shared {
         manifests: Vec<(KeyHash, Arc<Vec<u8>>)>,
         instance_id: String,
         latest: KeyHash,
+        names_blobs: bool,
     ) {
         let mut state = lock(&self.state);
         state.enqueued += 1;
@@ -1003,6 +1041,7 @@ impl Shared {
             manifests,
             instance_id,
             latest,
+            names_blobs,
         });
         drop(state);
         self.work.notify_one();
@@ -1011,7 +1050,11 @@ impl Shared {
     /// Makes a batch's blobs durable, then renames its manifests and
     /// instance pointers into place (the commit point of each entry).
     fn publish(&self, batch: &[Pending]) -> Result<(), CacheError> {
-        fsutil::sync_file_system(&self.dir_handle)?;
+        // Blobs first: durable before any manifest names them. A batch
+        // whose outputs are all inlined in its manifests has none.
+        if batch.iter().any(|pending| pending.names_blobs) {
+            fsutil::sync_file_system(&self.dir_handle)?;
+        }
         let records: Vec<(&KeyHash, &[u8])> = batch
             .iter()
             .flat_map(|pending| {
@@ -1029,7 +1072,7 @@ impl Shared {
             let path = self.packs_dir().join(&name);
             let bytes = pack::encode(records);
             fsutil::write_atomic(&self.temp_dir(), &path, &bytes)?;
-            lock(&self.packs).insert(name, Pack::new(path, bytes, SystemTime::now()));
+            lock(&self.packs).insert(name, path, &bytes);
         }
         let mut pointers = String::new();
         for pending in batch {
@@ -1245,7 +1288,7 @@ fn compact_packs(shared: &Shared) {
             .iter()
             .map(|(key, (index, range))| (key, &packs[*index].bytes[range.clone()])),
     );
-    let last_use = packs.iter().map(Pack::last_use_ns).max().unwrap_or(0);
+    let last_use = packs.iter().map(|p| p.last_use.ns()).max().unwrap_or(0);
     if fsutil::write_atomic(&shared.temp_dir(), &newest.path, &bytes).is_err() {
         return;
     }

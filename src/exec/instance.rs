@@ -506,8 +506,26 @@ pub async fn execute(shared: Arc<RunShared>, mut job: Job) -> JobResult {
         if let Some(store) = &shared.store {
             match store.lookup(&key_hash) {
                 Ok(Some(entry)) if entry.exit_code == 0 => {
-                    match store.restore_with_index(&entry, &shared.root, Some(&shared.index)) {
-                        Ok(_) => {
+                    // Outputs already in place cost a stat each, here;
+                    // writing files goes to the blocking pool, so that
+                    // restores run side by side and the loop goes on.
+                    let restored = if store.is_restored(&entry, &shared.root, Some(&shared.index)) {
+                        Ok(())
+                    } else {
+                        let shared = Arc::clone(&shared);
+                        let entry = entry.clone();
+                        tokio::task::spawn_blocking(move || match &shared.store {
+                            Some(store) => store
+                                .restore_with_index(&entry, &shared.root, Some(&shared.index))
+                                .map(|_| ())
+                                .map_err(|e| e.to_string()),
+                            None => Err("no cache".to_owned()),
+                        })
+                        .await
+                        .unwrap_or_else(|e| Err(e.to_string()))
+                    };
+                    match restored {
+                        Ok(()) => {
                             result.status = InstanceStatus::Cached;
                             result.outputs = entry
                                 .outputs

@@ -99,6 +99,8 @@ impl PartialOrd for Ready {
 }
 
 struct State {
+    /// When the scheduler started (debug timings).
+    started: Instant,
     plan: Plan,
     shared: Arc<RunShared>,
     options: RunOptions,
@@ -184,6 +186,7 @@ pub async fn run(
         .max_jobs
         .map_or(global_limit, |cap| global_limit.min(cap.max(1)));
     let mut state = State {
+        started: clock,
         order: plan
             .ordered_nodes()
             .into_iter()
@@ -291,11 +294,13 @@ pub async fn run(
     while let Ok(notice) = notices.try_recv() {
         state.notice(notice);
     }
+    tracing::debug!("scheduler: last instance done after {:?}", clock.elapsed());
     if let Some(store) = &state.shared.store {
         if let Err(e) = store.flush() {
             tracing::warn!("cannot flush the cache: {e}");
         }
     }
+    tracing::debug!("scheduler: cache flushed after {:?}", clock.elapsed());
     if state.stop || state.interrupted {
         state.report_unstarted();
     }
@@ -318,6 +323,7 @@ pub async fn run(
     if let Err(e) = state.shared.index.save() {
         tracing::warn!("cannot save the file-hash index: {e}");
     }
+    tracing::debug!("scheduler: index saved after {:?}", clock.elapsed());
     let status = if state.interrupted {
         RunStatus::Interrupted
     } else if state.budget.exhausted {
@@ -351,6 +357,7 @@ pub async fn run(
         RunStatus::Succeeded
     };
     let record = state.write_record(status);
+    tracing::debug!("scheduler: record written after {:?}", clock.elapsed());
     state.reporters.event(&RunEvent::RunFinished {
         status,
         counts: record.counts,
@@ -783,6 +790,14 @@ impl State {
 
     fn finish(&mut self, result: JobResult) {
         let node = result.node;
+        if result.status != InstanceStatus::Cached && tracing::enabled!(tracing::Level::DEBUG) {
+            tracing::debug!(
+                "scheduler: `{}` {:?} at {:?}",
+                self.plan.graph[node].id.0,
+                result.status,
+                self.started.elapsed()
+            );
+        }
         self.running.remove(&node);
         self.slot_senders.remove(&node);
         self.holding_slot.remove(&node);
