@@ -581,7 +581,9 @@ pub fn conclude(
     let settled_checksum = *blake3::hash(&settled_json).as_bytes();
     write_atomic(&context.settled_path(), &settled_json)?;
     let mut entries: Vec<(&PathBuf, &Observation)> = rec.seen.iter().collect();
-    entries.sort_by(|a, b| a.0.cmp(b.0));
+    // By bytes: `Path`'s order parses components at each comparison, and
+    // any fixed order will do.
+    entries.sort_unstable_by(|a, b| a.0.as_os_str().as_bytes().cmp(b.0.as_os_str().as_bytes()));
     let racy: Vec<bool> = entries
         .iter()
         .map(|(_, o)| o.seen.is_some_and(|s| s.racy(rec.started_ns)))

@@ -678,7 +678,11 @@ pub async fn execute(shared: Arc<RunShared>, mut job: Job) -> JobResult {
             () = shared.cancel.cancelled() => break,
         }
     }
-    let _ = shared.notices.send(Notice::SlotFree { node: job.node });
+    // A failure keeps its slot until the loop has seen it: fail-fast must
+    // stop before anything else takes the slot.
+    if result.status == InstanceStatus::Succeeded {
+        let _ = shared.notices.send(Notice::SlotFree { node: job.node });
+    }
     if attempts > 1 && result.attempts.len() > 1 {
         if let Some(message) = &mut result.message {
             message.push_str(&format!(" (after {} attempts)", result.attempts.len()));

@@ -14,6 +14,7 @@
 //! pipe in the caller's task, and a cleanup that reads a few `/proc/self`
 //! files when nothing escaped.
 
+use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
@@ -533,7 +534,23 @@ fn shell_pwd(spec: &ProcessSpec) -> Option<PathBuf> {
             return None;
         }
     }
-    std::fs::canonicalize(&spec.cwd).ok()
+    canonical_dir(&spec.cwd)
+}
+
+/// `dir`'s physical path, computed once per directory and process (a
+/// `readlink` per component each time, for every task of a run).
+fn canonical_dir(dir: &Path) -> Option<PathBuf> {
+    static CANONICAL: Mutex<Option<HashMap<PathBuf, PathBuf>>> = Mutex::new(None);
+    let mut cache = CANONICAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let cache = cache.get_or_insert_with(HashMap::new);
+    if let Some(found) = cache.get(dir) {
+        return Some(found.clone());
+    }
+    let canonical = std::fs::canonicalize(dir).ok()?;
+    cache.insert(dir.to_owned(), canonical.clone());
+    Some(canonical)
 }
 
 fn configure_stdin(
@@ -643,6 +660,38 @@ fn resolve_program(program: &str, spec: &ProcessSpec) -> Result<PathBuf, SpawnEr
         .rev()
         .find(|(key, _)| key == "PATH")
         .map_or(DEFAULT_PATH, |(_, value)| value.as_str());
+    // Like a shell's command hash: a run starts the same few programs
+    // thousands of times. A remembered path is used while it is still an
+    // executable file (a program installed earlier in PATH during the run
+    // is not seen, as with `hash`).
+    static FOUND: Mutex<Option<HashMap<ProgramKey, PathBuf>>> = Mutex::new(None);
+    let key = (search.to_owned(), spec.cwd.clone(), program.to_owned());
+    let remembered = FOUND
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .as_ref()
+        .and_then(|found| found.get(&key).cloned());
+    if let Some(path) = remembered {
+        if std::fs::metadata(&path)
+            .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+        {
+            return Ok(path);
+        }
+    }
+    let found = search_path(program, search, spec)?;
+    FOUND
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get_or_insert_with(HashMap::new)
+        .insert(key, found.clone());
+    Ok(found)
+}
+
+/// `PATH`, working directory and program name of a search.
+type ProgramKey = (String, PathBuf, String);
+
+/// The first executable `program` in the directories of `search`.
+fn search_path(program: &str, search: &str, spec: &ProcessSpec) -> Result<PathBuf, SpawnError> {
     let mut denied = false;
     for directory in search.split(':') {
         // An empty PATH entry means the working directory.
