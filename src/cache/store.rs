@@ -660,7 +660,9 @@ impl Store {
             }
             kept_records.push(kept);
         }
-        entries.sort_by_key(|entry| std::cmp::Reverse(entry.0));
+        // Most recently used first; entries of one pack share its time, and
+        // among equals the smaller go first (more of them fit).
+        entries.sort_by_key(|entry| (std::cmp::Reverse(entry.0), entry.2));
 
         let mut kept_blobs: HashSet<String> = HashSet::new();
         let mut used = 0u64;
