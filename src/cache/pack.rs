@@ -55,6 +55,22 @@ pub(crate) fn new_name(sequence: u64) -> String {
     )
 }
 
+/// The name for a rewrite of the pack at `path` (merged or collected): a
+/// new file, since readers index packs by name and offset, sorting right
+/// after the original (its time, pid and sequence) and before any later
+/// pack.
+pub(crate) fn rewritten(path: &Path) -> PathBuf {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("pack");
+    let base: Vec<&str> = name.splitn(5, '-').take(4).collect();
+    path.with_file_name(format!(
+        "{}-r{:020}",
+        base.join("-"),
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ))
+}
+
 /// Encodes `(key, manifest)` records as a pack: the table of keys with
 /// their manifests' offsets and lengths first, so that indexing a pack
 /// reads the table only, then the manifests.
@@ -377,6 +393,21 @@ mod tests {
         // Cut inside the table: nothing.
         assert!(decode(&bytes[..PREAMBLE + RECORD]).is_empty());
         assert!(decode(b"not a pack").is_empty());
+    }
+
+    #[test]
+    fn a_rewritten_pack_sorts_after_its_original_and_before_later_packs() {
+        let dir = Path::new("/c/packs");
+        let original = dir.join("pack-00000000000000000100-7-00000003");
+        let later = dir.join("pack-00000000000000000101-7-00000000");
+        let once = rewritten(&original);
+        let twice = rewritten(&once);
+        assert!(once > original && once < later, "{once:?}");
+        assert!(twice > original && twice < later, "{twice:?}");
+        assert_ne!(once.file_name(), original.file_name());
+        assert!(is_pack_name(
+            once.file_name().and_then(|n| n.to_str()).unwrap_or("")
+        ));
     }
 
     #[test]

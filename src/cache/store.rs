@@ -828,8 +828,11 @@ impl Shared {
                 .filter(|(_, kept)| **kept)
                 .map(|((key, range), _)| (key, &pack.bytes[range.clone()])),
         );
-        fsutil::write_atomic(&self.temp_dir(), &pack.path, &bytes)?;
-        let _ = fsutil::set_mtime_ns(&pack.path, pack.last_use.ns());
+        // Under a new name: a reader's index holds offsets into the old file.
+        let target = pack::rewritten(&pack.path);
+        fsutil::write_atomic(&self.temp_dir(), &target, &bytes)?;
+        let _ = fsutil::set_mtime_ns(&target, pack.last_use.ns());
+        let _ = std::fs::remove_file(&pack.path);
         report.bytes_freed += size.saturating_sub(bytes.len() as u64);
         Ok(())
     }
@@ -1265,8 +1268,9 @@ const PACKS_MAX: usize = 64;
 /// Merges every pack into one when there are more than [`PACKS_MAX`], so
 /// a lookup reads a bounded number of files. Packs are immutable once
 /// named, so a reader that indexed the old ones sees them vanish and reads
-/// the merged one. The merged pack takes the newest merged pack's name (it
-/// still sorts before any pack written later) and the latest use.
+/// the merged one. The merged pack is named after the newest merged pack
+/// ([`pack::rewritten`]: it still sorts before any pack written later) and
+/// takes the latest use.
 fn compact_packs(shared: &Shared) {
     let dir = shared.packs_dir();
     let mut names = pack::list(&dir);
@@ -1291,11 +1295,12 @@ fn compact_packs(shared: &Shared) {
             .map(|(key, (index, range))| (key, &packs[*index].bytes[range.clone()])),
     );
     let last_use = packs.iter().map(|p| p.last_use.ns()).max().unwrap_or(0);
-    if fsutil::write_atomic(&shared.temp_dir(), &newest.path, &bytes).is_err() {
+    let target = pack::rewritten(&newest.path);
+    if fsutil::write_atomic(&shared.temp_dir(), &target, &bytes).is_err() {
         return;
     }
-    let _ = fsutil::set_mtime_ns(&newest.path, last_use);
-    for pack in &packs[..packs.len() - 1] {
+    let _ = fsutil::set_mtime_ns(&target, last_use);
+    for pack in &packs {
         let _ = std::fs::remove_file(&pack.path);
     }
 }
