@@ -55,6 +55,11 @@ async fn snapshot(shared: &Arc<RunShared>) -> Result<Arc<Snapshot>, String> {
                     {
                         tracing::warn!("cannot clean up old worktrees: {e}");
                     }
+                    // Each slot's checkout in a block group of its own (ext4).
+                    let run_dir = worktrees.join(&run_id);
+                    if std::fs::create_dir_all(&run_dir).is_ok() {
+                        crate::cache::fsutil::mark_top_directory(&run_dir);
+                    }
                     // Agents that need a snapshot change the tree.
                     crate::memo::spoil("an agent needed a snapshot of the working tree");
                     workspace::snapshot(&shared.root, &shared.run_id)
@@ -268,11 +273,20 @@ pub async fn execute_agent(
             )
         }
     };
+    // The run's tail in the name too: ext4 places a directory created under
+    // a `chattr +T` one by a hash of its name, and the same names every run
+    // would land where the last run's checkouts were just deleted.
+    let tail = shared
+        .run_id
+        .rsplit('-')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     let worktree_dir = shared
         .state_dir
         .join("worktrees")
         .join(&shared.run_id)
-        .join(format!("{}", job.node.index()));
+        .join(format!("{}-{tail}", job.node.index()));
     // A worktree another instance left (reset to the snapshot), else a new one.
     let worktree = if let Some(worktree) = claim.take_idle() {
         worktree
