@@ -18,9 +18,13 @@
 //! order is the queue order as if every instance had held a slot. An
 //! instance is reported started when it gets its slot (a hit, just before it
 //! is reported finished). A slot is free again as soon as its process has
-//! exited ([`Notice::SlotFree`]), so that recording outputs overlaps the
+//! succeeded ([`Notice::SlotFree`]), so that recording outputs overlaps the
 //! next process instead of idling a core, unless finishing the instance
-//! makes a successor ready (which may outrank every waiting instance).
+//! makes a successor ready (which may outrank every waiting instance); a
+//! failed process keeps its slot until the loop has seen the failure, so
+//! fail-fast starts nothing in its place. `ccflow run` drives all of this
+//! on one thread (tokio's current-thread runtime); blocking work goes to
+//! the blocking pool.
 //! Agents are dispatched within `-j` as before, since
 //! dispatch reserves their budget. Without this, a no-op run at `-j 2`
 //! passed every cached instance through the loop two at a time and spent
