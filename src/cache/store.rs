@@ -1113,8 +1113,10 @@ impl Shared {
     }
 }
 
-/// How long the flusher lets a batch grow before syncing it.
-const GROUP_COMMIT_WINDOW: std::time::Duration = std::time::Duration::from_millis(50);
+/// How long the flusher lets a batch grow before syncing it: each batch
+/// is one pack file, and creating files is what costs (a `flush()` cuts the
+/// window short; a SIGKILL loses at most this much of the cache).
+const GROUP_COMMIT_WINDOW: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// The flusher thread: publishes queued saves in batches until shutdown,
 /// draining the queue before it exits.
