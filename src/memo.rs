@@ -148,7 +148,10 @@ fn active() -> bool {
     ACTIVE.load(Ordering::Acquire)
 }
 
-fn record(path: &Path, observation: Observation) {
+/// Records `observation` of `path`. `written`: the run has just written the
+/// file itself, so a different earlier state of it (compared only to decide
+/// whether to write) is replaced rather than a change during the run.
+fn record(path: &Path, observation: Observation, written: bool) {
     let mut guard = recorder();
     let Some(rec) = guard.as_mut() else { return };
     if rec.prior.remove(path) {
@@ -163,6 +166,10 @@ fn record(path: &Path, observation: Observation) {
                 return;
             }
         }
+    }
+    if written {
+        rec.seen.insert(path.to_path_buf(), observation);
+        return;
     }
     match rec.seen.get_mut(path) {
         Some(previous) if previous.seen == observation.seen => {
@@ -188,13 +195,13 @@ fn record(path: &Path, observation: Observation) {
 /// Records an instance's input or output seen with `metadata` (which must
 /// follow symlinks, as `std::fs::metadata` does).
 pub fn metadata(path: &Path, metadata: &std::fs::Metadata) {
-    observe_file(path, metadata, None);
+    observe_file(path, metadata, None, false);
 }
 
 /// Records an instance's input or output with the content hash computed
 /// from it while it had `metadata`.
 pub fn file(path: &Path, metadata: &std::fs::Metadata, hash: [u8; 32]) {
-    observe_file(path, metadata, Some(hash));
+    observe_file(path, metadata, Some(hash), false);
 }
 
 /// Records a file this run has just written itself (an output restored
@@ -202,25 +209,7 @@ pub fn file(path: &Path, metadata: &std::fs::Metadata, hash: [u8; 32]) {
 /// state before was only compared to decide whether to write it: the new
 /// state replaces it instead of counting as a change during the run.
 pub fn rewritten(path: &Path, metadata: &std::fs::Metadata, hash: [u8; 32]) {
-    if !active() {
-        return;
-    }
-    let observation = Observation {
-        seen: Some(Seen::of(metadata)),
-        file: true,
-        hash: Some(hash),
-    };
-    let mut guard = recorder();
-    let Some(rec) = guard.as_mut() else { return };
-    if rec.prior.remove(path)
-        && rec
-            .seen
-            .get(path)
-            .is_none_or(|previous| previous.seen != observation.seen)
-    {
-        rec.replaced.push(path.to_path_buf());
-    }
-    rec.seen.insert(path.to_path_buf(), observation);
+    observe_file(path, metadata, Some(hash), true);
 }
 
 /// Records that the run replaced files in directory `dir` (renamed over
@@ -248,7 +237,7 @@ pub fn dir_rewritten(dir: &Path) {
     }
 }
 
-fn observe_file(path: &Path, metadata: &std::fs::Metadata, hash: Option<[u8; 32]>) {
+fn observe_file(path: &Path, metadata: &std::fs::Metadata, hash: Option<[u8; 32]>, written: bool) {
     if active() {
         record(
             path,
@@ -257,6 +246,7 @@ fn observe_file(path: &Path, metadata: &std::fs::Metadata, hash: Option<[u8; 32]
                 file: true,
                 hash,
             },
+            written,
         );
     }
 }
@@ -272,6 +262,7 @@ pub fn absent(path: &Path) {
                 file: false,
                 hash: None,
             },
+            false,
         );
     }
 }
@@ -304,6 +295,7 @@ pub fn stat(path: &Path) {
             file: false,
             hash,
         },
+        false,
     );
 }
 
@@ -865,10 +857,7 @@ pub fn check(context: &Context) -> Verdict {
         if results.contains(&Now::Verified) {
             let entries: Vec<(&PathBuf, &Observation)> =
                 memo.entries.iter().map(|(p, o)| (p, o)).collect();
-            let racy: Vec<bool> = results
-                .iter()
-                .map(|r| matches!(r, Now::Changed | Now::SameRacy))
-                .collect();
+            let racy: Vec<bool> = results.iter().map(|r| *r == Now::SameRacy).collect();
             let _ = write_memo(
                 context,
                 &Sections {

@@ -46,13 +46,14 @@ pub(crate) fn is_pack_name(name: &str) -> bool {
 /// A fresh pack name, sorting after every pack named before it by any
 /// process (nanoseconds, then pid and a per-process sequence).
 pub(crate) fn new_name(sequence: u64) -> String {
-    format!(
-        "pack-{:020}-{}-{sequence:08}",
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-        std::process::id()
-    )
+    format!("pack-{:020}-{}-{sequence:08}", now_ns(), std::process::id())
+}
+
+/// Nanoseconds since the epoch, for names that sort by time.
+fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
 }
 
 /// The name for a rewrite of the pack at `path` (merged or collected): a
@@ -62,13 +63,7 @@ pub(crate) fn new_name(sequence: u64) -> String {
 pub(crate) fn rewritten(path: &Path) -> PathBuf {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("pack");
     let base: Vec<&str> = name.splitn(5, '-').take(4).collect();
-    path.with_file_name(format!(
-        "{}-r{:020}",
-        base.join("-"),
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
-    ))
+    path.with_file_name(format!("{}-r{:020}", base.join("-"), now_ns()))
 }
 
 /// Encodes `(key, manifest)` records as a pack: the table of keys with

@@ -149,7 +149,7 @@ struct Shared {
     packs_published: std::sync::atomic::AtomicU64,
     /// Whether `entries/` held per-entry manifests when the store was
     /// opened (a store from before packs): only then is it read on a miss.
-    legacy_entries: std::sync::atomic::AtomicBool,
+    legacy_entries: bool,
 }
 
 #[derive(Default)]
@@ -201,7 +201,7 @@ impl Store {
             pointer_log: Mutex::new(None),
             packs: Mutex::new(PackIndex::default()),
             packs_published: std::sync::atomic::AtomicU64::new(0),
-            legacy_entries: std::sync::atomic::AtomicBool::new(legacy_entries),
+            legacy_entries,
         });
         compact_pointer_logs(&shared.dir.join("instances"));
         let flusher = {
@@ -228,40 +228,8 @@ impl Store {
     /// corrupt manifest, or one naming a missing blob, is a miss (warned
     /// about once per key), never an error and never a wrong result.
     pub fn lookup(&self, key: &KeyHash) -> Result<Option<Entry>, CacheError> {
-        let unpublished = lock(&self.shared.state)
-            .unpublished
-            .get(key)
-            .map(|(_, bytes)| Arc::clone(bytes));
-        let path = self.shared.entry_path(key);
-        let mut last_use = None;
-        let mut packed: Option<Located> = None;
-        let bytes = match unpublished {
-            Some(bytes) => bytes,
-            None => match self.shared.find_packed(key) {
-                Some(located) => match located.manifest() {
-                    Ok(bytes) => {
-                        packed = Some(located);
-                        Arc::new(bytes)
-                    }
-                    // Merged or collected meanwhile by another process.
-                    Err(_) => return Ok(None),
-                },
-                None if !self
-                    .shared
-                    .legacy_entries
-                    .load(std::sync::atomic::Ordering::Relaxed) =>
-                {
-                    return Ok(None)
-                }
-                None => match read_with_mtime(&path) {
-                    Ok((bytes, modified)) => {
-                        last_use = Some(modified);
-                        Arc::new(bytes)
-                    }
-                    Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
-                    Err(error) => return Err(error.into()),
-                },
-            },
+        let Some((bytes, source)) = self.shared.stored_manifest(key)? else {
+            return Ok(None);
         };
         let entry = match decode_manifest(&bytes, key).and_then(|entry| self.check_blobs(entry)) {
             Ok(entry) => entry,
@@ -272,27 +240,7 @@ impl Store {
                 return Ok(None);
             }
         };
-        // The manifest's mtime is its last use, for LRU gc. Touching costs a
-        // metadata write, so a use recorded recently enough is kept as is. A
-        // failure only makes gc less accurate: it does not fail the hit.
-        let stale = last_use.is_some_and(|modified| {
-            SystemTime::now()
-                .duration_since(modified)
-                .is_ok_and(|age| age > TOUCH_RESOLUTION)
-        });
-        if stale {
-            if let Err(error) = fsutil::touch(&path) {
-                tracing::debug!("failed to record use of cache entry `{key}`: {error}");
-            }
-        }
-        if let Some(located) = packed.filter(|l| l.pack.last_use.before(TOUCH_RESOLUTION)) {
-            match fsutil::touch(&located.pack.path) {
-                Ok(()) => located.pack.last_use.mark(),
-                Err(error) => {
-                    tracing::debug!("failed to record use of cache entry `{key}`: {error}");
-                }
-            }
-        }
+        source.record_use(key);
         Ok(Some(entry))
     }
 
@@ -791,6 +739,35 @@ impl Shared {
         lock(&self.packs).find(&self.packs_dir(), key)
     }
 
+    /// The manifest bytes stored under `key` and where they came from:
+    /// this process's unpublished saves, a pack, or (stores from before
+    /// packs) a manifest file.
+    fn stored_manifest(&self, key: &KeyHash) -> Result<Option<StoredManifest>, CacheError> {
+        let unpublished = lock(&self.state)
+            .unpublished
+            .get(key)
+            .map(|(_, bytes)| Arc::clone(bytes));
+        if let Some(bytes) = unpublished {
+            return Ok(Some((bytes, Source::Memory)));
+        }
+        if let Some(located) = self.find_packed(key) {
+            // Unreadable: merged or collected meanwhile by another process.
+            return Ok(located
+                .manifest()
+                .ok()
+                .map(|bytes| (Arc::new(bytes), Source::Pack(located))));
+        }
+        if !self.legacy_entries {
+            return Ok(None);
+        }
+        let path = self.entry_path(key);
+        match read_with_mtime(&path) {
+            Ok((bytes, modified)) => Ok(Some((Arc::new(bytes), Source::File(path, modified)))),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(error.into()),
+        }
+    }
+
     /// Whether a manifest for `key` is stored (valid or not).
     fn entry_exists(&self, key: &KeyHash) -> bool {
         self.find_packed(key).is_some() || self.entry_path(key).exists()
@@ -828,12 +805,19 @@ impl Shared {
                 .filter(|(_, kept)| **kept)
                 .map(|((key, range), _)| (key, &pack.bytes[range.clone()])),
         );
-        // Under a new name: a reader's index holds offsets into the old file.
-        let target = pack::rewritten(&pack.path);
-        fsutil::write_atomic(&self.temp_dir(), &target, &bytes)?;
-        let _ = fsutil::set_mtime_ns(&target, pack.last_use.ns());
+        self.write_rewritten(pack, &bytes, pack.last_use.ns())?;
         let _ = std::fs::remove_file(&pack.path);
         report.bytes_freed += size.saturating_sub(bytes.len() as u64);
+        Ok(())
+    }
+
+    /// Writes `bytes` as the rewrite of `pack` (merged or collected) with
+    /// last use `last_use_ns`. Under a new name ([`pack::rewritten`]): a
+    /// reader's index holds offsets into the old file.
+    fn write_rewritten(&self, pack: &Pack, bytes: &[u8], last_use_ns: i64) -> io::Result<()> {
+        let target = pack::rewritten(&pack.path);
+        fsutil::write_atomic(&self.temp_dir(), &target, bytes)?;
+        let _ = fsutil::set_mtime_ns(&target, last_use_ns);
         Ok(())
     }
 
@@ -1258,6 +1242,50 @@ fn parent_inside_root(root: &Path, root_canonical: &Path, rel: &str) -> Result<b
     Ok(true)
 }
 
+/// A manifest's bytes and where they came from.
+type StoredManifest = (Arc<Vec<u8>>, Source);
+
+/// Where a looked-up manifest came from.
+enum Source {
+    /// Saved by this process, not published yet.
+    Memory,
+    Pack(Located),
+    /// A per-entry manifest file and its mtime.
+    File(PathBuf, SystemTime),
+}
+
+impl Source {
+    /// Records a hit for LRU gc in the file's mtime. Touching costs a
+    /// metadata write, so a use recorded recently enough is kept as is. A
+    /// failure only makes gc less accurate: it does not fail the hit.
+    fn record_use(&self, key: &KeyHash) {
+        let (path, stale) = match self {
+            Source::Memory => return,
+            Source::Pack(located) => (
+                &located.pack.path,
+                located.pack.last_use.before(TOUCH_RESOLUTION),
+            ),
+            Source::File(path, modified) => (
+                path,
+                SystemTime::now()
+                    .duration_since(*modified)
+                    .is_ok_and(|age| age > TOUCH_RESOLUTION),
+            ),
+        };
+        if !stale {
+            return;
+        }
+        match fsutil::touch(path) {
+            Ok(()) => {
+                if let Source::Pack(located) = self {
+                    located.pack.last_use.mark();
+                }
+            }
+            Err(error) => tracing::debug!("failed to record use of cache entry `{key}`: {error}"),
+        }
+    }
+}
+
 /// Where gc found an entry: its own file, or (pack, record) in gc's list.
 enum Stored {
     File(PathBuf),
@@ -1297,11 +1325,9 @@ fn compact_packs(shared: &Shared) {
             .map(|(key, (index, range))| (key, &packs[*index].bytes[range.clone()])),
     );
     let last_use = packs.iter().map(|p| p.last_use.ns()).max().unwrap_or(0);
-    let target = pack::rewritten(&newest.path);
-    if fsutil::write_atomic(&shared.temp_dir(), &target, &bytes).is_err() {
+    if shared.write_rewritten(newest, &bytes, last_use).is_err() {
         return;
     }
-    let _ = fsutil::set_mtime_ns(&target, last_use);
     for pack in &packs {
         let _ = std::fs::remove_file(&pack.path);
     }

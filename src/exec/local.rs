@@ -21,7 +21,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -540,11 +540,10 @@ fn shell_pwd(spec: &ProcessSpec) -> Option<PathBuf> {
 /// `dir`'s physical path, computed once per directory and process (a
 /// `readlink` per component each time, for every task of a run).
 fn canonical_dir(dir: &Path) -> Option<PathBuf> {
-    static CANONICAL: Mutex<Option<HashMap<PathBuf, PathBuf>>> = Mutex::new(None);
+    static CANONICAL: LazyLock<Mutex<HashMap<PathBuf, PathBuf>>> = LazyLock::new(Default::default);
     let mut cache = CANONICAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let cache = cache.get_or_insert_with(HashMap::new);
     if let Some(found) = cache.get(dir) {
         return Some(found.clone());
     }
@@ -664,27 +663,22 @@ fn resolve_program(program: &str, spec: &ProcessSpec) -> Result<PathBuf, SpawnEr
     // thousands of times. A remembered path is used while it is still an
     // executable file (a program installed earlier in PATH during the run
     // is not seen, as with `hash`).
-    static FOUND: Mutex<Option<HashMap<ProgramKey, PathBuf>>> = Mutex::new(None);
+    static FOUND: LazyLock<Mutex<HashMap<ProgramKey, PathBuf>>> = LazyLock::new(Default::default);
+    let found = || {
+        FOUND
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
     let key = (search.to_owned(), spec.cwd.clone(), program.to_owned());
-    let remembered = FOUND
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .as_ref()
-        .and_then(|found| found.get(&key).cloned());
+    let remembered = found().get(&key).cloned();
     if let Some(path) = remembered {
-        if std::fs::metadata(&path)
-            .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
-        {
+        if std::fs::metadata(&path).is_ok_and(|meta| is_executable(&meta)) {
             return Ok(path);
         }
     }
-    let found = search_path(program, search, spec)?;
-    FOUND
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .get_or_insert_with(HashMap::new)
-        .insert(key, found.clone());
-    Ok(found)
+    let path = search_path(program, search, spec)?;
+    found().insert(key, path.clone());
+    Ok(path)
 }
 
 /// `PATH`, working directory and program name of a search.
@@ -701,7 +695,7 @@ fn search_path(program: &str, search: &str, spec: &ProcessSpec) -> Result<PathBu
             spec.cwd.join(Path::new(directory)).join(program)
         };
         if let Ok(meta) = std::fs::metadata(&candidate) {
-            if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
+            if is_executable(&meta) {
                 return Ok(candidate);
             }
             denied = true;
@@ -712,6 +706,11 @@ fn search_path(program: &str, search: &str, spec: &ProcessSpec) -> Result<PathBu
     } else {
         SpawnError::NotFound
     })
+}
+
+/// A regular file with an execute bit.
+fn is_executable(meta: &std::fs::Metadata) -> bool {
+    meta.is_file() && meta.permissions().mode() & 0o111 != 0
 }
 
 #[cfg(test)]
