@@ -305,7 +305,11 @@ pub async fn execute_agent(
         }
     };
     claim.settle();
-    tracing::debug!("agent `{}`: worktree ready at {:?}", job.id, started.elapsed());
+    tracing::debug!(
+        "agent `{}`: worktree ready at {:?}",
+        job.id,
+        started.elapsed()
+    );
     let config_dir = shared
         .run_dir
         .join("agents")
@@ -469,7 +473,11 @@ pub async fn execute_agent(
             reason: "`verify` failed; resuming the session with its output".into(),
         });
     };
-    tracing::debug!("agent `{}`: session over at {:?}", job.id, started.elapsed());
+    tracing::debug!(
+        "agent `{}`: session over at {:?}",
+        job.id,
+        started.elapsed()
+    );
     if !session_ok {
         release_worktree(&shared, &snapshot, worktree, None).await;
         result.duration = started.elapsed();
@@ -484,7 +492,11 @@ pub async fn execute_agent(
         }
     };
     release_worktree(&shared, &snapshot, worktree, Some(&patch)).await;
-    tracing::debug!("agent `{}`: diff taken, worktree reset at {:?}", job.id, started.elapsed());
+    tracing::debug!(
+        "agent `{}`: diff taken, worktree reset at {:?}",
+        job.id,
+        started.elapsed()
+    );
     let patch_path = agents_dir.join(format!("{file_stem}.patch"));
     if !patch.is_empty() {
         let _ = fs_err::write(&patch_path, patch.text.as_bytes());
