@@ -866,3 +866,63 @@ fn many_packs_are_merged_into_one_and_every_entry_survives() {
     }
     assert_eq!(store.stats().expect("stats").entries, 70);
 }
+
+#[test]
+fn restores_stage_in_a_per_process_directory_that_dead_processes_leave_for_the_next() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let work = dir.path().join("work");
+    write(&work, "out/a.txt", b"alpha", 0o644);
+    let large: Vec<u8> = (0..200_000u32).map(|n| (n % 241) as u8).collect();
+    write(&work, "out/b.bin", &large, 0o640);
+    let store = Store::open(&dir.path().join("cache")).expect("open");
+    let new = new_entry(key("stage", "1"), &["out/a.txt", "out/b.bin"]);
+    let key_hash = new.key.hash();
+    store.save(&[key_hash], new, &work).expect("save");
+    store.flush().expect("flush");
+    let tmp = store.dir().join("tmp");
+    // What a killed restore left: the staging directory of a process that
+    // no longer exists (pids never exceed 2^22 on Linux), with a temp file.
+    let dead = tmp.join(format!("{RESTORE_STAGING}4194305-1"));
+    std::fs::create_dir(&dead).expect("mkdir");
+    std::fs::write(dead.join(".ccflow-restore-1-1"), b"torn").expect("write");
+
+    std::fs::remove_dir_all(work.join("out")).expect("rm");
+    let entry = store.lookup(&key_hash).expect("lookup").expect("hit");
+    let report = store.restore(&entry, &work).expect("restore");
+    assert_eq!(report.written, ["out/a.txt", "out/b.bin"]);
+    assert_eq!(
+        std::fs::read(work.join("out/a.txt")).expect("read"),
+        b"alpha"
+    );
+    assert_eq!(std::fs::read(work.join("out/b.bin")).expect("read"), large);
+    assert_eq!(mode_of(&work.join("out/b.bin")), 0o640);
+    // Nothing staged is left beside the targets or in the staging directory.
+    assert_eq!(tree(&work), ["out/a.txt", "out/b.bin"]);
+    assert!(!dead.exists(), "the dead process's staging directory stays");
+    let staging: Vec<std::path::PathBuf> = std::fs::read_dir(&tmp)
+        .expect("read_dir")
+        .map(|entry| entry.expect("entry").path())
+        .collect();
+    assert_eq!(staging.len(), 1, "{staging:?}");
+    let own = &staging[0];
+    assert!(
+        own.file_name().and_then(|name| name.to_str()).is_some_and(
+            |name| name.starts_with(&format!("{RESTORE_STAGING}{}-", std::process::id()))
+        )
+    );
+    assert_eq!(std::fs::read_dir(own).expect("read_dir").count(), 0);
+    // The restored files' inodes were made in the staging directory: on
+    // the same device as the targets, renamed into place.
+    assert_eq!(
+        std::fs::metadata(own).expect("stat").dev(),
+        std::fs::metadata(work.join("out/a.txt"))
+            .expect("stat")
+            .dev()
+    );
+    drop(store);
+    assert!(
+        !own.exists(),
+        "the store leaves its staging directory behind"
+    );
+}
