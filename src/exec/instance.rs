@@ -460,6 +460,7 @@ pub async fn execute(shared: Arc<RunShared>, mut job: Job) -> JobResult {
         }
     };
     let key_hash = key.hash();
+    tracing::trace!("`{}`: key at {:?}", job.id, started.elapsed());
     result.key = Some(key_hash.to_string());
     result.inputs = inputs.keys().cloned().collect();
     let use_cache = task.cache && shared.store.is_some();
@@ -616,6 +617,11 @@ pub async fn execute(shared: Arc<RunShared>, mut job: Job) -> JobResult {
         attempt += 1;
         let attempt_started = now_ms();
         let attempt_clock = Instant::now();
+        tracing::trace!(
+            "`{}`: attempt {attempt} starts at {:?}",
+            job.id,
+            started.elapsed()
+        );
         let attempt_outcome = if task.runner == Runner::Docker {
             run_container(&shared, task, &rendered, &job, &log_path, &masks).await
         } else {
@@ -701,6 +707,7 @@ pub async fn execute(shared: Arc<RunShared>, mut job: Job) -> JobResult {
             message.push_str(&format!(" (after {} attempts)", result.attempts.len()));
         }
     }
+    tracing::trace!("`{}`: process over at {:?}", job.id, started.elapsed());
     if result.status == InstanceStatus::Succeeded {
         // Outputs, and the cache entry.
         let shared2 = Arc::clone(&shared);
@@ -726,6 +733,7 @@ pub async fn execute(shared: Arc<RunShared>, mut job: Job) -> JobResult {
     }
     release(&shared);
     result.duration = started.elapsed();
+    tracing::trace!("`{}`: outputs saved at {:?}", job.id, result.duration);
     result
 }
 
