@@ -430,7 +430,7 @@ impl Store {
         // restored, each one complete.
         while staged.renamed < staged.files.len() {
             let file = &staged.files[staged.renamed];
-            fs_err::rename(&file.temp, &file.target)?;
+            publish_staged(&file.temp, &file.target)?;
             // What the up-to-date memo must see of it from now on.
             if let (Ok(metadata), Some(hash)) =
                 (std::fs::metadata(&file.target), parse_hex32(&file.hash))
@@ -1212,6 +1212,41 @@ impl Shared {
                 Some((dir, dev))
             })
             .as_ref()
+    }
+}
+
+/// Renames a staged restore into place. A target on another mount of the
+/// same file system (a bind mount: same device, and still `EXDEV`) gets a
+/// copy staged beside it instead.
+fn publish_staged(temp: &Path, target: &Path) -> io::Result<()> {
+    match std::fs::rename(temp, target) {
+        Err(error) if error.raw_os_error() == Some(libc::EXDEV) => {
+            let parent = target.parent().unwrap_or(Path::new("."));
+            let (file, beside) = fsutil::create_temp(parent, RESTORE_TEMP, 0o600)?;
+            drop(file);
+            let copied = std::fs::copy(temp, &beside)
+                .and_then(|_| std::fs::rename(&beside, target))
+                .map_err(|error| {
+                    let _ = std::fs::remove_file(&beside);
+                    io::Error::new(
+                        error.kind(),
+                        format!("failed to restore `{}`: {error}", target.display()),
+                    )
+                });
+            if copied.is_ok() {
+                let _ = std::fs::remove_file(temp);
+            }
+            copied
+        }
+        Err(error) => Err(io::Error::new(
+            error.kind(),
+            format!(
+                "failed to rename `{}` to `{}`: {error}",
+                temp.display(),
+                target.display()
+            ),
+        )),
+        Ok(()) => Ok(()),
     }
 }
 

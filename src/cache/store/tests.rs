@@ -1,6 +1,6 @@
 //! Tests of the store against real files, threads and processes.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
@@ -924,5 +924,32 @@ fn restores_stage_in_a_per_process_directory_that_dead_processes_leave_for_the_n
     assert!(
         !own.exists(),
         "the store leaves its staging directory behind"
+    );
+}
+
+#[test]
+fn a_staged_restore_reaches_a_target_on_another_mount_by_copy() {
+    // /dev/shm is tmpfs: a rename from there into the temp dir's file
+    // system fails with EXDEV, as it does across bind mounts of one device.
+    let shm = tempfile::tempdir_in("/dev/shm").expect("tmpfs dir");
+    let dir = tempfile::tempdir().expect("tempdir");
+    assert_ne!(
+        std::fs::metadata(shm.path()).expect("stat").dev(),
+        std::fs::metadata(dir.path()).expect("stat").dev(),
+        "the test needs /dev/shm on another file system"
+    );
+    let staged = shm.path().join(".ccflow-restore-1-1");
+    std::fs::write(&staged, b"restored").expect("write");
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o751)).expect("chmod");
+    let target = dir.path().join("out.bin");
+    std::fs::write(&target, b"old").expect("write");
+    publish_staged(&staged, &target).expect("publish");
+    assert_eq!(std::fs::read(&target).expect("read"), b"restored");
+    assert_eq!(mode_of(&target), 0o751);
+    assert!(!staged.exists(), "the staged file stays behind");
+    assert_eq!(
+        tree(dir.path()),
+        ["out.bin"],
+        "a temp file stays beside the target"
     );
 }
