@@ -62,15 +62,16 @@ async fn snapshot(shared: &Arc<RunShared>) -> Result<Arc<Snapshot>, String> {
                     }
                     // Agents that need a snapshot change the tree.
                     crate::memo::spoil("an agent needed a snapshot of the working tree");
-                    workspace::snapshot(&shared.root, &shared.run_id)
-                        .map(Arc::new)
-                        .map_err(|e| {
-                            let mut message = e.to_string();
-                            if let Some(hint) = e.hint() {
-                                message.push_str(&format!(" (hint: {hint})"));
-                            }
-                            message
-                        })
+                    let clock = std::time::Instant::now();
+                    let taken = workspace::snapshot(&shared.root, &shared.run_id);
+                    tracing::debug!("snapshot taken in {:?}", clock.elapsed());
+                    taken.map(Arc::new).map_err(|e| {
+                        let mut message = e.to_string();
+                        if let Some(hint) = e.hint() {
+                            message.push_str(&format!(" (hint: {hint})"));
+                        }
+                        message
+                    })
                 })
                 .await
                 .unwrap_or_else(|e| Err(format!("snapshot task failed: {e}")))
