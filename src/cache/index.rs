@@ -146,8 +146,24 @@ impl StatIndex {
         rel: &str,
         limit: u64,
     ) -> Result<Option<FileHash>, CacheError> {
+        self.hash_file_seen(root, rel, None, limit)
+    }
+
+    /// [`StatIndex::hash_file_within`], with the file's `stat` when the
+    /// caller has just taken it (`seen`), saving a second one.
+    ///
+    /// # Errors
+    /// As [`StatIndex::hash_file_within`].
+    pub fn hash_file_seen(
+        &self,
+        root: &Path,
+        rel: &str,
+        seen: Option<std::fs::Metadata>,
+        limit: u64,
+    ) -> Result<Option<FileHash>, CacheError> {
         let path = root.join(rel);
-        let metadata = match fs_err::metadata(&path) {
+        let stat_now = || fs_err::metadata(&path);
+        let metadata = match seen.map_or_else(stat_now, Ok) {
             Ok(metadata) => metadata,
             Err(error) => {
                 crate::memo::absent(&path);

@@ -273,17 +273,17 @@ pub fn instance_key_within(
     image_ids: &HashMap<String, String>,
     limit: u64,
 ) -> Result<Option<Keyed>, String> {
-    let input_files = paths::expand(root, input_patterns(task, rendered), true)
+    let input_files = paths::expand_seen(root, input_patterns(task, rendered), true)
         .map_err(|e| format!("cannot expand inputs: {e}"))?;
     let mut inputs = BTreeMap::new();
-    for file in &input_files {
+    for (file, seen) in input_files {
         let hashed = index
-            .hash_file_within(root, file, limit)
+            .hash_file_seen(root, &file, seen, limit)
             .map_err(|e| format!("cannot hash input `{file}`: {e}"))?;
         let Some(hash) = hashed else {
             return Ok(None);
         };
-        inputs.insert(file.clone(), hash.hash);
+        inputs.insert(file, hash.hash);
     }
     let mut key = CacheKey::new(task.name.clone());
     key.command = match &task.kind {

@@ -5,7 +5,7 @@
 //! Outputs do not honour .gitignore: outputs are usually ignored build
 //! products. Neither ever descends into `.git` or `.ccflow`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 fn has_glob(pattern: &str) -> bool {
@@ -21,6 +21,21 @@ pub fn expand(
     patterns: &[String],
     honour_ignore: bool,
 ) -> Result<Vec<String>, String> {
+    expand_seen(root, patterns, honour_ignore)
+        .map(|files| files.into_iter().map(|(path, _)| path).collect())
+}
+
+/// [`expand`], with the `stat` of each file named literally (the glob
+/// matches have none): the caller hashing the inputs needs no second one.
+///
+/// # Errors
+/// A malformed glob, or a directory that cannot be walked.
+pub fn expand_seen(
+    root: &Path,
+    patterns: &[String],
+    honour_ignore: bool,
+) -> Result<Vec<(String, Option<std::fs::Metadata>)>, String> {
+    let mut seen: BTreeMap<String, Option<std::fs::Metadata>> = BTreeMap::new();
     let mut files = BTreeSet::new();
     let mut globs = Vec::new();
     for pattern in patterns {
@@ -37,7 +52,7 @@ pub fn expand(
             _ => crate::memo::stat(&path),
         }
         if metadata.as_ref().is_some_and(std::fs::Metadata::is_file) {
-            files.insert(pattern.to_owned());
+            seen.insert(pattern.to_owned(), metadata);
         } else if metadata.as_ref().is_some_and(std::fs::Metadata::is_dir) {
             // A directory names everything below it.
             globs.push(format!(
@@ -99,7 +114,10 @@ pub fn expand(
             }
         }
     }
-    Ok(files.into_iter().collect())
+    for file in files {
+        seen.entry(file).or_insert(None);
+    }
+    Ok(seen.into_iter().collect())
 }
 
 /// The literal (glob-free) patterns that name nothing on disk: declared
