@@ -411,7 +411,15 @@ pub async fn execute(shared: Arc<RunShared>, mut job: Job) -> JobResult {
         }
         result.status = InstanceStatus::Failed;
         result.started_unix_ms = now_ms();
-        return super::agent_task::execute_agent(shared, job, result, Instant::now()).await;
+        // Boxed: the agent's state machine is most of this future's size,
+        // and every shell instance would carry (and copy) it.
+        return Box::pin(super::agent_task::execute_agent(
+            shared,
+            job,
+            result,
+            Instant::now(),
+        ))
+        .await;
     }
     // Inputs → key. Usually a few stats through the warm index: cheaper in
     // place than a hand-off to the blocking pool and back. The run loop
@@ -623,7 +631,10 @@ pub async fn execute(shared: Arc<RunShared>, mut job: Job) -> JobResult {
             started.elapsed()
         );
         let attempt_outcome = if task.runner == Runner::Docker {
-            run_container(&shared, task, &rendered, &job, &log_path, &masks).await
+            Box::pin(run_container(
+                &shared, task, &rendered, &job, &log_path, &masks,
+            ))
+            .await
         } else {
             let spec = ProcessSpec {
                 command: command.clone(),
@@ -637,9 +648,13 @@ pub async fn execute(shared: Arc<RunShared>, mut job: Job) -> JobResult {
                 stdin: None,
                 instance_token: format!("{}/{}/{attempt}", shared.run_id, job.node.index()),
             };
-            let report =
-                super::local::run(spec, shared.cancel.clone(), Some(Arc::clone(&job.activity)))
-                    .await;
+            // Boxed: cached instances need not carry the supervision's state.
+            let report = Box::pin(super::local::run(
+                spec,
+                shared.cancel.clone(),
+                Some(Arc::clone(&job.activity)),
+            ))
+            .await;
             let mut text = report.outcome.to_string();
             if report.log_truncated {
                 text.push_str(" (log truncated)");
