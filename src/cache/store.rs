@@ -272,7 +272,7 @@ impl Store {
     /// blobs are durable (see the module doc); lookups from this process see
     /// them at once.
     pub fn save(&self, keys: &[KeyHash], new: NewEntry, root: &Path) -> Result<Entry, CacheError> {
-        let root_canonical = self.shared.canonical_root(root)?;
+        let (root_canonical, _) = self.shared.canonical_root(root)?;
         let mut outputs: BTreeMap<String, OutputFile> = BTreeMap::new();
         for rel in &new.outputs {
             let path = normalize_rel(rel)?;
@@ -361,7 +361,16 @@ impl Store {
         root: &Path,
         index: Option<&StatIndex>,
     ) -> Result<RestoreReport, CacheError> {
-        let root_canonical = self.shared.canonical_root(root)?;
+        let (root_canonical, root_dev) = self.shared.canonical_root(root)?;
+        // Files are staged in this process's staging directory when it is
+        // on the root's file system (the rename needs that), else beside
+        // their targets; an output on another mount below the root gets a
+        // copy (see `publish_staged`).
+        let staging = self
+            .shared
+            .restore_staging()
+            .filter(|(_, dev)| *dev == root_dev)
+            .map(|(dir, _)| dir.as_path());
         let mut report = RestoreReport::default();
         let mut staged = StagedFiles::default();
         let mut chmods = Vec::new();
@@ -384,14 +393,8 @@ impl Store {
             if !parent_inside_root(root, &root_canonical, &rel)? {
                 return Err(CacheError::OutputOutsideRoot { path: rel });
             }
-            // Staged in this process's staging directory when it is on the
-            // target's file system (the rename needs that), else beside
-            // the target.
-            let staged_in = self.shared.restore_staging().filter(|(_, dev)| {
-                std::fs::metadata(&parent).is_ok_and(|metadata| metadata.dev() == *dev)
-            });
-            let (file, temp) = match staged_in {
-                Some((dir, _)) => fsutil::create_temp(dir, RESTORE_TEMP, 0o600)
+            let (file, temp) = match staging {
+                Some(dir) => fsutil::create_temp(dir, RESTORE_TEMP, 0o600)
                     .or_else(|_| fsutil::create_temp(&parent, RESTORE_TEMP, 0o600))?,
                 None => fsutil::create_temp(&parent, RESTORE_TEMP, 0o600)?,
             };
@@ -725,17 +728,20 @@ impl Drop for Store {
 
 impl Shared {
     /// `root`'s canonical path (creating `root` if needed), computed once
-    /// while `root` stays a directory.
-    fn canonical_root(&self, root: &Path) -> Result<PathBuf, CacheError> {
+    /// while `root` stays a directory, and its device.
+    fn canonical_root(&self, root: &Path) -> Result<(PathBuf, u64), CacheError> {
         if let Some(canonical) = lock(&self.roots).get(root) {
-            if std::fs::symlink_metadata(root).is_ok_and(|m| m.is_dir()) {
-                return Ok(canonical.clone());
+            if let Ok(metadata) = std::fs::symlink_metadata(root) {
+                if metadata.is_dir() {
+                    return Ok((canonical.clone(), metadata.dev()));
+                }
             }
         }
         fs_err::create_dir_all(root)?;
         let canonical = fs_err::canonicalize(root)?;
+        let dev = fs_err::metadata(&canonical)?.dev();
         lock(&self.roots).insert(root.to_owned(), canonical.clone());
-        Ok(canonical)
+        Ok((canonical, dev))
     }
 
     fn blob_path(&self, hash: &str) -> Option<PathBuf> {
@@ -1215,9 +1221,9 @@ impl Shared {
     }
 }
 
-/// Renames a staged restore into place. A target on another mount of the
-/// same file system (a bind mount: same device, and still `EXDEV`) gets a
-/// copy staged beside it instead.
+/// Renames a staged restore into place. A target on another file system
+/// mounted below the root, or on another mount of the same one (a bind
+/// mount: same device, still `EXDEV`), gets a copy staged beside it.
 fn publish_staged(temp: &Path, target: &Path) -> io::Result<()> {
     match std::fs::rename(temp, target) {
         Err(error) if error.raw_os_error() == Some(libc::EXDEV) => {

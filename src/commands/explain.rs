@@ -9,7 +9,7 @@ use super::Ctx;
 use crate::cache::{StatIndex, Store};
 use crate::cli::ExplainArgs;
 use crate::error::{CommandError, CommandResult, ExitStatus};
-use crate::exec::instance::instance_key;
+use crate::exec::instance::{instance_key, KeyContext};
 use crate::graph::{NodeKind, Plan};
 
 /// Explains one instance.
@@ -101,17 +101,13 @@ pub fn run(args: &ExplainArgs, ctx: &Ctx) -> CommandResult {
         .map_err(|e| CommandError::usage(format!("cannot start the runtime: {e}")))?;
     let (_, image_ids) =
         common::prepare_docker(&runtime, &workflow, &[instance.task], None, &ctx.state_dir)?;
-    let (mut key, _) = instance_key(
-        &workflow,
-        &ctx.root,
-        &index,
-        &workflow.secrets,
-        task,
-        &rendered,
-        &deps,
-        &image_ids,
-    )
-    .map_err(CommandError::usage)?;
+    let keys = KeyContext {
+        workflow: &workflow,
+        root: &ctx.root,
+        index: &index,
+        image_ids: &image_ids,
+    };
+    let (mut key, _) = instance_key(&keys, task, &rendered, &deps).map_err(CommandError::usage)?;
     // Agent keys carry the CLI version.
     if let crate::workflow::TaskKind::Agent(agent) = &task.kind {
         match crate::exec::agent_docker::locate_claude(task.runner, agent.command.as_deref()) {

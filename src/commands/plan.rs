@@ -11,7 +11,7 @@ use super::Ctx;
 use crate::cache::{StatIndex, Store};
 use crate::cli::{PlanArgs, PlanFormat};
 use crate::error::{CommandResult, ExitStatus};
-use crate::exec::instance::instance_key;
+use crate::exec::instance::{instance_key, KeyContext};
 use crate::graph::{format, NodeKind, Plan};
 use crate::report::record::{list_runs, InstanceStatus, RunRecord};
 
@@ -96,6 +96,12 @@ fn annotate(plan: &Plan, ctx: &Ctx) -> format::Annotations {
     let Ok(order) = petgraph::algo::toposort(&plan.graph, None) else {
         return notes;
     };
+    let keys = KeyContext {
+        workflow: &plan.workflow,
+        root: &ctx.root,
+        index: &index,
+        image_ids: &image_ids,
+    };
     for node in order {
         let instance = &plan.graph[node];
         let task = &plan.workflow.tasks[instance.task];
@@ -122,16 +128,7 @@ fn annotate(plan: &Plan, ctx: &Ctx) -> format::Annotations {
                 }
             }
             let rendered = (**rendered).clone();
-            let Ok((mut key, _)) = instance_key(
-                &plan.workflow,
-                &ctx.root,
-                &index,
-                &plan.workflow.secrets,
-                task,
-                &rendered,
-                &deps,
-                &image_ids,
-            ) else {
+            let Ok((mut key, _)) = instance_key(&keys, task, &rendered, &deps) else {
                 return ("run (inputs unreadable)".to_owned(), None);
             };
             if let crate::workflow::TaskKind::Agent(agent) = &task.kind {

@@ -223,14 +223,10 @@ pub async fn execute_agent(
         let task_index = job.task;
         tokio::task::spawn_blocking(move || {
             instance_key(
-                &shared.workflow,
-                &shared.root,
-                &shared.index,
-                &shared.workflow.secrets,
+                &shared.key_context(),
                 &shared.workflow.tasks[task_index],
                 &key_rendered,
                 &deps,
-                &shared.image_ids,
             )
         })
         .await

@@ -154,6 +154,17 @@ pub struct JobResult {
 }
 
 impl RunShared {
+    /// What this run's instance keys are computed against.
+    #[must_use]
+    pub fn key_context(&self) -> KeyContext<'_> {
+        KeyContext {
+            workflow: &self.workflow,
+            root: &self.root,
+            index: &self.index,
+            image_ids: &self.image_ids,
+        }
+    }
+
     /// The secret values to mask in logs (empty ones would mask everything).
     #[must_use]
     pub fn masks(&self) -> Vec<String> {
@@ -224,55 +235,45 @@ fn hash_files(shared: &RunShared, files: &[String]) -> Result<BTreeMap<String, S
 /// An instance's cache key and its hashed inputs (path → hash).
 pub type Keyed = (CacheKey, BTreeMap<String, String>);
 
+/// What instance keys are computed against: the workflow (its env and
+/// secret names join every key), the root, the file-hash index and the
+/// image ids of `runner: docker` tasks.
+pub struct KeyContext<'a> {
+    pub workflow: &'a Workflow,
+    pub root: &'a Path,
+    pub index: &'a StatIndex,
+    pub image_ids: &'a HashMap<String, String>,
+}
+
 /// The cache key of an instance (shell or agent) and its hashed inputs.
 ///
 /// # Errors
 /// Inputs that cannot be expanded or hashed.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "explain, plan and the executor call it with their own state"
-)]
 pub fn instance_key(
-    workflow: &Workflow,
-    root: &Path,
-    index: &StatIndex,
-    secret_names: &[String],
+    context: &KeyContext<'_>,
     task: &Task,
     rendered: &RenderedInstance,
     deps: &BTreeMap<String, String>,
-    image_ids: &HashMap<String, String>,
 ) -> Result<(CacheKey, BTreeMap<String, String>), String> {
-    let keyed = instance_key_within(
-        workflow,
-        root,
-        index,
-        secret_names,
-        task,
-        rendered,
-        deps,
-        image_ids,
-        u64::MAX,
-    )?;
+    let keyed = instance_key_within(context, task, rendered, deps, u64::MAX)?;
     Ok(keyed.unwrap_or_else(|| unreachable!("no file is larger than u64::MAX")))
 }
 
 /// [`instance_key`], or `None` when an input of more than `limit` bytes
 /// would have to be read (see [`StatIndex::hash_file_within`]).
-#[expect(
-    clippy::too_many_arguments,
-    reason = "instance_key's arguments and the limit"
-)]
 pub fn instance_key_within(
-    workflow: &Workflow,
-    root: &Path,
-    index: &StatIndex,
-    secret_names: &[String],
+    context: &KeyContext<'_>,
     task: &Task,
     rendered: &RenderedInstance,
     deps: &BTreeMap<String, String>,
-    image_ids: &HashMap<String, String>,
     limit: u64,
 ) -> Result<Option<Keyed>, String> {
+    let KeyContext {
+        workflow,
+        root,
+        index,
+        image_ids,
+    } = *context;
     let input_files = paths::expand_seen(root, input_patterns(task, rendered), true)
         .map_err(|e| format!("cannot expand inputs: {e}"))?;
     let mut inputs = BTreeMap::new();
@@ -322,7 +323,7 @@ pub fn instance_key_within(
     }
     key.env = workflow.env.clone();
     key.env.extend(rendered.env.clone());
-    key.secrets = secret_names.to_vec();
+    key.secrets.clone_from(&workflow.secrets);
     key.secrets.sort();
     key.inputs.clone_from(&inputs);
     key.deps.clone_from(deps);
@@ -426,14 +427,10 @@ pub async fn execute(shared: Arc<RunShared>, mut job: Job) -> JobResult {
     // shares this thread, so an input too large to hash in passing sends
     // the whole key to the blocking pool.
     let keyed = match instance_key_within(
-        &shared.workflow,
-        &shared.root,
-        &shared.index,
-        &shared.workflow.secrets,
+        &shared.key_context(),
         task,
         &rendered,
         &job.deps,
-        &shared.image_ids,
         INLINE_HASH_LIMIT,
     ) {
         Ok(Some(keyed)) => Ok(keyed),
@@ -445,16 +442,7 @@ pub async fn execute(shared: Arc<RunShared>, mut job: Job) -> JobResult {
             let task_index = job.task;
             tokio::task::spawn_blocking(move || {
                 let task = &shared.workflow.tasks[task_index];
-                instance_key(
-                    &shared.workflow,
-                    &shared.root,
-                    &shared.index,
-                    &shared.workflow.secrets,
-                    task,
-                    &rendered,
-                    &deps,
-                    &shared.image_ids,
-                )
+                instance_key(&shared.key_context(), task, &rendered, &deps)
             })
             .await
             .unwrap_or_else(|e| Err(format!("cannot hash the inputs: {e}")))

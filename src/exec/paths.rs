@@ -5,7 +5,7 @@
 //! Outputs do not honour .gitignore: outputs are usually ignored build
 //! products. Neither ever descends into `.git` or `.ccflow`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 fn has_glob(pattern: &str) -> bool {
@@ -36,7 +36,6 @@ pub fn expand_seen(
     honour_ignore: bool,
 ) -> Result<Vec<(String, Option<std::fs::Metadata>)>, String> {
     let mut seen: BTreeMap<String, Option<std::fs::Metadata>> = BTreeMap::new();
-    let mut files = BTreeSet::new();
     let mut globs = Vec::new();
     for pattern in patterns {
         let pattern = pattern.trim_start_matches("./");
@@ -45,28 +44,30 @@ pub fn expand_seen(
         // file, not the glob matching `pages/i.tsx`, which left such inputs
         // unhashed (edits never reran) and such outputs unsaved.
         let path = root.join(pattern);
-        let metadata = std::fs::metadata(&path).ok();
-        match &metadata {
-            Some(m) if m.is_file() => crate::memo::metadata(&path, m),
-            // Whether it exists, and what a directory holds, decide the list.
-            _ => crate::memo::stat(&path),
-        }
-        if metadata.as_ref().is_some_and(std::fs::Metadata::is_file) {
-            seen.insert(pattern.to_owned(), metadata);
-        } else if metadata.as_ref().is_some_and(std::fs::Metadata::is_dir) {
+        match std::fs::metadata(&path).ok() {
+            Some(metadata) if metadata.is_file() => {
+                crate::memo::metadata(&path, &metadata);
+                seen.insert(pattern.to_owned(), Some(metadata));
+                continue;
+            }
             // A directory names everything below it.
-            globs.push(format!(
+            Some(metadata) if metadata.is_dir() => globs.push(format!(
                 "{}/**",
                 globset::escape(pattern.trim_end_matches('/'))
-            ));
-        } else if has_glob(pattern) {
-            globs.push(pattern.to_owned());
+            )),
+            _ if has_glob(pattern) => globs.push(pattern.to_owned()),
+            _ => {}
         }
+        // Whether it exists, and what a directory holds, decide the list.
+        crate::memo::stat(&path);
     }
+    let mut found = |file: String| {
+        seen.entry(file).or_insert(None);
+    };
     if !globs.is_empty() {
         if honour_ignore {
-            let found = crate::fanout::files(root, &globs, &[]).map_err(|e| e.to_string())?;
-            files.extend(found.into_iter().map(|i| i.label));
+            let items = crate::fanout::files(root, &globs, &[]).map_err(|e| e.to_string())?;
+            items.into_iter().for_each(|item| found(item.label));
         } else {
             let mut builder = globset::GlobSetBuilder::new();
             for glob in &globs {
@@ -108,14 +109,11 @@ pub fn expand_seen(
                 };
                 if let Some(relative) = relative.to_str() {
                     if set.is_match(relative) {
-                        files.insert(relative.to_owned());
+                        found(relative.to_owned());
                     }
                 }
             }
         }
-    }
-    for file in files {
-        seen.entry(file).or_insert(None);
     }
     Ok(seen.into_iter().collect())
 }

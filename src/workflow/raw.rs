@@ -518,10 +518,7 @@ pub fn known_keys(schema: &Value, definition: &str) -> Vec<String> {
     let node = if definition == "RawWorkflow" {
         Some(schema)
     } else {
-        schema
-            .get("definitions")
-            .or_else(|| schema.get("$defs"))
-            .and_then(|d| d.get(definition))
+        schema.get("definitions").and_then(|d| d.get(definition))
     };
     node.and_then(|n| n.get("properties"))
         .and_then(Value::as_object)
