@@ -177,10 +177,17 @@ struct Pending {
     manifests: Vec<(KeyHash, Arc<Vec<u8>>)>,
     instance_id: String,
     latest: KeyHash,
-    /// Whether the entry names blobs (which must be durable before its
+    /// The blobs the entry names (which must be durable before its
     /// manifest is visible); outputs inlined in the manifest need no sync.
-    names_blobs: bool,
+    blobs: Vec<PathBuf>,
 }
+
+/// A batch naming up to this many blobs syncs each of them (and the blob
+/// directory) rather than the whole file system: `syncfs` also writes back
+/// every other dirty file, which at the end of a cold run of 1,000 tasks
+/// (their outputs, logs, the run record) took 18 ms against 1 ms for the
+/// one blob the last batch named.
+const SYNC_EACH_BLOB_UP_TO: usize = 16;
 
 impl Store {
     /// Opens (creating it if needed) the store under `cache_dir/v1`.
@@ -323,9 +330,12 @@ impl Store {
             manifests.push((*key, Arc::new(encode_manifest(&entry)?)));
         }
         entry.key_hash = latest;
-        let names_blobs = entry.blobs().next().is_some();
+        let blobs = entry
+            .blobs()
+            .filter_map(|(hash, _)| self.shared.blob_path(hash))
+            .collect();
         self.shared
-            .enqueue(manifests, entry.instance_id.clone(), latest, names_blobs);
+            .enqueue(manifests, entry.instance_id.clone(), latest, blobs);
         Ok(entry)
     }
 
@@ -1035,7 +1045,7 @@ impl Shared {
         manifests: Vec<(KeyHash, Arc<Vec<u8>>)>,
         instance_id: String,
         latest: KeyHash,
-        names_blobs: bool,
+        blobs: Vec<PathBuf>,
     ) {
         let mut state = lock(&self.state);
         state.enqueued += 1;
@@ -1053,7 +1063,7 @@ impl Shared {
             manifests,
             instance_id,
             latest,
-            names_blobs,
+            blobs,
         });
         drop(state);
         self.work.notify_one();
@@ -1064,8 +1074,20 @@ impl Shared {
     fn publish(&self, batch: &[Pending]) -> Result<(), CacheError> {
         // Blobs first: durable before any manifest names them. A batch
         // whose outputs are all inlined in its manifests has none.
-        if batch.iter().any(|pending| pending.names_blobs) {
+        let blobs: HashSet<&PathBuf> = batch.iter().flat_map(|p| &p.blobs).collect();
+        if blobs.len() > SYNC_EACH_BLOB_UP_TO {
             fsutil::sync_file_system(&self.dir_handle)?;
+        } else if !blobs.is_empty() {
+            for blob in &blobs {
+                match fs_err::File::open(blob) {
+                    Ok(file) => file.sync_data()?,
+                    // Collected meanwhile: the entry reads as a miss.
+                    Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                    Err(error) => return Err(error.into()),
+                }
+            }
+            // Their names, renamed into the directory.
+            fs_err::File::open(self.dir.join("blobs"))?.sync_all()?;
         }
         let records: Vec<(&KeyHash, &[u8])> = batch
             .iter()
