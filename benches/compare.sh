@@ -13,7 +13,8 @@
 # (N_DOCKER `runner: docker` tasks against `docker run --rm` via xargs -P2).
 #
 # Repetitions are interleaved (rep 1 of every tool, then rep 2, ...) so that
-# load from other processes affects every tool alike; medians are printed.
+# load from other processes affects every tool alike, and the order of the
+# tools rotates from one repetition to the next; medians are printed.
 # Exits non-zero only on errors (a tool failing, a missing binary), never on
 # a missed target.
 set -euo pipefail
@@ -66,6 +67,20 @@ measure() {
     fi
     end=$(now_us)
     echo "$scenario|$tool|$(( (end - start) / 1000 )).$(( (end - start) % 1000 / 100 ))" >>"$work/samples"
+}
+
+# in_order REP STEP...: evaluates the steps (command strings) starting
+# from position REP modulo their number, so that over the repetitions each
+# tool runs first, second, ... alike: a tool measured always first (right
+# after the previous repetition's last tool) carries whatever that position
+# costs in every sample.
+in_order() {
+    local rep=$1 i
+    shift
+    local steps=("$@")
+    for ((i = 0; i < ${#steps[@]}; i++)); do
+        eval "${steps[$(((i + rep) % ${#steps[@]}))]}" || exit 1
+    done
 }
 
 median() {
@@ -131,10 +146,11 @@ cold() {
     local d=$work/cold
     setup "$d/ccflow" "$N_COLD"; setup "$d/ninja" "$N_COLD"; setup "$d/make" "$N_COLD"; setup "$d/xargs" "$N_COLD"
     for ((rep = 1; rep <= REPS; rep++)); do
-        (cd "$d/ccflow" && clean_ccflow && measure cold ccflow ccflow_run) || exit 1
-        (cd "$d/ninja" && clean_ninja && measure cold ninja ninja -j "$JOBS") || exit 1
-        (cd "$d/make" && clean_make && measure cold make make -j "$JOBS") || exit 1
-        (cd "$d/xargs" && clean_make && measure cold "xargs -P" xargs_all) || exit 1
+        in_order "$rep" \
+            '(cd "$d/ccflow" && clean_ccflow && measure cold ccflow ccflow_run)' \
+            '(cd "$d/ninja" && clean_ninja && measure cold ninja ninja -j "$JOBS")' \
+            '(cd "$d/make" && clean_make && measure cold make make -j "$JOBS")' \
+            '(cd "$d/xargs" && clean_make && measure cold "xargs -P" xargs_all)'
     done
 }
 
@@ -145,9 +161,10 @@ noop() {
     (cd "$d/ninja" && ninja -j "$JOBS" >/dev/null)
     (cd "$d/make" && make -j "$JOBS" >/dev/null)
     for ((rep = 1; rep <= REPS; rep++)); do
-        (cd "$d/ccflow" && measure noop ccflow ccflow_run) || exit 1
-        (cd "$d/ninja" && measure noop ninja ninja -j "$JOBS") || exit 1
-        (cd "$d/make" && measure noop make make -j "$JOBS") || exit 1
+        in_order "$rep" \
+            '(cd "$d/ccflow" && measure noop ccflow ccflow_run)' \
+            '(cd "$d/ninja" && measure noop ninja ninja -j "$JOBS")' \
+            '(cd "$d/make" && measure noop make make -j "$JOBS")'
     done
 }
 
@@ -160,9 +177,10 @@ change() {
     local middle=$((N_COLD / 2))
     for ((rep = 1; rep <= REPS; rep++)); do
         for tool in ccflow ninja make; do echo "changed $rep" >"$d/$tool/in/f$middle.txt"; done
-        (cd "$d/ccflow" && measure change ccflow ccflow_run) || exit 1
-        (cd "$d/ninja" && measure change ninja ninja -j "$JOBS") || exit 1
-        (cd "$d/make" && measure change make make -j "$JOBS") || exit 1
+        in_order "$rep" \
+            '(cd "$d/ccflow" && measure change ccflow ccflow_run)' \
+            '(cd "$d/ninja" && measure change ninja ninja -j "$JOBS")' \
+            '(cd "$d/make" && measure change make make -j "$JOBS")'
     done
 }
 
@@ -174,10 +192,11 @@ restore() {
     (cd "$d/make" && make -j "$JOBS" >/dev/null)
     for ((rep = 1; rep <= REPS; rep++)); do
         for tool in ccflow ninja make; do rm -rf "$d/$tool/out" && mkdir "$d/$tool/out"; done
-        (cd "$d/ccflow" && measure restore ccflow ccflow_run) || exit 1
+        in_order "$rep" \
+            '(cd "$d/ccflow" && measure restore ccflow ccflow_run)' \
+            '(cd "$d/ninja" && measure restore ninja ninja -j "$JOBS")' \
+            '(cd "$d/make" && measure restore make make -j "$JOBS")'
         [[ -f "$d/ccflow/out/f1.txt" ]] || { echo "error: ccflow did not restore out/f1.txt" >&2; exit 1; }
-        (cd "$d/ninja" && measure restore ninja ninja -j "$JOBS") || exit 1
-        (cd "$d/make" && measure restore make make -j "$JOBS") || exit 1
     done
 }
 
@@ -205,8 +224,9 @@ tasks:
     run: cp {{ item }} out/{{ item.stem }}.txt
 EOF
     for ((rep = 1; rep <= REPS; rep++)); do
-        (cd "$d/ccflow" && clean_ccflow && measure docker ccflow ccflow_run) || exit 1
-        (cd "$d/loop" && clean_make && measure docker "docker run" docker_loop) || exit 1
+        in_order "$rep" \
+            '(cd "$d/ccflow" && clean_ccflow && measure docker ccflow ccflow_run)' \
+            '(cd "$d/loop" && clean_make && measure docker "docker run" docker_loop)'
     done
 }
 
