@@ -293,7 +293,7 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
         max_jobs,
     };
     tracing::debug!("scheduler starts at {:?}", clock.elapsed());
-    let outcome = runtime.block_on(scheduler::run(plan, shared, options, reporters, notice_rx));
+    let mut outcome = runtime.block_on(scheduler::run(plan, shared, options, reporters, notice_rx));
     tracing::debug!("scheduler done at {:?}", clock.elapsed());
     if let Err(e) = crate::exec::stale::mark_finished(&run_dir) {
         tracing::debug!("cannot mark the run finished: {e}");
@@ -318,6 +318,7 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
             tracing::debug!("no up-to-date memo: {reason}");
         }
     }
+    outcome.wait_for_record();
     let status = match outcome.status {
         RunStatus::Succeeded => ExitStatus::Success,
         RunStatus::Interrupted => ExitStatus::Interrupted,
