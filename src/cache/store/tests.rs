@@ -953,3 +953,58 @@ fn a_staged_restore_reaches_a_target_on_another_mount_by_copy() {
         "a temp file stays beside the target"
     );
 }
+
+#[test]
+fn a_batch_syncs_its_blobs_one_by_one_or_the_file_system_and_publishes_either_way() {
+    // Few blobs: an fdatasync each; more than SYNC_EACH_BLOB_UP_TO: syncfs.
+    for count in [3, SYNC_EACH_BLOB_UP_TO + 6] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let work = dir.path().join("work");
+        let cache = dir.path().join("cache");
+        let store = Store::open(&cache).expect("open");
+        let mut saved = Vec::new();
+        for i in 0..count {
+            let name = format!("f{i}.bin");
+            let content = vec![u8::try_from(i).expect("small"); 4096];
+            write(&work, &name, &content, 0o644);
+            let entry = store
+                .save(&[], new_entry(key("t", &i.to_string()), &[&name]), &work)
+                .expect("save");
+            assert!(entry.outputs[0].inline.is_none(), "a blob, not inline");
+            saved.push((entry.key_hash, name, content));
+        }
+        store.flush().expect("flush");
+        // Another store sees only what was published.
+        let reader = Store::open(&cache).expect("open");
+        let target = dir.path().join("target");
+        for (key_hash, name, content) in &saved {
+            let found = reader.lookup(key_hash).expect("lookup").expect("published");
+            reader.restore(&found, &target).expect("restore");
+            assert_eq!(&std::fs::read(target.join(name)).expect("read"), content);
+        }
+    }
+}
+
+#[test]
+fn a_blob_removed_before_its_batch_is_synced_leaves_a_miss_not_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let work = dir.path().join("work");
+    let cache = dir.path().join("cache");
+    write(&work, "large.bin", &vec![7; 4096], 0o644);
+    let store = Store::open(&cache).expect("open");
+    let entry = store
+        .save(&[], new_entry(key("t", "gone"), &["large.bin"]), &work)
+        .expect("save");
+    // As a concurrent `cache gc` might, before the flusher's window ends.
+    let blob = store
+        .shared
+        .blob_path(&entry.outputs[0].hash)
+        .expect("blob path");
+    std::fs::remove_file(&blob).expect("remove blob");
+    store.flush().expect("a missing blob does not fail the batch");
+    let reader = Store::open(&cache).expect("open");
+    assert!(
+        reader.lookup(&entry.key_hash).expect("lookup").is_none(),
+        "an entry whose blob is gone is a miss"
+    );
+}
