@@ -1001,7 +1001,9 @@ fn a_blob_removed_before_its_batch_is_synced_leaves_a_miss_not_an_error() {
         .blob_path(&entry.outputs[0].hash)
         .expect("blob path");
     std::fs::remove_file(&blob).expect("remove blob");
-    store.flush().expect("a missing blob does not fail the batch");
+    store
+        .flush()
+        .expect("a missing blob does not fail the batch");
     let reader = Store::open(&cache).expect("open");
     assert!(
         reader.lookup(&entry.key_hash).expect("lookup").is_none(),
