@@ -18,6 +18,9 @@
 # the claude-agent-sdk bundle, else `claude` on PATH; without any, `ldd
 # /bin/sh`'s libraries are used (the same glibc set). The images carry a
 # `ccflow.test-images` label: bump IMAGES_VERSION when their content changes.
+# The agent image's label also names the libraries the CLI needs, so a CLI
+# upgraded to need others (2.1.332 wants librt.so.1), or one installed after
+# the image was built, gets a new image rather than failing to start in it.
 #
 # Honours DOCKER_HOST like the docker CLI. Idempotent; safe to run in parallel
 # with itself (the build context is private and the tag is moved atomically).
@@ -36,16 +39,12 @@ fi
 # Bumped when an image's content changes, so existing images are rebuilt.
 IMAGES_VERSION=2
 
-# Whether an image must be (re)built.
+# wanted IMAGE LABEL: whether IMAGE must be (re)built to carry LABEL.
 wanted() {
     [ "$force" = 1 ] && return 0
     version=$(docker image inspect --format '{{ index .Config.Labels "ccflow.test-images" }}' "$1" 2>/dev/null) || return 0
-    [ "$version" != "$IMAGES_VERSION" ]
+    [ "$version" != "$2" ]
 }
-
-if ! wanted "$BUSYBOX_IMAGE" && ! wanted "$AGENT_IMAGE"; then
-    exit 0
-fi
 
 find_busybox() {
     for candidate in /bin/busybox /usr/bin/busybox; do
@@ -81,11 +80,25 @@ find_claude() {
     command -v claude 2>/dev/null || true
 }
 
+# The libraries `ldd $1` lists, one per line.
+libraries() {
+    ldd "$1" | awk '/=>/ { print $3 } !/=>/ && $1 ~ /^\// { print $1 }'
+}
+
+claude=$(find_claude)
+agent_libraries=$( (libraries "${claude:-/bin/sh}"; libraries "$(command -v bash)") | sort -u)
+AGENT_LABEL="$IMAGES_VERSION-$(printf '%s\n' "$agent_libraries" | cksum | cut -d' ' -f1)"
+
+if ! wanted "$BUSYBOX_IMAGE" "$IMAGES_VERSION" && ! wanted "$AGENT_IMAGE" "$AGENT_LABEL"; then
+    exit 0
+fi
+
 busybox=$(find_busybox)
 contexts=""
 trap 'for c in $contexts; do rm -rf "$c"; done' EXIT
 
-# Writes the common busybox root into directory $1, with PATH $2.
+# Writes the common busybox root into directory $1, with PATH $2 and image
+# label $3.
 busybox_root() {
     mkdir -p "$1/bin" "$1/etc" "$1/tmp" "$1/workspace"
     chmod 1777 "$1/tmp"
@@ -110,7 +123,7 @@ busybox_root() {
     cat >"$1/Dockerfile" <<EOF
 FROM scratch
 COPY . /
-LABEL ccflow.test-images=$IMAGES_VERSION
+LABEL ccflow.test-images=$3
 ENV PATH=$2
 CMD ["/bin/sh"]
 EOF
@@ -120,7 +133,7 @@ EOF
 # Copies the shared libraries `ldd $2` lists into root $1, at the same paths
 # (symlinks resolved, so the image holds files, not dangling links).
 copy_libraries() {
-    ldd "$2" | awk '/=>/ { print $3 } !/=>/ && $1 ~ /^\// { print $1 }' | while read -r lib; do
+    libraries "$2" | while read -r lib; do
         [ -n "$lib" ] && [ -e "$lib" ] || continue
         mkdir -p "$1$(dirname "$lib")"
         cp -L "$lib" "$1$lib"
@@ -142,18 +155,17 @@ build() {
     echo "docker-images: built $1 ($new_id)" >&2
 }
 
-if wanted "$BUSYBOX_IMAGE"; then
+if wanted "$BUSYBOX_IMAGE" "$IMAGES_VERSION"; then
     context=$(mktemp -d)
     contexts="$contexts $context"
-    busybox_root "$context" /bin
+    busybox_root "$context" /bin "$IMAGES_VERSION"
     build "$BUSYBOX_IMAGE" "$context"
 fi
 
-if wanted "$AGENT_IMAGE"; then
+if wanted "$AGENT_IMAGE" "$AGENT_LABEL"; then
     context=$(mktemp -d)
     contexts="$contexts $context"
-    busybox_root "$context" /usr/local/bin:/bin
-    claude=$(find_claude)
+    busybox_root "$context" /usr/local/bin:/bin "$AGENT_LABEL"
     copy_libraries "$context" "${claude:-/bin/sh}"
     # The CLI's Bash tool needs bash (busybox's ash chokes on its snapshot
     # script): the host's, with its libraries.
