@@ -112,6 +112,9 @@ struct Recorder {
     replaced: Vec<PathBuf>,
     /// Why this run cannot vouch for what it saw, if it cannot.
     spoiled: Option<String>,
+    /// Observed directories the run has since restored files into (see
+    /// [`dir_rewritten`]), settled once when the run concludes.
+    rewritten_dirs: HashSet<PathBuf>,
     /// The coarse clock when recording started.
     started_ns: i64,
 }
@@ -140,6 +143,7 @@ pub fn start(seed: Seed) {
         seen: seed.entries.into_iter().collect(),
         replaced: Vec::new(),
         spoiled: None,
+        rewritten_dirs: HashSet::new(),
     });
     ACTIVE.store(true, Ordering::Release);
 }
@@ -213,25 +217,37 @@ pub fn rewritten(path: &Path, metadata: &std::fs::Metadata, hash: [u8; 32]) {
 }
 
 /// Records that the run replaced files in directory `dir` (renamed over
-/// existing ones, when restoring outputs): if the run observed `dir` and
-/// its listing is still what it was, its new stat replaces the old one
-/// (otherwise the next check finds it changed and takes the full run).
+/// existing ones, when restoring outputs). If the run had observed `dir`,
+/// its listing is compared once when the run concludes: still what it was,
+/// its new stat replaces the old one (otherwise the next check finds it
+/// changed and takes the full run). Compared there rather than here: a
+/// restore into a walked directory of 1,000 files listed all of them again
+/// for each of the 1,000 restores.
 pub fn dir_rewritten(dir: &Path) {
     if !active() {
         return;
     }
-    let Ok(metadata) = std::fs::metadata(dir) else {
-        return;
-    };
-    let recorded = recorder()
-        .as_ref()
-        .and_then(|rec| rec.seen.get(dir).and_then(|o| o.hash));
-    let Some(recorded) = recorded else { return };
-    if listing_hash(dir) != Some(recorded) {
-        return;
+    if let Some(rec) = recorder().as_mut() {
+        if rec.seen.get(dir).is_some_and(|o| o.hash.is_some()) {
+            rec.rewritten_dirs.insert(dir.to_path_buf());
+        }
     }
-    if let Some(observation) = recorder().as_mut().and_then(|rec| rec.seen.get_mut(dir)) {
-        if observation.hash == Some(recorded) {
+}
+
+/// The stats of directories restored into whose listing is unchanged (see
+/// [`dir_rewritten`]).
+fn settle_rewritten_dirs(rec: &mut Recorder) {
+    for dir in std::mem::take(&mut rec.rewritten_dirs) {
+        let Some(recorded) = rec.seen.get(&dir).and_then(|o| o.hash) else {
+            continue;
+        };
+        let Ok(metadata) = std::fs::metadata(&dir) else {
+            continue;
+        };
+        if listing_hash(&dir) != Some(recorded) {
+            continue;
+        }
+        if let Some(observation) = rec.seen.get_mut(&dir) {
             observation.seen = Some(Seen::of(&metadata));
         }
     }
@@ -502,10 +518,11 @@ pub fn conclude(
 ) -> Result<(), String> {
     let instances = &run.instances;
     ACTIVE.store(false, Ordering::Release);
-    let rec = recorder().take().ok_or("not recording")?;
+    let mut rec = recorder().take().ok_or("not recording")?;
     if let Some(reason) = &rec.spoiled {
         return Err(reason.clone());
     }
+    settle_rewritten_dirs(&mut rec);
     // An instance settled from the memo relied on its files being as the
     // memo saw them; if the run then saw one of them change, its result
     // no longer matches what the new memo would say.

@@ -295,3 +295,49 @@ fn back_to_back_edits_stay_on_the_memos_changed_path() {
     assert_eq!(status_of(&record, "each[in/b.txt]"), "cached");
     assert_eq!((test.count("each"), test.count("all")), (6, 4));
 }
+
+/// An in-place task's outputs restored into the directory its fan-out
+/// walks (a formatter's files put back to what it last read): the
+/// directory's listing is unchanged, so the restoring run still leaves a
+/// memo and the next run is answered by it. (Checked once per directory
+/// when the run concludes; it was once per restored file, which made
+/// restoring 1,000 files into a walked directory quadratic.)
+#[test]
+fn outputs_restored_into_a_walked_directory_leave_a_memo() {
+    let test = Test::new()
+        .workflow(
+            "fmt",
+            r#"version: 1
+tasks:
+  fmt:
+    for_each: { files: "in/*.txt" }
+    inputs: ["{{ item }}"]
+    outputs: ["{{ item }}"]
+    run: echo x >> .count/fmt && tr a-z A-Z < {{ item }} > {{ item }}.up && mv {{ item }}.up {{ item }}
+"#,
+        )
+        .file("in/a.txt", "alpha\n")
+        .file("in/b.txt", "beta\n")
+        .file("in/c.txt", "gamma\n")
+        .args(["run", "fmt"]);
+    // The fixture ages past the racy window: only `in/` can send the
+    // restoring run down the full path (the tasks renamed files in it).
+    std::thread::sleep(Duration::from_millis(250));
+    test.run().ok();
+    assert_eq!(test.count("fmt"), 3);
+    // Back to what the formatter read: each pre-state key hits, and the
+    // full run restores into the `in/` it has just walked.
+    test.write("in/a.txt", "alpha\n");
+    test.write("in/b.txt", "beta\n");
+    test.write("in/c.txt", "gamma\n");
+    let out = test.run();
+    out.ok();
+    assert!(out.stderr.contains("0 ran, 3 cached"), "{}", out.stderr);
+    assert_eq!(test.read("in/b.txt"), "BETA\n");
+    assert_eq!(test.count("fmt"), 3, "restored, not rerun");
+    std::thread::sleep(Duration::from_millis(250));
+    let out = test.run();
+    out.ok();
+    assert!(out.stderr.contains(UP_TO_DATE), "{}", out.stderr);
+    assert_eq!(test.count("fmt"), 3);
+}
