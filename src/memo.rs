@@ -648,8 +648,12 @@ fn write_memo(
     body.extend_from_slice(&u64::try_from(entries.len()).unwrap_or(0).to_le_bytes());
     for ((path, observation), racy) in entries.iter().zip(racy) {
         put_bytes(&mut body, path.as_os_str().as_encoded_bytes());
-        // Only a racy observation needs its content hash (see `compare`).
-        let hash = observation.hash.filter(|_| *racy);
+        // A racy observation needs its content hash (see `compare`); a
+        // directory keeps its listing's, so that a run starting from this
+        // memo can restore files into it and still vouch for it (see
+        // `dir_rewritten`). Only directories carry a hash among the global
+        // observations, and there are few of them.
+        let hash = observation.hash.filter(|_| *racy || !observation.file);
         let flags = u8::from(observation.seen.is_some())
             | u8::from(observation.file) << 1
             | u8::from(hash.is_some()) << 2

@@ -340,4 +340,18 @@ tasks:
     out.ok();
     assert!(out.stderr.contains(UP_TO_DATE), "{}", out.stderr);
     assert_eq!(test.count("fmt"), 3);
+    // Again, from that memo: only the three files changed, so this run
+    // starts from the memo's observations of `in/` and restores into it.
+    test.write("in/a.txt", "alpha\n");
+    test.write("in/b.txt", "beta\n");
+    test.write("in/c.txt", "gamma\n");
+    let out = test.run();
+    out.ok();
+    assert!(out.stderr.contains("0 ran, 3 cached"), "{}", out.stderr);
+    std::thread::sleep(Duration::from_millis(250));
+    let out = test.run();
+    out.ok();
+    assert!(out.stderr.contains(UP_TO_DATE), "{}", out.stderr);
+    assert_eq!(test.read("in/c.txt"), "GAMMA\n");
+    assert_eq!(test.count("fmt"), 3);
 }
