@@ -36,14 +36,14 @@
 //!    up to [`SYNC_EACH_BLOB_UP_TO`] blobs, else one `syncfs`), and only
 //!    then renames the batch's manifests and instance pointers into place.
 //!    A batch naming no blob (every output small enough to be inlined in
-//!    its manifest, no log) skips the `syncfs`: there is nothing a manifest
+//!    its manifest, no log) syncs nothing: there is nothing a manifest
 //!    could point at that is not durable.
 //!
 //! While a batch is being synced, new saves queue up behind it, so batches
-//! grow with the load (group commit). `flush()` waits until everything saved before
-//! it is published; the scheduler calls it at the end of a run (and may call
-//! it every N saves, bounding what a SIGKILL can lose). `Drop` drains the
-//! queue too.
+//! grow with the load (group commit). `flush()` waits until everything
+//! saved before it is published; the scheduler calls it at the end of a run
+//! (and may call it every N saves, bounding what a SIGKILL can lose).
+//! `Drop` drains the queue too.
 //!
 //! `syncfs` only for large batches: it is one call whatever the batch size,
 //! but it also writes out every other dirty file of the file system (the

@@ -274,10 +274,11 @@ pub fn instance_key_within(
         index,
         image_ids,
     } = *context;
-    let clock = Instant::now();
+    // Timings only for `CCFLOW_LOG=trace`: this runs once per instance.
+    let clock = tracing::enabled!(tracing::Level::TRACE).then(Instant::now);
     let input_files = paths::expand_seen(root, input_patterns(task, rendered), true)
         .map_err(|e| format!("cannot expand inputs: {e}"))?;
-    let expanded = clock.elapsed();
+    let expanded = clock.map(|c| c.elapsed());
     let mut inputs = BTreeMap::new();
     for (file, seen) in input_files {
         let hashed = index
@@ -288,11 +289,13 @@ pub fn instance_key_within(
         };
         inputs.insert(file, hash.hash);
     }
-    tracing::trace!(
-        "{} inputs expanded in {expanded:?}, hashed at {:?}",
-        inputs.len(),
-        clock.elapsed()
-    );
+    if let (Some(clock), Some(expanded)) = (clock, expanded) {
+        tracing::trace!(
+            "{} inputs expanded in {expanded:?}, hashed at {:?}",
+            inputs.len(),
+            clock.elapsed()
+        );
+    }
     let mut key = CacheKey::new(task.name.clone());
     key.command = match &task.kind {
         TaskKind::Shell { .. } => rendered.command.clone().unwrap_or_default(),

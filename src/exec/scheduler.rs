@@ -69,7 +69,7 @@ pub struct RunOptions {
 #[derive(Debug)]
 pub struct RunOutcome {
     pub status: RunStatus,
-    pub record: RunRecord,
+    pub record: Arc<RunRecord>,
     /// Every instance that succeeded or was cached, for the up-to-date memo.
     pub settled: Vec<crate::memo::Settled>,
     /// The ids of the instances the memo settled.
@@ -258,13 +258,8 @@ pub async fn run(
     }
     // The record as the run starts (so a killed run leaves one), written
     // beside the first instances rather than before them.
-    let first = state.build_record(RunStatus::Running);
-    let run_dir = state.shared.run_dir.clone();
-    state.record_writer = Some(std::thread::spawn(move || {
-        if let Err(e) = first.write(&run_dir) {
-            tracing::warn!("cannot write the run record: {e}");
-        }
-    }));
+    let first = Arc::new(state.build_record(RunStatus::Running));
+    state.record_writer = write_in_background(first, &state.shared.run_dir);
     let nodes: Vec<NodeIndex> = state.plan.graph.node_indices().collect();
     for node in &nodes {
         let degree = state
@@ -393,6 +388,32 @@ pub async fn run(
         settled,
         from_memo,
         record_writer: state.record_writer.take(),
+    }
+}
+
+/// Writes `record` into `run_dir` on a thread of its own, whose handle the
+/// caller joins; in place when no thread can be started.
+fn write_in_background(
+    record: Arc<RunRecord>,
+    run_dir: &std::path::Path,
+) -> Option<std::thread::JoinHandle<()>> {
+    fn write(record: &RunRecord, run_dir: &std::path::Path) {
+        if let Err(e) = record.write(run_dir) {
+            tracing::warn!("cannot write the run record: {e}");
+        }
+    }
+    let spawned = {
+        let (record, run_dir) = (Arc::clone(&record), run_dir.to_owned());
+        std::thread::Builder::new()
+            .name("ccflow-record".to_owned())
+            .spawn(move || write(&record, &run_dir))
+    };
+    match spawned {
+        Ok(handle) => Some(handle),
+        Err(_) => {
+            write(&record, run_dir);
+            None
+        }
     }
 }
 
@@ -1122,32 +1143,16 @@ impl State {
         }
     }
 
-    fn write_record(&mut self, status: RunStatus) -> RunRecord {
+    fn write_record(&mut self, status: RunStatus) -> Arc<RunRecord> {
         // After the first record, never before it.
         if let Some(writer) = self.record_writer.take() {
             let _ = writer.join();
         }
-        let record = self.build_record(status);
         // Serialized and written beside what the caller does next (the
         // up-to-date memo serializes the same instances): 1-3 ms each for
         // 1,000 instances. The caller joins the writer.
-        fn write(record: &RunRecord, run_dir: &std::path::Path) {
-            if let Err(e) = record.write(run_dir) {
-                tracing::warn!("cannot write the run record: {e}");
-            }
-        }
-        let copy = Arc::new(record.clone());
-        let run_dir = self.shared.run_dir.clone();
-        let spawned = {
-            let (copy, run_dir) = (Arc::clone(&copy), run_dir.clone());
-            std::thread::Builder::new()
-                .name("ccflow-record".to_owned())
-                .spawn(move || write(&copy, &run_dir))
-        };
-        match spawned {
-            Ok(handle) => self.record_writer = Some(handle),
-            Err(_) => write(&copy, &run_dir),
-        }
+        let record = Arc::new(self.build_record(status));
+        self.record_writer = write_in_background(Arc::clone(&record), &self.shared.run_dir);
         record
     }
 

@@ -869,7 +869,6 @@ fn many_packs_are_merged_into_one_and_every_entry_survives() {
 
 #[test]
 fn restores_stage_in_a_per_process_directory_that_dead_processes_leave_for_the_next() {
-    use std::os::unix::fs::MetadataExt;
     let dir = tempfile::tempdir().expect("tempdir");
     let work = dir.path().join("work");
     write(&work, "out/a.txt", b"alpha", 0o644);
