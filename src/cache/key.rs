@@ -78,13 +78,20 @@ impl CacheKey {
         let mut hasher = blake3::Hasher::new();
         hasher.update(KEY_DOMAIN);
         hasher.update(&self.version.to_le_bytes());
-        // Serialising plain strings and BTreeMaps into a Vec cannot fail; the
-        // fallback keeps this function total without a panic path, and still
-        // differs per key because it hashes the Debug rendering instead.
-        match serde_json::to_vec(&self.canonical()) {
-            Ok(bytes) => hasher.update(&bytes),
-            Err(_) => hasher.update(format!("{self:?}").as_bytes()),
+        // Streamed into the hasher, and the key copied only when its
+        // secrets need sorting: a reduce's key lists every input, and
+        // copying and buffering it cost more than hashing it.
+        // Serialising plain strings and BTreeMaps cannot fail; the fallback
+        // keeps this function total without a panic path, and still
+        // differs per key because it hashes the Debug rendering too.
+        let written = if self.secrets.windows(2).all(|w| w[0] < w[1]) {
+            serde_json::to_writer(&mut hasher, self)
+        } else {
+            serde_json::to_writer(&mut hasher, &self.canonical())
         };
+        if written.is_err() {
+            hasher.update(format!("{self:?}").as_bytes());
+        }
         KeyHash(*hasher.finalize().as_bytes())
     }
 
@@ -474,6 +481,13 @@ mod tests {
             .env
             .insert("RUST_LOG".to_owned(), "info".to_owned());
         backward.secrets = vec!["GH_TOKEN".to_owned(), "ANTHROPIC_API_KEY".to_owned()];
+        assert_eq!(forward.hash(), backward.hash());
+        // Sorted but repeated: hashed as the deduplicated list.
+        backward.secrets = vec![
+            "ANTHROPIC_API_KEY".to_owned(),
+            "ANTHROPIC_API_KEY".to_owned(),
+            "GH_TOKEN".to_owned(),
+        ];
         assert_eq!(forward.hash(), backward.hash());
 
         let mut other = sample();

@@ -278,6 +278,20 @@ impl Store {
     /// blobs are durable (see the module doc); lookups from this process see
     /// them at once.
     pub fn save(&self, keys: &[KeyHash], new: NewEntry, root: &Path) -> Result<Entry, CacheError> {
+        let own_hash = new.key.hash();
+        self.save_hashed(keys, own_hash, new, root)
+    }
+
+    /// [`Store::save`] for a caller that has hashed `new.key` already
+    /// (`own_hash`): a reduce's key lists every input, and hashing it is
+    /// not free.
+    pub fn save_hashed(
+        &self,
+        keys: &[KeyHash],
+        own_hash: KeyHash,
+        new: NewEntry,
+        root: &Path,
+    ) -> Result<Entry, CacheError> {
         let (root_canonical, _) = self.shared.canonical_root(root)?;
         let mut outputs: BTreeMap<String, OutputFile> = BTreeMap::new();
         for rel in &new.outputs {
@@ -300,7 +314,6 @@ impl Store {
             attachments.insert(name.clone(), self.shared.store_file(path)?.0);
         }
 
-        let own_hash = new.key.hash();
         let keys: Vec<KeyHash> = if keys.is_empty() {
             vec![own_hash]
         } else {

@@ -729,7 +729,15 @@ pub async fn execute(shared: Arc<RunShared>, mut job: Job) -> JobResult {
         let log = log_path.clone();
         let inputs2 = inputs.clone();
         let saved = tokio::task::spawn_blocking(move || {
-            save(&shared2, &id, &rendered2, key, &inputs2, &log, use_cache)
+            save(
+                &shared2,
+                &id,
+                &rendered2,
+                (key, key_hash),
+                &inputs2,
+                &log,
+                use_cache,
+            )
         })
         .await;
         match saved {
@@ -858,7 +866,7 @@ fn save(
     shared: &RunShared,
     id: &str,
     rendered: &RenderedInstance,
-    key: CacheKey,
+    (key, key_hash): (CacheKey, KeyHash),
     inputs: &BTreeMap<String, String>,
     log: &Path,
     use_cache: bool,
@@ -905,7 +913,7 @@ fn save(
         .filter(|(path, _)| inputs.contains_key(*path))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let mut keys = vec![key.hash()];
+    let mut keys = vec![key_hash];
     let mut post_state = BTreeMap::new();
     if !in_place.is_empty() {
         let mut post = key.clone();
@@ -928,7 +936,7 @@ fn save(
         post_state,
         metadata: serde_json::Value::Null,
     };
-    match store.save(&keys, entry, &shared.root) {
+    match store.save_hashed(&keys, key_hash, entry, &shared.root) {
         Ok(_) => Ok(pairs),
         Err(crate::cache::CacheError::OutputOutsideRoot { path }) => {
             Err(format!("output `{path}` points outside the repository"))

@@ -38,10 +38,10 @@ pub fn text(plan: &Plan, notes: &Annotations) -> String {
     let total: usize = plan.task_nodes.iter().map(Vec::len).sum();
     let _ = writeln!(
         out,
-        "workflow `{}`: {} tasks, {} instances",
+        "workflow `{}`: {}, {}",
         workflow.name,
-        workflow.tasks.len(),
-        total
+        crate::report::counted(workflow.tasks.len(), "task"),
+        crate::report::counted(total, "instance")
     );
     for (index, task) in workflow.tasks.iter().enumerate() {
         let nodes = &plan.task_nodes[index];

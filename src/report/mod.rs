@@ -83,6 +83,16 @@ impl Reporters {
     }
 }
 
+/// `n` and `noun`, plural unless `n` is 1: "1 instance", "3 instances".
+#[must_use]
+pub fn counted(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// `1.2k`, `3.4M` for token counts.
 #[must_use]
 pub fn human_count(n: u64) -> String {

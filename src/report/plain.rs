@@ -79,7 +79,8 @@ impl PlainReporter {
                 self.total = *total;
                 let _ = writeln!(
                     self.out,
-                    "ccflow: running `{workflow}` ({total} instances, run {run_id})"
+                    "ccflow: running `{workflow}` ({}, run {run_id})",
+                    crate::report::counted(*total, "instance")
                 );
             }
             RunEvent::TotalChanged { total } => self.total = *total,

@@ -87,7 +87,8 @@ impl Reporter for ProgressReporter {
                 self.total = *total;
                 self.overall.set_length(*total as u64);
                 let _ = self.multi.println(format!(
-                    "ccflow: running `{workflow}` ({total} instances, run {run_id})"
+                    "ccflow: running `{workflow}` ({}, run {run_id})",
+                    crate::report::counted(*total, "instance")
                 ));
                 self.update_overall();
             }
