@@ -200,6 +200,25 @@ pub fn walk_starts(globs: &[String]) -> Vec<&str> {
 /// # Errors
 /// Malformed globs, or a walk failure at the root.
 pub fn files(root: &Path, globs: &[String], exclude: &[String]) -> Result<Vec<Item>, FanoutError> {
+    Ok(matching_paths(root, globs, exclude)?
+        .into_iter()
+        .map(|path| Item {
+            label: path.clone(),
+            value: ItemValue::Path(PathItem::new(&path)),
+        })
+        .collect())
+}
+
+/// The repository-relative paths [`files`] would make items of, sorted:
+/// for a caller that needs only the paths (expanding `inputs:` globs).
+///
+/// # Errors
+/// Malformed globs, or a walk failure at the root.
+pub fn matching_paths(
+    root: &Path,
+    globs: &[String],
+    exclude: &[String],
+) -> Result<Vec<String>, FanoutError> {
     let include = build_set(globs)?;
     let exclude = build_set(exclude)?;
     let starts = walk_starts(globs);
@@ -257,13 +276,7 @@ pub fn files(root: &Path, globs: &[String], exclude: &[String]) -> Result<Vec<It
     }
     found.sort_unstable();
     found.dedup();
-    Ok(found
-        .into_iter()
-        .map(|path| Item {
-            label: path.clone(),
-            value: ItemValue::Path(PathItem::new(&path)),
-        })
-        .collect())
+    Ok(found)
 }
 
 fn scalar_label(value: &Value) -> Option<String> {

@@ -175,10 +175,26 @@ pub fn plan(
     run_id: &str,
     tasks: &[String],
 ) -> Result<crate::graph::Plan, CommandError> {
-    let mut plan = crate::graph::Plan::build(workflow, run_id).map_err(|errors| {
-        print_diagnostics(ctx, &errors);
-        CommandError::usage("the workflow cannot be planned")
-    })?;
+    plan_deferring(ctx, workflow, run_id, tasks, &|_| false)
+}
+
+/// [`plan`], leaving the instances `defer` names unrendered (see
+/// [`crate::graph::Plan::build_deferring`]).
+///
+/// # Errors
+/// Template or fan-out errors, an unknown `--task` (exit 2).
+pub fn plan_deferring(
+    ctx: &Ctx,
+    workflow: Arc<Workflow>,
+    run_id: &str,
+    tasks: &[String],
+    defer: &dyn Fn(&str) -> bool,
+) -> Result<crate::graph::Plan, CommandError> {
+    let mut plan =
+        crate::graph::Plan::build_deferring(workflow, run_id, defer).map_err(|errors| {
+            print_diagnostics(ctx, &errors);
+            CommandError::usage("the workflow cannot be planned")
+        })?;
     print_diagnostics(ctx, &plan.warnings);
     if let Err(d) = plan.select(tasks) {
         let message = d.message.clone();

@@ -139,7 +139,10 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
         }
     }
     let run_id = new_run_id();
-    let plan = common::plan(ctx, Arc::clone(&workflow), &run_id, &args.tasks)?;
+    // What the memo settles is not run: its rendering can wait.
+    let plan = common::plan_deferring(ctx, Arc::clone(&workflow), &run_id, &args.tasks, &|id| {
+        settled.contains_key(id)
+    })?;
     tracing::debug!("planned at {:?}", clock.elapsed());
     let io = |what: &str, e: std::io::Error| CommandError::usage(format!("cannot {what}: {e}"));
     let run_dir = scheduler::run_dir(&ctx.state_dir, &run_id);

@@ -66,8 +66,9 @@ pub fn expand_seen(
     };
     if !globs.is_empty() {
         if honour_ignore {
-            let items = crate::fanout::files(root, &globs, &[]).map_err(|e| e.to_string())?;
-            items.into_iter().for_each(|item| found(item.label));
+            let paths =
+                crate::fanout::matching_paths(root, &globs, &[]).map_err(|e| e.to_string())?;
+            paths.into_iter().for_each(&mut found);
         } else {
             let mut builder = globset::GlobSetBuilder::new();
             for glob in &globs {

@@ -49,7 +49,8 @@ pub struct Instance {
     pub label: Option<String>,
     pub item: Option<ItemValue>,
     pub kind: NodeKind,
-    /// Plan-time rendering (None for pending fan-outs).
+    /// Plan-time rendering (None for pending fan-outs, and for instances
+    /// whose rendering [`Plan::build_deferring`] deferred).
     pub rendered: Option<Arc<RenderedInstance>>,
     /// Longest path (in instances) from here to a sink: critical path first.
     pub depth: u32,
@@ -76,6 +77,30 @@ impl Plan {
     /// # Errors
     /// Every template or fan-out problem found, each with its location.
     pub fn build(workflow: Arc<Workflow>, run_id: &str) -> Result<Plan, Vec<Diagnostic>> {
+        Plan::build_deferring(workflow, run_id, &|_| false)
+    }
+
+    /// [`Plan::build`], leaving unrendered (`rendered: None`) the instances
+    /// `defer` names: those the up-to-date memo settles are not run, so a
+    /// run after a one-file edit need not render the 999 others; the
+    /// scheduler renders one should it start it after all. Only when no
+    /// task's templates read run-time state (`needs`, `run.`, `read_file`):
+    /// then no template reads another instance's rendering, and rendering
+    /// later gives what rendering now would.
+    ///
+    /// # Errors
+    /// Every template or fan-out problem found, each with its location.
+    pub fn build_deferring(
+        workflow: Arc<Workflow>,
+        run_id: &str,
+        defer: &dyn Fn(&str) -> bool,
+    ) -> Result<Plan, Vec<Diagnostic>> {
+        let never = |_: &str| false;
+        let defer = if workflow.tasks.iter().any(uses_runtime_context) {
+            &never
+        } else {
+            defer
+        };
         let templates = Arc::new(Templates::new(&workflow.root));
         let mut plan = Plan {
             workflow: Arc::clone(&workflow),
@@ -88,7 +113,7 @@ impl Plan {
         };
         let mut errors = Vec::new();
         for task_index in task_order(&workflow) {
-            if let Err(mut e) = plan.add_task(task_index) {
+            if let Err(mut e) = plan.add_task(task_index, defer) {
                 errors.append(&mut e);
             }
         }
@@ -148,7 +173,11 @@ impl Plan {
             .collect()
     }
 
-    fn add_task(&mut self, task_index: usize) -> Result<(), Vec<Diagnostic>> {
+    fn add_task(
+        &mut self,
+        task_index: usize,
+        defer: &dyn Fn(&str) -> bool,
+    ) -> Result<(), Vec<Diagnostic>> {
         let workflow = Arc::clone(&self.workflow);
         let task = &workflow.tasks[task_index];
         let pointer = format!(
@@ -247,7 +276,7 @@ impl Plan {
                 );
             }
         }
-        self.add_instances(task_index, items, &partners)
+        self.add_instances(task_index, items, &partners, defer)
     }
 
     fn add_pending(&mut self, task_index: usize) {
@@ -273,6 +302,7 @@ impl Plan {
         task_index: usize,
         items: Option<Vec<Item>>,
         partners: &[Option<NodeIndex>],
+        defer: &dyn Fn(&str) -> bool,
     ) -> Result<(), Vec<Diagnostic>> {
         let workflow = Arc::clone(&self.workflow);
         let task = &workflow.tasks[task_index];
@@ -290,7 +320,11 @@ impl Plan {
         let templates = Arc::clone(&self.templates);
         let compiled = TaskTemplates::compile(&workflow, &templates, task).map_err(|d| vec![d])?;
         for (item, partner) in list {
-            let rendered =
+            let label = item.as_ref().map(|i| i.label.clone());
+            let id = InstanceId::new(&task.name, label.as_deref());
+            let rendered = if defer(&id.0) {
+                None
+            } else {
                 match compiled.render(&workflow, task, item.as_ref().map(|i| &i.value), &base) {
                     Ok(r) => Some(Arc::new(r)),
                     Err(d) => {
@@ -298,9 +332,8 @@ impl Plan {
                         errors.push(d);
                         break;
                     }
-                };
-            let label = item.as_ref().map(|i| i.label.clone());
-            let id = InstanceId::new(&task.name, label.as_deref());
+                }
+            };
             let node = self.graph.add_node(Instance {
                 id: id.clone(),
                 task: task_index,
@@ -588,4 +621,65 @@ fn task_order(workflow: &Workflow) -> Vec<usize> {
         }
     }
     order
+}
+
+/// Whether a task's templates read `needs` or `run`, which only the
+/// scheduler knows at run time, or a file through `read_file`, which an
+/// upstream task may rewrite before this one starts (a plan-time render
+/// would bake in the stale content). The scheduler renders such a task's
+/// instances again when it starts them.
+#[must_use]
+pub fn uses_runtime_context(task: &crate::workflow::Task) -> bool {
+    task_sources(task)
+        .iter()
+        .any(|t| t.contains("needs") || t.contains("run.") || t.contains("read_file"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diagnostic::SourceFile;
+    use std::path::Path;
+
+    fn workflow(text: &str) -> Arc<Workflow> {
+        let file = SourceFile::new("w.yaml", text);
+        let loaded = crate::workflow::resolve::load_source(
+            &file,
+            Path::new("w.yaml"),
+            Path::new("/nonexistent"),
+            &BTreeMap::new(),
+        );
+        Arc::new(loaded.workflow.expect("valid workflow"))
+    }
+
+    fn rendered(plan: &Plan) -> Vec<(String, bool)> {
+        plan.graph
+            .node_weights()
+            .map(|i| (i.id.0.clone(), i.rendered.is_some()))
+            .collect()
+    }
+
+    #[test]
+    fn deferring_leaves_named_instances_unrendered_unless_a_template_reads_run_time_state() {
+        let plain = workflow(
+            "version: 1\ntasks:\n  a:\n    for_each: { items: [x, y] }\n    run: echo {{ item }}\n  b:\n    needs: [a]\n    run: echo done\n",
+        );
+        let plan = Plan::build_deferring(plain, "r", &|id| id == "a[x]").expect("plans");
+        let mut seen = rendered(&plan);
+        seen.sort();
+        assert_eq!(
+            seen,
+            vec![
+                ("a[x]".to_owned(), false),
+                ("a[y]".to_owned(), true),
+                ("b".to_owned(), true)
+            ]
+        );
+        // `b` reads its upstream's outputs: nothing is deferred.
+        let reading = workflow(
+            "version: 1\ntasks:\n  a:\n    for_each: { items: [x, y] }\n    run: echo {{ item }}\n  b:\n    needs: [a]\n    run: echo {{ needs.a.outputs }}\n",
+        );
+        let plan = Plan::build_deferring(reading, "r", &|id| id == "a[x]").expect("plans");
+        assert!(rendered(&plan).iter().all(|(_, r)| *r));
+    }
 }
