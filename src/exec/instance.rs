@@ -259,6 +259,45 @@ pub fn instance_key(
     Ok(keyed.unwrap_or_else(|| unreachable!("no file is larger than u64::MAX")))
 }
 
+/// Inputs from this many on are hashed on two threads (a reduce over a
+/// fan-out): stat'ing, and hashing what the index does not know, is most of
+/// such a key.
+const PARALLEL_INPUTS: usize = 256;
+
+type InputHash = Result<Option<crate::cache::index::FileHash>, crate::cache::CacheError>;
+
+/// Each input's hash (see [`StatIndex::hash_file_seen`]), in order.
+fn hash_inputs(
+    index: &StatIndex,
+    root: &Path,
+    files: Vec<(String, Option<std::fs::Metadata>)>,
+    limit: u64,
+) -> Vec<(String, InputHash)> {
+    let hash_all = |files: Vec<(String, Option<std::fs::Metadata>)>| -> Vec<(String, InputHash)> {
+        files
+            .into_iter()
+            .map(|(file, seen)| {
+                let hashed = index.hash_file_seen(root, &file, seen, limit);
+                (file, hashed)
+            })
+            .collect()
+    };
+    if files.len() < PARALLEL_INPUTS {
+        return hash_all(files);
+    }
+    let mut first = files;
+    let second = first.split_off(first.len() / 2);
+    std::thread::scope(|scope| {
+        let other = scope.spawn(|| hash_all(second));
+        let mut hashed = hash_all(first);
+        match other.join() {
+            Ok(rest) => hashed.extend(rest),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+        hashed
+    })
+}
+
 /// [`instance_key`], or `None` when an input of more than `limit` bytes
 /// would have to be read (see [`StatIndex::hash_file_within`]).
 pub fn instance_key_within(
@@ -280,10 +319,8 @@ pub fn instance_key_within(
         .map_err(|e| format!("cannot expand inputs: {e}"))?;
     let expanded = clock.map(|c| c.elapsed());
     let mut inputs = BTreeMap::new();
-    for (file, seen) in input_files {
-        let hashed = index
-            .hash_file_seen(root, &file, seen, limit)
-            .map_err(|e| format!("cannot hash input `{file}`: {e}"))?;
+    for (file, hashed) in hash_inputs(index, root, input_files, limit) {
+        let hashed = hashed.map_err(|e| format!("cannot hash input `{file}`: {e}"))?;
         let Some(hash) = hashed else {
             return Ok(None);
         };
