@@ -118,6 +118,15 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
         crate::memo::start(seed);
         tracing::debug!("up-to-date check done at {:?}", clock.elapsed());
     }
+    // The cache and the file-hash index are opened beside the planning
+    // (reading a 2,000-entry index took ~1 ms of a 40 ms rerun).
+    let opening = {
+        let (cache_dir, index_path) = (ctx.state_dir.join("cache"), ctx.state_dir.join("index"));
+        std::thread::Builder::new()
+            .name("ccflow-open".to_owned())
+            .spawn(move || (Store::open(&cache_dir), StatIndex::open(&index_path)))
+            .ok()
+    };
     crate::memo::stat(&workflow_path);
     if let Some(dir) = workflow_path.parent() {
         crate::memo::stat(dir);
@@ -165,15 +174,23 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
     if !gitignore.exists() {
         let _ = fs_err::write(&gitignore, "*\n");
     }
-    let store = match Store::open(&ctx.state_dir.join("cache")) {
+    let (store, index) = opening
+        .and_then(|thread| thread.join().ok())
+        .unwrap_or_else(|| {
+            (
+                Store::open(&ctx.state_dir.join("cache")),
+                StatIndex::open(&ctx.state_dir.join("index")),
+            )
+        });
+    let store = match store {
         Ok(store) => Some(store),
         Err(e) => {
             eprintln!("warning: the cache is unavailable ({e}); running without it");
             None
         }
     };
-    let index = StatIndex::open(&ctx.state_dir.join("index"))
-        .map_err(|e| CommandError::usage(format!("cannot open the file-hash index: {e}")))?;
+    let index =
+        index.map_err(|e| CommandError::usage(format!("cannot open the file-hash index: {e}")))?;
     let mut secrets = Vec::new();
     for name in &workflow.secrets {
         match std::env::var(name) {
