@@ -452,7 +452,7 @@ pub struct Proven {
 }
 
 /// One instance's result, as the memo keeps it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Debug)]
 pub struct Settled {
     pub id: String,
     pub key: String,
@@ -632,9 +632,6 @@ const SETTLED_MAGIC: &[u8; 12] = b"CCFSETL\0\x00\x01\r\n";
 /// Binary rather than JSON: a run after a one-file edit reads it whole,
 /// and parsing the JSON of 1,000 instances cost more than stat'ing them.
 fn encode_settled(settled: &[Settled]) -> Vec<u8> {
-    let put_u64 = |out: &mut Vec<u8>, n: usize| {
-        out.extend_from_slice(&u64::try_from(n).unwrap_or(u64::MAX).to_le_bytes());
-    };
     let mut out = Vec::with_capacity(SETTLED_MAGIC.len() + settled.len() * 256);
     out.extend_from_slice(SETTLED_MAGIC);
     put_u64(&mut out, settled.len());
@@ -736,7 +733,7 @@ fn write_memo(
     put_bytes(&mut body, sections.proven);
     put_bytes(&mut body, sections.instances);
     put_bytes(&mut body, sections.settled);
-    body.extend_from_slice(&u64::try_from(entries.len()).unwrap_or(0).to_le_bytes());
+    put_u64(&mut body, entries.len());
     for ((path, observation), racy) in entries.iter().zip(racy) {
         put_bytes(&mut body, path.as_os_str().as_encoded_bytes());
         // A racy observation needs its content hash (see `compare`); a
@@ -795,8 +792,12 @@ fn prune(dir: &Path) {
     }
 }
 
+fn put_u64(out: &mut Vec<u8>, n: usize) {
+    out.extend_from_slice(&u64::try_from(n).unwrap_or(0).to_le_bytes());
+}
+
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.extend_from_slice(&u64::try_from(bytes.len()).unwrap_or(0).to_le_bytes());
+    put_u64(out, bytes.len());
     out.extend_from_slice(bytes);
 }
 

@@ -88,8 +88,8 @@ pub fn load_path(
         None => {
             let count = loaded.diagnostics.iter().filter(|d| d.is_error()).count();
             Err(CommandError::usage(format!(
-                "`{display}` is invalid ({count} error{})",
-                if count == 1 { "" } else { "s" }
+                "`{display}` is invalid ({})",
+                crate::report::counted(count, "error")
             )))
         }
     }

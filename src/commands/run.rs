@@ -120,13 +120,19 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
     }
     // The cache and the file-hash index are opened beside the planning
     // (reading a 2,000-entry index took ~1 ms of a 40 ms rerun).
-    let opening = {
-        let (cache_dir, index_path) = (ctx.state_dir.join("cache"), ctx.state_dir.join("index"));
-        std::thread::Builder::new()
-            .name("ccflow-open".to_owned())
-            .spawn(move || (Store::open(&cache_dir), StatIndex::open(&index_path)))
-            .ok()
+    let open = {
+        let state_dir = ctx.state_dir.clone();
+        move || {
+            (
+                Store::open(&state_dir.join("cache")),
+                StatIndex::open(&state_dir.join("index")),
+            )
+        }
     };
+    let opening = std::thread::Builder::new()
+        .name("ccflow-open".to_owned())
+        .spawn(open.clone())
+        .ok();
     crate::memo::stat(&workflow_path);
     if let Some(dir) = workflow_path.parent() {
         crate::memo::stat(dir);
@@ -176,12 +182,7 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
     }
     let (store, index) = opening
         .and_then(|thread| thread.join().ok())
-        .unwrap_or_else(|| {
-            (
-                Store::open(&ctx.state_dir.join("cache")),
-                StatIndex::open(&ctx.state_dir.join("index")),
-            )
-        });
+        .unwrap_or_else(open);
     let store = match store {
         Ok(store) => Some(store),
         Err(e) => {

@@ -56,8 +56,8 @@ pub fn run(args: &ValidateArgs, ctx: &Ctx) -> CommandResult {
                 if ok {
                     let count = instances.unwrap_or(0);
                     eprintln!(
-                        "ok: {display} ({count} instance{})",
-                        if count == 1 { "" } else { "s" }
+                        "ok: {display} ({})",
+                        crate::report::counted(count, "instance")
                     );
                 }
             }

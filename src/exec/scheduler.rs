@@ -396,13 +396,13 @@ pub async fn run(
         .iter()
         .map(|n| state.plan.graph[*n].id.0.clone())
         .collect();
-    let record_writer = state.record_writer.take();
     let State {
         plan,
         results,
         status: statuses,
         order,
         indegree,
+        record_writer,
         ..
     } = state;
     RunOutcome {
@@ -783,12 +783,7 @@ impl State {
             let node = ready.node;
             let task_index = self.plan.graph[node].task;
             let pool = self.plan.workflow.tasks[task_index].pool.clone();
-            if let Some(result) = self.settle(node) {
-                // Started and finished at once: `finish` releases the pool.
-                *self.pool_running.entry(pool).or_insert(0) += 1;
-                self.finish(result);
-                continue;
-            }
+            // What the memo settles never comes here (see `make_ready`).
             if self.plan.workflow.tasks[task_index].is_agent()
                 && self.running.len() >= self.global_limit
             {

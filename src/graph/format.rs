@@ -62,10 +62,9 @@ pub fn text(plan: &Plan, notes: &Annotations) -> String {
         };
         let _ = writeln!(
             out,
-            "\n{} [{kind}, {} instance{}]{needs}",
+            "\n{} [{kind}, {}]{needs}",
             task.name,
-            nodes.len(),
-            if nodes.len() == 1 { "" } else { "s" }
+            crate::report::counted(nodes.len(), "instance")
         );
         for node in nodes {
             let instance = &plan.graph[*node];
