@@ -262,21 +262,43 @@ pub fn matching_paths(
             {
                 continue;
             }
-            let Ok(relative) = entry.path().strip_prefix(root) else {
+            let Some(relative) = relative_str(entry.path(), root) else {
                 continue;
             };
-            let Some(relative) = relative.to_str() else {
-                continue;
-            };
-            let relative = relative.replace('\\', "/");
-            if include.is_match(&relative) && !exclude.is_match(&relative) {
-                found.push(relative);
+            // One candidate for both sets: building it (base name,
+            // extension) was most of the cost of an entry.
+            let candidate = globset::Candidate::new(relative);
+            if include.is_match_candidate(&candidate)
+                && (exclude.is_empty() || !exclude.is_match_candidate(&candidate))
+            {
+                found.push(if relative.contains('\\') {
+                    relative.replace('\\', "/")
+                } else {
+                    relative.to_owned()
+                });
             }
         }
     }
     found.sort_unstable();
     found.dedup();
     Ok(found)
+}
+
+/// `path` relative to `root` as UTF-8 (`None`: outside `root`, or not
+/// UTF-8). The walk's paths start with `root` byte for byte, so the prefix
+/// is cut as bytes: `Path::strip_prefix` compares component by component.
+fn relative_str<'a>(path: &'a Path, root: &Path) -> Option<&'a str> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let bytes = path.as_os_str().as_bytes();
+    let rest = match bytes.strip_prefix(root.as_os_str().as_bytes()) {
+        Some(rest) if root.as_os_str().as_bytes().ends_with(b"/") => Some(rest),
+        Some(rest) => rest.strip_prefix(b"/").or(rest.is_empty().then_some(rest)),
+        None => None,
+    };
+    match rest {
+        Some(rest) => std::str::from_utf8(rest).ok(),
+        None => path.strip_prefix(root).ok()?.to_str(),
+    }
 }
 
 fn scalar_label(value: &Value) -> Option<String> {

@@ -356,7 +356,13 @@ fn spawn(spec: &ProcessSpec) -> Result<Spawned, ProcessOutcome> {
         });
     }
     let plan = match &spec.command {
-        CommandLine::Auto { script } => match shellwords::parse(script) {
+        CommandLine::Auto { script } => match shellwords::parse(script).and_then(|direct| {
+            if direct.globs.is_empty() {
+                Some(direct)
+            } else {
+                expand_globs(spec, direct)
+            }
+        }) {
             Some(direct) => Plan::Direct(direct),
             None => Plan::Shell {
                 interpreter: vec!["sh".to_owned(), "-c".to_owned()],
@@ -386,6 +392,113 @@ fn spawn(spec: &ProcessSpec) -> Result<Spawned, ProcessOutcome> {
             script,
         } => spawn_shell(spec, &interpreter, &script),
     }
+}
+
+/// `direct` with its pathname patterns replaced by the names they match,
+/// as sh would expand them: matches in byte order (dash's order, and the
+/// C locale's), a pattern matching nothing left as written. `None` when sh
+/// might do otherwise — a `sh` that is not dash under a locale that sorts
+/// differently, a name that is not UTF-8, a directory that cannot be read
+/// — and the caller runs `sh -c`.
+fn expand_globs(spec: &ProcessSpec, mut direct: DirectCommand) -> Option<DirectCommand> {
+    if !sh_sorts_bytewise(spec) {
+        return None;
+    }
+    let mut expanded = Vec::with_capacity(direct.argv.len());
+    let mut globs = std::mem::take(&mut direct.globs).into_iter().peekable();
+    for (i, word) in direct.argv.into_iter().enumerate() {
+        if globs.next_if_eq(&i).is_none() {
+            expanded.push(word);
+            continue;
+        }
+        let (dir, pattern) = match word.rsplit_once('/') {
+            Some((dir, pattern)) => (Some(dir), pattern),
+            None => (None, word.as_str()),
+        };
+        let listed = match dir {
+            Some("") => std::fs::read_dir("/"),
+            Some(dir) => std::fs::read_dir(spec.cwd.join(dir)),
+            None => std::fs::read_dir(&spec.cwd),
+        };
+        let entries = match listed {
+            Ok(entries) => entries,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+                expanded.push(word);
+                continue;
+            }
+            Err(_) => return None,
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let name = entry.ok()?.file_name().into_string().ok()?;
+            if !name.starts_with('.') && star_match(pattern, &name) {
+                names.push(name);
+            }
+        }
+        if names.is_empty() {
+            expanded.push(word);
+            continue;
+        }
+        names.sort_unstable();
+        let prefix = dir.map(|d| format!("{d}/")).unwrap_or_default();
+        expanded.extend(names.into_iter().map(|name| format!("{prefix}{name}")));
+    }
+    direct.argv = expanded;
+    Some(direct)
+}
+
+/// Whether `name` matches `pattern`, in which `*` matches any run of
+/// characters and every other character itself.
+fn star_match(pattern: &str, name: &str) -> bool {
+    let mut pieces = pattern.split('*');
+    let first = pieces.next().unwrap_or_default();
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let mut pieces: Vec<&str> = pieces.collect();
+    // No `*`: the whole name is literal.
+    let Some(last) = pieces.pop() else {
+        return rest.is_empty();
+    };
+    for piece in pieces {
+        match rest.find(piece) {
+            Some(at) => rest = &rest[at + piece.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+/// Whether the task's `sh` sorts pathname expansions by bytes: dash always
+/// does (it has no locale support); any sh does in the C locale (`LC_ALL`,
+/// else `LC_COLLATE`, else `LANG`, is unset, empty, `C`, `C.*` or `POSIX`).
+fn sh_sorts_bytewise(spec: &ProcessSpec) -> bool {
+    let var = |name: &str| {
+        spec.env
+            .iter()
+            .rev()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+            .filter(|value| !value.is_empty())
+    };
+    let locale = var("LC_ALL")
+        .or_else(|| var("LC_COLLATE"))
+        .or_else(|| var("LANG"));
+    if locale.is_none_or(|l| l == "C" || l == "POSIX" || l.starts_with("C.")) {
+        return true;
+    }
+    let sh = match resolve_program("sh", spec) {
+        Ok(path) => path,
+        Err(SpawnError::NotFound) => PathBuf::from("/bin/sh"),
+        Err(_) => return false,
+    };
+    static DASH: LazyLock<Mutex<HashMap<PathBuf, bool>>> = LazyLock::new(Default::default);
+    let mut known = DASH
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    *known.entry(sh).or_insert_with_key(|sh| {
+        std::fs::canonicalize(sh).is_ok_and(|real| real.file_name().is_some_and(|n| n == "dash"))
+    })
 }
 
 fn program_script(command: &CommandLine) -> String {

@@ -4,8 +4,11 @@
 //! dominates workflows of many tiny tasks. [`parse`] accepts only the subset of
 //! POSIX shell whose meaning is fixed by the characters alone: plain words,
 //! single and double quotes, backslash escapes, and the simple redirections
-//! `<`, `>`, `>>` and `2>&1`. Anything that needs the shell to expand, look up
-//! or interpret something (parameters, command substitution, globs, tildes,
+//! `<`, `>`, `>>` and `2>&1`, and one kind of pathname expansion: an
+//! unquoted argument whose last component holds `*` (`out/*.txt`), which
+//! the runner expands as sh would (see [`DirectCommand::globs`]). Anything
+//! else that needs the shell to expand, look up
+//! or interpret something (parameters, command substitution, other globs, tildes,
 //! braces, assignments, operators, comments, keywords, builtins) returns `None`
 //! and the caller falls back to `sh -c`. It never guesses: a false `None` only
 //! costs speed, a false `Some` would change what the user's command means.
@@ -25,6 +28,13 @@ pub struct DirectCommand {
     /// stderr goes to the task log (this also covers `2>&1 > FILE`, where sh
     /// duplicates stderr onto the log before stdout is redirected).
     pub stderr_to_stdout: bool,
+    /// Indexes into `argv` of words that are pathname patterns: unquoted,
+    /// `*` the only wildcard, and only in the last component, which does
+    /// not start with `.` (`out/*.txt`, `*.md`). The runner replaces each
+    /// with the matching names in byte order, or leaves it as written when
+    /// nothing matches — what sh does — and runs `sh -c` instead when it
+    /// cannot be sure to match sh (see `exec::local`).
+    pub globs: Vec<usize>,
 }
 
 /// Shell builtins and reserved words of dash and bash. A command named like
@@ -148,6 +158,8 @@ fn needs_shell(c: char) -> bool {
 #[derive(Debug)]
 enum Token {
     Word(String),
+    /// A word that is a pathname pattern (see [`DirectCommand::globs`]).
+    Glob(String),
     /// `<`
     In,
     /// `>` or `>>` (true)
@@ -171,10 +183,17 @@ pub fn parse(script: &str) -> Option<DirectCommand> {
     // Where stderr points, in redirection order: false = the log, true = the
     // stdout file. Only one stdout file is representable.
     let mut stderr_to_stdout = false;
+    let mut globs = Vec::new();
     let mut iter = tokens.into_iter();
     while let Some(token) = iter.next() {
         match token {
             Token::Word(word) => argv.push(word),
+            // The command name itself is never expanded here.
+            Token::Glob(word) if !argv.is_empty() => {
+                globs.push(argv.len());
+                argv.push(word);
+            }
+            Token::Glob(_) => return None,
             Token::In => {
                 let Some(Token::Word(target)) = iter.next() else {
                     return None;
@@ -211,7 +230,29 @@ pub fn parse(script: &str) -> Option<DirectCommand> {
         stdin,
         stdout,
         stderr_to_stdout,
+        globs,
     })
+}
+
+/// A finished word: `quoted` when any part of it was, `starred` when it
+/// holds an unquoted `*`. `None` for a wildcard beside quoted parts or in a
+/// pattern of another kind: left to sh.
+fn word_token(text: String, quoted: bool, starred: bool) -> Option<Token> {
+    if !starred {
+        Some(Token::Word(text))
+    } else if !quoted && simple_pattern(&text) {
+        Some(Token::Glob(text))
+    } else {
+        None
+    }
+}
+
+/// Whether `word` (unquoted, holding `*`) is a pattern of the supported
+/// kind: wildcards only in a last component that does not start with `.`
+/// (sh matches hidden names only then, and `.*` would match `.` and `..`).
+fn simple_pattern(word: &str) -> bool {
+    let (dir, name) = word.rsplit_once('/').unwrap_or(("", word));
+    !dir.contains('*') && !name.is_empty() && !name.starts_with('.')
 }
 
 /// Splits the script into words and redirection operators, applying POSIX
@@ -224,13 +265,16 @@ fn tokenize(script: &str) -> Option<Vec<Token>> {
     let mut word = String::new();
     let mut in_word = false;
     let mut quoted = false;
+    // The word holds an unquoted `*`.
+    let mut starred = false;
 
     macro_rules! finish_word {
         () => {
             if in_word {
-                tokens.push(Token::Word(std::mem::take(&mut word)));
+                tokens.push(word_token(std::mem::take(&mut word), quoted, starred)?);
                 in_word = false;
                 quoted = false;
+                starred = false;
             }
         };
     }
@@ -315,6 +359,11 @@ fn tokenize(script: &str) -> Option<Vec<Token>> {
                     tokens.push(Token::Out(false));
                 }
             }
+            '*' => {
+                in_word = true;
+                starred = true;
+                word.push('*');
+            }
             other if needs_shell(other) => return None,
             other => {
                 in_word = true;
@@ -323,7 +372,7 @@ fn tokenize(script: &str) -> Option<Vec<Token>> {
         }
     }
     if in_word {
-        tokens.push(Token::Word(word));
+        tokens.push(word_token(word, quoted, starred)?);
     }
     Some(tokens)
 }

@@ -493,10 +493,42 @@ const EQUIVALENT: &[&str] = &[
     "false",
     "sh -c 'exit 7'",
     "cat nonexistent",
+    // Pathname patterns, expanded by ccflow as sh would.
+    "cat g/*.txt",
+    "cat g/*.txt > all.txt",
+    "/usr/bin/printf '[%s]' g/*",
+    "/usr/bin/printf '[%s]' g/*.* g/a* g/*b* g/*.txt* g/B*",
+    "/usr/bin/printf '[%s]' g/*x*x* g/a*a g/*.none",
+    "/usr/bin/printf '[%s]' ./g/* g//*",
+    "/usr/bin/printf '[%s]' *",
+    "/usr/bin/printf '[%s]' missing/*.txt input.txt/*",
+    "/usr/bin/printf '[%s]' g/*space* g/*sub*",
+    "/usr/bin/printf '[%s]' '*' g/'*'",
 ];
 
 fn populate(dir: &Path) {
     use std::os::unix::fs::PermissionsExt as _;
+    // Names whose byte order and collation order differ, hidden ones, one
+    // with a space and a subdirectory, for the pathname patterns.
+    std::fs::create_dir(dir.join("g")).expect("mkdir");
+    for name in [
+        "b.txt",
+        "a.txt",
+        "B.txt",
+        "_x.txt",
+        "a-b.txt",
+        "a.b.txt",
+        "A10.txt",
+        "A9.txt",
+        "é.txt",
+        "with space.txt",
+        ".hidden.txt",
+        "axbxa",
+        "noext",
+    ] {
+        std::fs::write(dir.join("g").join(name), name).expect("write");
+    }
+    std::fs::create_dir(dir.join("g").join("sub.txt")).expect("mkdir");
     std::fs::write(dir.join("input.txt"), "pear\napple\nfig\n").expect("write");
     std::fs::write(dir.join("existing.txt"), "already here\n").expect("write");
     std::fs::create_dir(dir.join("sub dir")).expect("mkdir");
@@ -562,6 +594,37 @@ async fn direct_exec_matches_sh() {
         let direct = run_in_fresh_dir(auto(script), &token).await;
         let via_shell = run_in_fresh_dir(shell(script), &token).await;
         assert_eq!(direct, via_shell, "script {script:?}");
+    }
+}
+
+#[test]
+fn star_patterns_expand_in_byte_order_only_where_sh_would_agree() {
+    let fixture = Fixture::new();
+    populate(&fixture.work());
+    let mut spec = fixture.spec(auto("cat g/a*.txt g/none*"));
+    let direct = shellwords::parse("cat g/a*.txt g/none*").expect("direct");
+    let expanded = expand_globs(&spec, direct.clone()).expect("the C locale sorts by bytes");
+    assert_eq!(
+        expanded.argv,
+        ["cat", "g/a-b.txt", "g/a.b.txt", "g/a.txt", "g/none*"]
+    );
+    assert!(expanded.globs.is_empty());
+    // An `sh` that is bash, under a locale that may collate otherwise: the
+    // script goes to sh. The same `sh` being dash: expanded here.
+    let bin = tempfile::tempdir().expect("tempdir");
+    for (shell, expands) in [("/bin/bash", false), ("/bin/dash", true)] {
+        let dir = bin.path().join(shell.trim_start_matches("/bin/"));
+        std::fs::create_dir(&dir).expect("mkdir");
+        std::os::unix::fs::symlink(shell, dir.join("sh")).expect("symlink");
+        spec.env = vec![
+            ("PATH".into(), format!("{}:/usr/bin:/bin", dir.display())),
+            ("LANG".into(), "en_US.UTF-8".into()),
+        ];
+        assert_eq!(
+            expand_globs(&spec, direct.clone()).is_some(),
+            expands,
+            "sh = {shell}"
+        );
     }
 }
 

@@ -47,6 +47,26 @@ fn redirections() {
 }
 
 #[test]
+fn star_patterns_are_expanded_by_the_runner() {
+    let parsed = parse("cat out/*.txt > all.txt").expect("direct");
+    assert_eq!(parsed.argv, ["cat", "out/*.txt"]);
+    assert_eq!(parsed.globs, [1]);
+    assert_eq!(parsed.stdout, Some((PathBuf::from("all.txt"), false)));
+    let parsed = parse("wc -l *.md /abs/a*b*c 'lit*'").expect("direct");
+    assert_eq!(parsed.argv, ["wc", "-l", "*.md", "/abs/a*b*c", "lit*"]);
+    assert_eq!(parsed.globs, [2, 3], "a quoted star is a literal word");
+    assert!(parse("cat a.txt").expect("direct").globs.is_empty());
+    for quoted in ["ls '*'.txt", "ls \\*.txt", "ls \"*.txt\""] {
+        let parsed = parse(quoted).expect("direct");
+        assert_eq!(parsed.argv, ["ls", "*.txt"], "{quoted:?}");
+        assert!(
+            parsed.globs.is_empty(),
+            "{quoted:?}: a quoted star is literal"
+        );
+    }
+}
+
+#[test]
 fn scripts_that_need_a_shell() {
     for script in [
         "",
@@ -61,7 +81,18 @@ fn scripts_that_need_a_shell() {
         "false --help",
         "pwd",
         "kill 1",
-        "ls *.txt",
+        "*.sh",
+        "./*.sh x",
+        "ls *.txt > *.out",
+        "ls < *.txt",
+        "ls */x.txt",
+        "ls a/*/b*",
+        "ls .*",
+        "ls src/.*rc",
+        "ls src/*/",
+        "ls *'.txt'",
+        "ls \"a\"*",
+        "ls a*?",
         "ls a?",
         "ls [ab]",
         "ls ~",
