@@ -83,8 +83,11 @@ fn owner_gone(run_dir: &Path) -> bool {
 /// that no later run has cleaned up after yet.
 #[must_use]
 pub fn killed_runs(state_dir: &Path) -> Vec<std::path::PathBuf> {
-    crate::report::record::list_runs(state_dir)
+    // The newest first, and only as many as looked at: `list_runs` checks
+    // every directory for a record.
+    crate::report::record::run_dirs_newest_first(state_dir)
         .into_iter()
+        .filter(|dir| dir.join("run.json").is_file())
         .take(20)
         .filter(|dir| owner(dir) == Owner::Dead)
         .collect()
@@ -165,11 +168,36 @@ pub fn prune_runs(state_dir: &Path, keep: usize) -> usize {
     if keep == 0 {
         return 0;
     }
-    let mut removed = 0;
-    for dir in crate::report::record::list_runs(state_dir)
+    remove_runs(
+        crate::report::record::list_runs(state_dir)
+            .into_iter()
+            .skip(keep),
+    )
+}
+
+/// The run directories [`remove_runs`] should remove so that `keep`
+/// remain with the new run `run_id` (0: keep all).
+#[must_use]
+pub fn runs_to_prune_before(
+    state_dir: &Path,
+    run_id: &str,
+    keep: usize,
+) -> Vec<std::path::PathBuf> {
+    if keep == 0 {
+        return Vec::new();
+    }
+    crate::report::record::list_runs(state_dir)
         .into_iter()
-        .skip(keep)
-    {
+        .filter(|dir| dir.file_name().is_none_or(|name| name != run_id))
+        .skip(keep - 1)
+        .collect()
+}
+
+/// Removes these run directories but those whose ccflow is still running.
+/// Returns how many were removed.
+pub fn remove_runs(dirs: impl IntoIterator<Item = std::path::PathBuf>) -> usize {
+    let mut removed = 0;
+    for dir in dirs {
         if owner(&dir) != Owner::Alive && std::fs::remove_dir_all(&dir).is_ok() {
             removed += 1;
         }
@@ -215,15 +243,18 @@ pub fn close_dead_records(killed: &[std::path::PathBuf]) -> usize {
 mod tests {
     use super::*;
 
+    /// `runs/NAME` under `state` with a record in it.
+    fn run_dir_with_record(state: &Path, name: &str) -> std::path::PathBuf {
+        let dir = state.join("runs").join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("run.json"), "{}").unwrap();
+        dir
+    }
+
     #[test]
     fn pruning_keeps_the_most_recent_runs_and_live_ones() {
         let state = tempfile::tempdir().unwrap();
-        let run = |name: &str| {
-            let dir = state.path().join("runs").join(name);
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join("run.json"), "{}").unwrap();
-            dir
-        };
+        let run = |name: &str| run_dir_with_record(state.path(), name);
         let oldest_live = run("20260101-000000-aaaa");
         write_owner(&oldest_live).unwrap();
         let old = run("20260101-000001-bbbb");
@@ -235,6 +266,33 @@ mod tests {
         assert!(oldest_live.exists(), "a running ccflow's run stays");
         assert!(recent.exists() && newest.exists());
         assert_eq!(prune_runs(state.path(), 0), 0, "0 keeps all");
+    }
+
+    #[test]
+    fn pruning_before_a_run_leaves_room_for_it_whenever_it_appears() {
+        let state = tempfile::tempdir().unwrap();
+        let run = |name: &str| run_dir_with_record(state.path(), name);
+        let oldest = run("20260101-000000-aaaa");
+        run("20260102-000000-bbbb");
+        run("20260103-000000-cccc");
+        let new = "20260104-000000-dddd";
+        assert_eq!(
+            runs_to_prune_before(state.path(), new, 3),
+            [oldest.as_path()]
+        );
+        // The new run's directory, already there or not, is not counted.
+        run(new);
+        assert_eq!(
+            runs_to_prune_before(state.path(), new, 3),
+            [oldest.as_path()]
+        );
+        assert_eq!(remove_runs(runs_to_prune_before(state.path(), new, 3)), 1);
+        assert!(!oldest.exists());
+        assert_eq!(crate::report::record::list_runs(state.path()).len(), 3);
+        assert!(
+            runs_to_prune_before(state.path(), new, 0).is_empty(),
+            "0 keeps all"
+        );
     }
 
     #[test]

@@ -264,16 +264,19 @@ fn write_run_json(dir: &Path, text: &[u8]) -> std::io::Result<()> {
 /// Run directories under `state/runs`, newest first.
 #[must_use]
 pub fn list_runs(state_dir: &Path) -> Vec<PathBuf> {
+    let mut dirs = run_dirs_newest_first(state_dir);
+    dirs.retain(|p| p.join("run.json").is_file());
+    dirs
+}
+
+/// Every entry of `.ccflow/runs`, newest first, record or not.
+#[must_use]
+pub fn run_dirs_newest_first(state_dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(state_dir.join("runs")) else {
         return Vec::new();
     };
-    let mut dirs: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.join("run.json").is_file())
-        .collect();
-    dirs.sort();
-    dirs.reverse();
+    let mut dirs: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
+    dirs.sort_unstable_by(|a, b| b.cmp(a));
     dirs
 }
 
