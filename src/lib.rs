@@ -4,6 +4,43 @@
 //! The modules follow the pipeline: discover → parse → validate → expand →
 //! plan → hash → execute → report.
 
+/// Writes to stdout or stderr with `write!` or `writeln!`, dropping write
+/// errors: a closed pipe (`ccflow runs | head -1`, `ccflow run ... 2>&1 |
+/// head`) must neither panic, as `println!` and `eprintln!` do, nor stop a
+/// run that still has to finish and record its tasks.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! quiet_write {
+    ($stream:ident, $write:ident, $($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = $write!(std::io::$stream(), $($arg)*);
+    }};
+}
+
+/// `println!` without the panic (see [`quiet_write!`]).
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => { $crate::quiet_write!(stdout, writeln, $($arg)*) };
+}
+
+/// `print!` without the panic (see [`quiet_write!`]).
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::quiet_write!(stdout, write, $($arg)*) };
+}
+
+/// `eprintln!` without the panic (see [`quiet_write!`]).
+#[macro_export]
+macro_rules! errln {
+    ($($arg:tt)*) => { $crate::quiet_write!(stderr, writeln, $($arg)*) };
+}
+
+/// `eprint!` without the panic (see [`quiet_write!`]).
+#[macro_export]
+macro_rules! err {
+    ($($arg:tt)*) => { $crate::quiet_write!(stderr, write, $($arg)*) };
+}
+
 pub mod agent;
 pub mod cache;
 pub mod cli;

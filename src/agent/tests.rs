@@ -38,7 +38,7 @@ fn real_claude() -> Option<PathBuf> {
         std::env::var("CI").as_deref() != Ok("true"),
         "the claude CLI is required under CI=true: pip install claude-agent-sdk or set CCFLOW_CLAUDE"
     );
-    eprintln!("skipping: no claude CLI (pip install claude-agent-sdk, or set CCFLOW_CLAUDE)");
+    crate::errln!("skipping: no claude CLI (pip install claude-agent-sdk, or set CCFLOW_CLAUDE)");
     None
 }
 

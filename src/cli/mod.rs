@@ -225,7 +225,7 @@ pub fn main() -> i32 {
     match commands::dispatch(cli) {
         Ok(status) => status.code(),
         Err(error) => {
-            eprintln!("{error}");
+            crate::errln!("{error}");
             error.status.code()
         }
     }

@@ -17,10 +17,10 @@ pub fn run(args: &CacheArgs, ctx: &Ctx) -> CommandResult {
     match &args.command {
         CacheCommand::Stats => {
             let stats = store.stats().map_err(fail)?;
-            println!("cache: {}", store.dir().display());
-            println!("entries: {}", stats.entries);
-            println!("blobs:   {}", stats.blobs);
-            println!(
+            crate::outln!("cache: {}", store.dir().display());
+            crate::outln!("entries: {}", stats.entries);
+            crate::outln!("blobs:   {}", stats.blobs);
+            crate::outln!(
                 "size:    {} (manifests and blobs)",
                 human_bytes(stats.bytes)
             );
@@ -34,7 +34,7 @@ pub fn run(args: &CacheArgs, ctx: &Ctx) -> CommandResult {
             let report = store.gc(limit).map_err(fail)?;
             // A collected entry turns an up-to-date answer into a rerun.
             crate::memo::remove_all(&ctx.state_dir);
-            println!(
+            crate::outln!(
                 "removed {} entries and {} blobs ({}); the cache now holds {}",
                 report.entries_removed,
                 report.blobs_removed,
@@ -45,7 +45,7 @@ pub fn run(args: &CacheArgs, ctx: &Ctx) -> CommandResult {
         CacheCommand::Clear => {
             store.clear().map_err(fail)?;
             crate::memo::remove_all(&ctx.state_dir);
-            println!("cache cleared");
+            crate::outln!("cache cleared");
         }
     }
     Ok(ExitStatus::Success)

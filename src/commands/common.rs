@@ -29,9 +29,9 @@ pub fn parse_vars(vars: &[String]) -> Result<BTreeMap<String, String>, CommandEr
 /// Prints diagnostics to stderr (and as GitHub annotations under Actions).
 pub fn print_diagnostics(ctx: &Ctx, diagnostics: &[Diagnostic]) {
     for diagnostic in diagnostics {
-        eprint!("{}", diagnostic.render(ctx.color));
+        crate::err!("{}", diagnostic.render(ctx.color));
         if ctx.github {
-            eprintln!("{}", diagnostic.to_github_annotation());
+            crate::errln!("{}", diagnostic.to_github_annotation());
         }
     }
 }
@@ -157,8 +157,10 @@ pub fn prepare_docker(
                 move |run: &str| run != own && crate::exec::stale::run_is_dead(&state_dir, run);
             match docker.remove_containers_of(dead).await {
                 Ok(0) => {}
-                Ok(n) => eprintln!("ccflow: removed {n} container(s) left over by an earlier run"),
-                Err(e) => eprintln!("warning: cannot remove leftover containers: {e}"),
+                Ok(n) => {
+                    crate::errln!("ccflow: removed {n} container(s) left over by an earlier run")
+                }
+                Err(e) => crate::errln!("warning: cannot remove leftover containers: {e}"),
             }
         }
         Ok((Some(docker), ids))

@@ -9,32 +9,32 @@ use crate::error::{CommandResult, ExitStatus};
 /// # Errors
 /// Never; kept fallible like every command.
 pub fn run(ctx: &Ctx) -> CommandResult {
-    println!("ccflow {}", env!("CARGO_PKG_VERSION"));
-    println!("repository root: {}", ctx.root.display());
-    println!("state directory: {}", ctx.state_dir.display());
+    crate::outln!("ccflow {}", env!("CARGO_PKG_VERSION"));
+    crate::outln!("repository root: {}", ctx.root.display());
+    crate::outln!("state directory: {}", ctx.state_dir.display());
     // git
     let (major, minor, rev) = git2::Version::get().libgit2_version();
-    println!("libgit2: {major}.{minor}.{rev}");
+    crate::outln!("libgit2: {major}.{minor}.{rev}");
     match std::process::Command::new("git").arg("--version").output() {
         Ok(out) if out.status.success() => {
-            println!("git: {}", String::from_utf8_lossy(&out.stdout).trim())
+            crate::outln!("git: {}", String::from_utf8_lossy(&out.stdout).trim())
         }
-        _ => println!("git: not found (optional; ccflow uses libgit2)"),
+        _ => crate::outln!("git: not found (optional; ccflow uses libgit2)"),
     }
     match git2::Repository::discover(&ctx.root) {
-        Ok(_) => println!("git repository: yes (agent tasks can run)"),
-        Err(_) => println!("git repository: no — agent tasks need one (`git init`)"),
+        Ok(_) => crate::outln!("git repository: yes (agent tasks can run)"),
+        Err(_) => crate::outln!("git repository: no — agent tasks need one (`git init`)"),
     }
     // claude
     match crate::agent::find_claude(None) {
         Ok(binary) => match crate::agent::claude_version(&binary) {
-            Ok(version) => println!("claude CLI: {} ({version})", binary.display()),
-            Err(e) => println!(
+            Ok(version) => crate::outln!("claude CLI: {} ({version})", binary.display()),
+            Err(e) => crate::outln!(
                 "claude CLI: {} (cannot read its version: {e})",
                 binary.display()
             ),
         },
-        Err(e) => println!("claude CLI: {e}"),
+        Err(e) => crate::outln!("claude CLI: {e}"),
     }
     // docker
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -44,7 +44,7 @@ pub fn run(ctx: &Ctx) -> CommandResult {
         Ok(runtime) => runtime.block_on(async {
             match crate::exec::docker::DockerRunner::connect().await {
                 Ok(docker) => match docker.engine_info().await {
-                    Ok(info) => println!(
+                    Ok(info) => crate::outln!(
                         "docker engine: {} (server {}, API {} negotiated {}, {}/{})",
                         info.host,
                         info.server_version,
@@ -53,18 +53,20 @@ pub fn run(ctx: &Ctx) -> CommandResult {
                         info.os,
                         info.arch
                     ),
-                    Err(e) => println!("docker engine: reachable at {} but: {e}", docker.host()),
+                    Err(e) => {
+                        crate::outln!("docker engine: reachable at {} but: {e}", docker.host())
+                    }
                 },
                 Err(e) => {
                     let hint = e
                         .hint()
                         .map(|h| format!(" (hint: {h})"))
                         .unwrap_or_default();
-                    println!("docker engine: {e}{hint} — `runner: docker` tasks cannot run");
+                    crate::outln!("docker engine: {e}{hint} — `runner: docker` tasks cannot run");
                 }
             }
         }),
-        Err(e) => println!("docker engine: cannot start a runtime: {e}"),
+        Err(e) => crate::outln!("docker engine: cannot start a runtime: {e}"),
     }
     Ok(ExitStatus::Success)
 }

@@ -52,7 +52,7 @@ pub fn run(args: &ExplainArgs, ctx: &Ctx) -> CommandResult {
     };
     let instance = &plan.graph[node];
     if instance.kind != NodeKind::Instance {
-        println!(
+        crate::outln!(
             "`{}` expands at run time (dynamic fan-out); explain one of its instances after a run",
             instance.id
         );
@@ -67,14 +67,14 @@ pub fn run(args: &ExplainArgs, ctx: &Ctx) -> CommandResult {
         .latest_for_instance(&instance.id.0)
         .map_err(|e| CommandError::usage(e.to_string()))?
     else {
-        println!(
+        crate::outln!(
             "`{}` never ran (no cached entry): it would run",
             instance.id
         );
         return Ok(ExitStatus::Success);
     };
     if !task.cache {
-        println!("`{}` has `cache: false`: it always runs", instance.id);
+        crate::outln!("`{}` has `cache: false`: it always runs", instance.id);
         return Ok(ExitStatus::Success);
     }
     // Upstream outputs as their latest entries recorded them.
@@ -89,7 +89,7 @@ pub fn run(args: &ExplainArgs, ctx: &Ctx) -> CommandResult {
                 deps.insert(id.clone(), entry.outputs_digest());
             }
             _ => {
-                println!("`{}` would run: upstream `{id}` never ran", instance.id);
+                crate::outln!("`{}` would run: upstream `{id}` never ran", instance.id);
                 return Ok(ExitStatus::Success);
             }
         }
@@ -114,7 +114,7 @@ pub fn run(args: &ExplainArgs, ctx: &Ctx) -> CommandResult {
             Ok((_, version)) => {
                 key.extra.insert("claude_version".into(), version);
             }
-            Err(e) => println!("note: {e}; comparing without the CLI version"),
+            Err(e) => crate::outln!("note: {e}; comparing without the CLI version"),
         }
         if !key.extra.contains_key("claude_version") {
             if let Some(v) = previous.key.extra.get("claude_version") {
@@ -129,7 +129,7 @@ pub fn run(args: &ExplainArgs, ctx: &Ctx) -> CommandResult {
         post.inputs.insert(path.clone(), hash.clone());
     }
     if key == previous.key || (!previous.post_state.is_empty() && key == post) {
-        println!(
+        crate::outln!(
             "`{}` is up to date: its cache key is unchanged since the last run ({})",
             instance.id,
             &key.hash().to_string()[..12]
@@ -142,9 +142,9 @@ pub fn run(args: &ExplainArgs, ctx: &Ctx) -> CommandResult {
         &post
     };
     let changes = key.changes_since(base);
-    println!("`{}` would run; since its last cached result:", instance.id);
+    crate::outln!("`{}` would run; since its last cached result:", instance.id);
     for change in changes {
-        println!("  - {change}");
+        crate::outln!("  - {change}");
     }
     Ok(ExitStatus::Success)
 }

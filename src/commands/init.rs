@@ -71,8 +71,8 @@ pub fn run(args: &crate::cli::InitArgs, ctx: &Ctx) -> CommandResult {
     let state = crate::workflow::discover::state_dir(&root);
     fs_err::create_dir_all(&state).map_err(io)?;
     fs_err::write(state.join(".gitignore"), "*\n").map_err(io)?;
-    eprintln!("created {}", file.display());
-    eprintln!("created {}", state.join(".gitignore").display());
-    eprintln!("next: `ccflow plan example`, then `ccflow run example`");
+    crate::errln!("created {}", file.display());
+    crate::errln!("created {}", state.join(".gitignore").display());
+    crate::errln!("next: `ccflow plan example`, then `ccflow run example`");
     Ok(ExitStatus::Success)
 }

@@ -14,7 +14,7 @@ use crate::workflow::resolve::{self, display_path};
 pub fn run(ctx: &Ctx) -> CommandResult {
     let files = discover::list_workflows(&ctx.root);
     if files.is_empty() {
-        eprintln!(
+        crate::errln!(
             "no workflows in `{}`; `ccflow init` creates one",
             ctx.root.join(discover::WORKFLOW_DIR).display()
         );
@@ -30,7 +30,7 @@ pub fn run(ctx: &Ctx) -> CommandResult {
                     .as_deref()
                     .map(|d| format!(" — {d}"))
                     .unwrap_or_default();
-                println!("{}  ({display}){description}", workflow.name);
+                crate::outln!("{}  ({display}){description}", workflow.name);
                 for task in &workflow.tasks {
                     let kind = if task.is_agent() { "agent" } else { "run" };
                     let fan = if task.for_each.is_some() {
@@ -43,12 +43,14 @@ pub fn run(ctx: &Ctx) -> CommandResult {
                         .as_deref()
                         .map(|d| format!("  {d}"))
                         .unwrap_or_default();
-                    println!("  {:<20} {kind}{fan}{description}", task.name);
+                    crate::outln!("  {:<20} {kind}{fan}{description}", task.name);
                 }
             }
             None => {
                 let errors = loaded.diagnostics.iter().filter(|d| d.is_error()).count();
-                println!("{display}  (invalid: {errors} errors; run `ccflow validate {display}`)");
+                crate::outln!(
+                    "{display}  (invalid: {errors} errors; run `ccflow validate {display}`)"
+                );
             }
         }
     }

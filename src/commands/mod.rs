@@ -78,7 +78,7 @@ pub fn dispatch(cli: Cli) -> CommandResult {
         Command::Logs(args) => runs::logs(&args, &ctx),
         Command::Cache(args) => cache::run(&args, &ctx),
         Command::Schema => {
-            print!("{}", crate::workflow::schema::schema_text());
+            crate::out!("{}", crate::workflow::schema::schema_text());
             Ok(ExitStatus::Success)
         }
         Command::Completions(args) => completions::run(&args),

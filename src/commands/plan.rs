@@ -29,12 +29,12 @@ pub fn run(args: &PlanArgs, ctx: &Ctx) -> CommandResult {
     let notes = annotate(&plan, ctx);
     match args.format {
         PlanFormat::Text => {
-            print!("{}", format::text(&plan, &notes));
+            crate::out!("{}", format::text(&plan, &notes));
             let would_run = notes.values().filter(|n| n.starts_with("run")).count();
             let cached = notes.values().filter(|n| *n == "cached").count();
-            println!("\n{would_run} would run, {cached} cached");
+            crate::outln!("\n{would_run} would run, {cached} cached");
             if let Some((cost, sessions)) = estimate_cost(&plan, &notes, ctx) {
-                println!("estimated agent cost of what would run: ${cost:.4} (from {sessions} earlier sessions)");
+                crate::outln!("estimated agent cost of what would run: ${cost:.4} (from {sessions} earlier sessions)");
             }
         }
         PlanFormat::Json => {
@@ -49,8 +49,8 @@ pub fn run(args: &PlanArgs, ctx: &Ctx) -> CommandResult {
             let _ = format::write_json(&plan, &notes, &extra, &mut out)
                 .and_then(|()| std::io::Write::flush(&mut out));
         }
-        PlanFormat::Dot => print!("{}", format::dot(&plan, &notes)),
-        PlanFormat::Mermaid => print!("{}", format::mermaid(&plan, &notes)),
+        PlanFormat::Dot => crate::out!("{}", format::dot(&plan, &notes)),
+        PlanFormat::Mermaid => crate::out!("{}", format::mermaid(&plan, &notes)),
     }
     // Freeing a plan of 100,000 instances one allocation at a time costs a
     // tenth of the command's time, just before the process exits anyway.
@@ -65,7 +65,7 @@ fn annotate(plan: &Plan, ctx: &Ctx) -> format::Annotations {
     // Predicting means hashing every input: past this size `plan` stays a
     // quick look at the graph, and `run` finds out what is cached.
     if plan.graph.node_count() > ANNOTATE_LIMIT {
-        eprintln!(
+        crate::errln!(
             "note: {} instances: cache status not computed (more than {ANNOTATE_LIMIT})",
             plan.graph.node_count()
         );

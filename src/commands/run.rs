@@ -166,14 +166,16 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
     let run_dir = scheduler::run_dir(&ctx.state_dir, &run_id);
     fs_err::create_dir_all(run_dir.join("logs")).map_err(|e| io("create the run directory", e))?;
     if let Err(e) = crate::exec::stale::write_owner(&run_dir) {
-        eprintln!("warning: cannot record the run's owner: {e}");
+        crate::errln!("warning: cannot record the run's owner: {e}");
     }
     let killed = crate::exec::stale::killed_runs(&ctx.state_dir);
     if !killed.is_empty() {
         match crate::exec::stale::kill_orphans_of_dead_runs(&ctx.state_dir, &run_id) {
             0 => {}
             n => {
-                eprintln!("ccflow: killed {n} process(es) left running by a ccflow that was killed")
+                crate::errln!(
+                    "ccflow: killed {n} process(es) left running by a ccflow that was killed"
+                )
             }
         }
         let _ = crate::exec::stale::close_dead_records(&killed);
@@ -188,7 +190,7 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
     let store = match store {
         Ok(store) => Some(store),
         Err(e) => {
-            eprintln!("warning: the cache is unavailable ({e}); running without it");
+            crate::errln!("warning: the cache is unavailable ({e}); running without it");
             None
         }
     };
@@ -198,7 +200,7 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
     for name in &workflow.secrets {
         match std::env::var(name) {
             Ok(value) => secrets.push((name.clone(), value)),
-            Err(_) => eprintln!(
+            Err(_) => crate::errln!(
                 "warning: secret `{name}` is not set in the environment; tasks will not see it"
             ),
         }
@@ -453,11 +455,13 @@ fn report_up_to_date(
     record
         .write_with_instances(&run_dir, &up_to_date.instances_json)
         .map_err(|e| io("write the run record", e))?;
-    eprintln!(
+    crate::errln!(
         "ccflow: `{}` is up to date: {} files and directories unchanged since run {}",
-        proven.workflow, up_to_date.checked, proven.run_id
+        proven.workflow,
+        up_to_date.checked,
+        proven.run_id
     );
-    eprintln!(
+    crate::errln!(
         "{}",
         crate::report::plain::summary(
             RunStatus::Succeeded,

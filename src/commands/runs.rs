@@ -41,16 +41,23 @@ fn run_dir(ctx: &Ctx, id: Option<&str>) -> Result<PathBuf, CommandError> {
 pub fn runs(args: &RunsArgs, ctx: &Ctx) -> CommandResult {
     let runs = list_runs(&ctx.state_dir);
     if runs.is_empty() {
-        eprintln!("no runs recorded yet");
+        crate::errln!("no runs recorded yet");
         return Ok(ExitStatus::Success);
     }
-    println!(
+    crate::outln!(
         "{:<22} {:<16} {:<12} {:>8} {:>6} {:>6} {:>6} {:>9}",
-        "RUN", "WORKFLOW", "STATUS", "TIME", "RAN", "CACHED", "FAILED", "TOKENS"
+        "RUN",
+        "WORKFLOW",
+        "STATUS",
+        "TIME",
+        "RAN",
+        "CACHED",
+        "FAILED",
+        "TOKENS"
     );
     for dir in runs.into_iter().take(args.limit) {
         match RunRecord::read(&dir) {
-            Ok(r) => println!(
+            Ok(r) => crate::outln!(
                 "{:<22} {:<16} {:<12} {:>8} {:>6} {:>6} {:>6} {:>9}",
                 r.run_id,
                 r.workflow,
@@ -61,7 +68,7 @@ pub fn runs(args: &RunsArgs, ctx: &Ctx) -> CommandResult {
                 r.counts.failed + r.counts.conflicts,
                 human_count(r.usage.total_tokens())
             ),
-            Err(e) => println!(
+            Err(e) => crate::outln!(
                 "{:<22} (unreadable: {e})",
                 dir.file_name()
                     .map(|n| n.to_string_lossy().into_owned())
@@ -80,20 +87,20 @@ pub fn show(args: &ShowArgs, ctx: &Ctx) -> CommandResult {
     let dir = run_dir(ctx, args.run.as_deref())?;
     let record = RunRecord::read(&dir).map_err(CommandError::usage)?;
     if args.json {
-        println!(
+        crate::outln!(
             "{}",
             serde_json::to_string_pretty(&record).unwrap_or_default()
         );
         return Ok(ExitStatus::Success);
     }
-    println!(
+    crate::outln!(
         "run {} of `{}` ({}): {}",
         record.run_id,
         record.workflow,
         record.workflow_file,
         record.status.word()
     );
-    println!(
+    crate::outln!(
         "  {} instances: {} ran, {} cached, {} failed, {} skipped, {} blocked, {} not started; {} tokens, ${:.4}; {}",
         record.counts.total,
         record.counts.succeeded,
@@ -107,7 +114,7 @@ pub fn show(args: &ShowArgs, ctx: &Ctx) -> CommandResult {
         human_duration(std::time::Duration::from_millis(record.duration_ms))
     );
     for message in &record.messages {
-        println!("  {message}");
+        crate::outln!("  {message}");
     }
     for i in &record.instances {
         let attempts = if i.attempts.len() > 1 {
@@ -124,7 +131,7 @@ pub fn show(args: &ShowArgs, ctx: &Ctx) -> CommandResult {
         } else {
             String::new()
         };
-        println!(
+        crate::outln!(
             "  {:<8} {:<40} {:>7}{tokens}{attempts}{}",
             i.status.word(),
             i.id,
@@ -135,7 +142,7 @@ pub fn show(args: &ShowArgs, ctx: &Ctx) -> CommandResult {
                 .unwrap_or_default()
         );
         for (name, path) in &i.artifacts {
-            println!("           {name}: {}", dir.join(path).display());
+            crate::outln!("           {name}: {}", dir.join(path).display());
         }
     }
     Ok(ExitStatus::Success)
@@ -170,7 +177,7 @@ pub fn logs(args: &LogsArgs, ctx: &Ctx) -> CommandResult {
             Vec::new()
         };
         if bytes.is_empty() {
-            eprintln!("(`{}` printed nothing)", args.instance);
+            crate::errln!("(`{}` printed nothing)", args.instance);
         }
         use std::io::Write as _;
         let _ = std::io::stdout().write_all(&bytes);
@@ -183,7 +190,7 @@ pub fn logs(args: &LogsArgs, ctx: &Ctx) -> CommandResult {
                 if let Ok(Some(entry)) = store.lookup(&hash) {
                     if let Some(log) = entry.log.and_then(|h| store.read_blob(&h).ok()) {
                         if log.is_empty() {
-                            eprintln!("(`{}` printed nothing)", args.instance);
+                            crate::errln!("(`{}` printed nothing)", args.instance);
                         }
                         use std::io::Write as _;
                         let _ = std::io::stdout().write_all(&log);

@@ -26,7 +26,7 @@ pub fn run(args: &ValidateArgs, ctx: &Ctx) -> CommandResult {
             .collect::<Result<Vec<_>, _>>()?
     };
     if paths.is_empty() {
-        eprintln!("no workflows to validate; `ccflow init` creates one");
+        crate::errln!("no workflows to validate; `ccflow init` creates one");
         return Ok(ExitStatus::Success);
     }
     let mut reports = Vec::new();
@@ -55,7 +55,7 @@ pub fn run(args: &ValidateArgs, ctx: &Ctx) -> CommandResult {
                 common::print_diagnostics(ctx, &diagnostics);
                 if ok {
                     let count = instances.unwrap_or(0);
-                    eprintln!(
+                    crate::errln!(
                         "ok: {display} ({})",
                         crate::report::counted(count, "instance")
                     );
@@ -71,9 +71,9 @@ pub fn run(args: &ValidateArgs, ctx: &Ctx) -> CommandResult {
     }
     if args.format == ValidateFormat::Json {
         let out = serde_json::json!({ "version": 1, "valid": failed == 0, "files": reports });
-        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        crate::outln!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     } else if failed > 0 {
-        eprintln!(
+        crate::errln!(
             "error: {failed} of {} workflow file{} invalid",
             paths.len(),
             if paths.len() == 1 { " is" } else { "s are" }

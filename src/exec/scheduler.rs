@@ -913,7 +913,26 @@ impl State {
         let shared = Arc::clone(&self.shared);
         let done = done.clone();
         tokio::spawn(async move {
-            let result = execute(shared, job).await;
+            // A panic fails the instance rather than leaving the run
+            // waiting for a result that never comes.
+            let result = match futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
+                execute(shared, job),
+            ))
+            .await
+            {
+                Ok(result) => result,
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    let mut result =
+                        JobResult::failed(node, format!("internal error: ccflow panicked: {what}"));
+                    result.status = InstanceStatus::Failed;
+                    result
+                }
+            };
             let _ = done.send(result);
         });
     }

@@ -18,7 +18,7 @@ pub fn run_cli(script: &Path, port: u16) -> i32 {
     let script = match load_script(script) {
         Ok(script) => script,
         Err(error) => {
-            eprintln!("error: {}", error_chain(&error));
+            crate::errln!("error: {}", error_chain(&error));
             return 2;
         }
     };
@@ -29,7 +29,7 @@ pub fn run_cli(script: &Path, port: u16) -> i32 {
         {
             Ok(runtime) => runtime,
             Err(error) => {
-                eprintln!("error: failed to start the tokio runtime: {error}");
+                crate::errln!("error: failed to start the tokio runtime: {error}");
                 return 1;
             }
         };
@@ -43,7 +43,7 @@ async fn serve(script: super::script::Script, port: u16) -> i32 {
     let server = match MockServer::start(script, port).await {
         Ok(server) => server,
         Err(error) => {
-            eprintln!("error: {}", error_chain(&error));
+            crate::errln!("error: {}", error_chain(&error));
             return 1;
         }
     };
@@ -53,19 +53,20 @@ async fn serve(script: super::script::Script, port: u16) -> i32 {
     ) {
         (Ok(terminate), Ok(interrupt)) => (terminate, interrupt),
         (Err(error), _) | (_, Err(error)) => {
-            eprintln!("error: failed to install signal handlers: {error}");
+            crate::errln!("error: failed to install signal handlers: {error}");
             return 1;
         }
     };
-    eprintln!("listening on {}", server.base_url());
+    crate::errln!("listening on {}", server.base_url());
     tokio::select! {
         _ = terminate.recv() => {}
         _ = interrupt.recv() => {}
     }
     let stats = server.stats();
-    eprintln!(
+    crate::errln!(
         "mock-api: {} requests, {} model requests; shutting down",
-        stats.requests, stats.model_requests
+        stats.requests,
+        stats.model_requests
     );
     server.shutdown().await;
     0

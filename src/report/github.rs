@@ -62,7 +62,7 @@ fn append(path: &PathBuf, text: &str) {
         Ok(mut f) => {
             let _ = f.write_all(text.as_bytes());
         }
-        Err(error) => eprintln!("warning: cannot write `{}`: {error}", path.display()),
+        Err(error) => crate::errln!("warning: cannot write `{}`: {error}", path.display()),
     }
 }
 
@@ -86,7 +86,7 @@ impl Reporter for GithubReporter {
                             .clone()
                             .unwrap_or_else(|| record.status.word().into())
                     );
-                    println!(
+                    crate::outln!(
                         "::error title=ccflow task failed::{}",
                         escape_data(&message)
                     );

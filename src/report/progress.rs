@@ -168,7 +168,7 @@ impl Reporter for ProgressReporter {
                 }
                 self.overall.finish_and_clear();
                 let _ = self.multi.clear();
-                eprintln!(
+                crate::errln!(
                     "{}",
                     super::plain::summary(*status, counts, usage, *duration, run_dir)
                 );

@@ -995,10 +995,10 @@ fn measure_on_a_2000_file_repository() {
         time("9 baseline: write the files with std::fs", started);
         fs_err::remove_dir_all(&plain).unwrap();
     }
-    println!("2,000 files of ~1 KB, {ROUNDS} rounds: min / median ms");
+    crate::outln!("2,000 files of ~1 KB, {ROUNDS} rounds: min / median ms");
     for (label, mut values) in samples {
         values.sort_by(f64::total_cmp);
-        println!(
+        crate::outln!(
             "{label:<45} {:>8.1} {:>8.1}",
             values[0],
             values[values.len() / 2]

@@ -181,3 +181,51 @@ tasks:
         assert_eq!(text, format!("I am {item}\n"), "`{id}`");
     }
 }
+
+/// `ccflow run ... 2>&1 | head -1`: once the reader is gone every write to
+/// stderr fails. The run must still finish every instance and exit with its
+/// status: neither a panic ("failed printing to stderr") nor a hang in an
+/// instance whose logging panicked.
+#[test]
+fn a_closed_stderr_neither_panics_nor_hangs_the_run() {
+    let test = Test::new()
+        .workflow("three", THREE)
+        .args(["run", "three"])
+        .env("CCFLOW_LOG", "trace");
+    let mut child = test.spawn();
+    // Nobody reads stdout or stderr any more.
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ccflow hung with a closed stderr");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert_eq!(test.counters().len(), 3, "every instance ran");
+    assert_eq!(test.last_run()["status"], "succeeded");
+    // `ccflow runs | head -1`, `ccflow plan | head -1`: no panic either.
+    for args in [&["runs"][..], &["plan", "three"], &["show", "--help"]] {
+        let mut child = std::process::Command::new(crate::support::BIN)
+            .args(args)
+            .current_dir(test.root())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn ccflow");
+        drop(child.stdout.take());
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+            .expect("read stderr");
+        let status = child.wait().expect("wait");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_ne!(status.code(), Some(101), "{args:?}: {stderr}");
+    }
+}

@@ -246,7 +246,7 @@ fn measure_unchanged_tree() {
     let started = Instant::now();
     reloaded.save().expect("save");
     let save = started.elapsed();
-    println!(
+    crate::outln!(
         "cold hash: {:.2} us/file; load of 10,000 entries: {:.2} ms; warm hash_file: {:.2} us/file ({:.2} ms total); no-op save: {:?}",
         cold.as_secs_f64() * 1e6 / 10_000.0,
         load.as_secs_f64() * 1e3,

@@ -626,7 +626,7 @@ fn sigkill_at_random_points_leaves_only_valid_entries() {
     }
     assert!(hits > 0, "no child lived long enough to publish an entry");
     assert_eq!(misses, 0, "a published manifest must name complete blobs");
-    println!("after 20 SIGKILLs: {hits} valid entries");
+    crate::outln!("after 20 SIGKILLs: {hits} valid entries");
 }
 
 /// Measurement, not a test: `cargo test --release --lib
@@ -685,7 +685,7 @@ fn measure_store() {
         synced += 1;
     }
     let syncfs = started.elapsed() / synced;
-    println!(
+    crate::outln!(
         "save: {:.1} us/entry ({count} entries, {:.1} ms); final flush: {:.1} ms; save+flush: {:.1} us/entry; lookup+restore into an empty dir: {:.1} us/entry; idle syncfs: {:.0} us",
         saves.as_secs_f64() * 1e6 / f64::from(count),
         saves.as_secs_f64() * 1e3,

@@ -56,7 +56,7 @@ async fn runner() -> Option<DockerRunner> {
                 std::env::var("CI").as_deref() != Ok("true"),
                 "docker is required under CI=true: {error}"
             );
-            eprintln!("skipping: docker unreachable: {error}");
+            crate::errln!("skipping: docker unreachable: {error}");
             None
         }
     }
@@ -725,7 +725,7 @@ async fn bench_trivial_containers_against_docker_run() {
     assert!(status.success());
     let cli_ms = started.elapsed().as_secs_f64() * 1000.0 / COUNT as f64;
 
-    eprintln!(
+    crate::errln!(
         "{COUNT} trivial containers at concurrency 2: DockerRunner::run {runner_ms:.0} ms/container, \
          `docker run --rm` (xargs -P2) {cli_ms:.0} ms/container"
     );

@@ -655,7 +655,7 @@ async fn overhead() {
         let elapsed = started.elapsed();
         assert_eq!(failures, 0);
         let per_task = elapsed.as_secs_f64() * 1000.0 / f64::from(count);
-        println!("{label}: {count} tasks at -j2 in {elapsed:?}, {per_task:.3} ms per task");
+        crate::outln!("{label}: {count} tasks at -j2 in {elapsed:?}, {per_task:.3} ms per task");
     }
     // The floor: bare tokio spawn + wait of the same program, same runtime.
     let started = Instant::now();
@@ -672,7 +672,7 @@ async fn overhead() {
         .await;
     assert_eq!(failures, 0);
     let per_task = started.elapsed().as_secs_f64();
-    println!("bare tokio spawn: 1000 tasks at -j2, {per_task:.3} ms per task");
+    crate::outln!("bare tokio spawn: 1000 tasks at -j2, {per_task:.3} ms per task");
     // ninja, when installed: 1,000 phony-free edges running `true`.
     if let Ok(dir) = tempfile::tempdir() {
         let mut build = String::from("rule t\n  command = true\n");
@@ -689,7 +689,7 @@ async fn overhead() {
         {
             assert!(status.success());
             let per_task = started.elapsed().as_secs_f64();
-            println!("ninja (sh -c): 1000 tasks at -j2, {per_task:.3} ms per task");
+            crate::outln!("ninja (sh -c): 1000 tasks at -j2, {per_task:.3} ms per task");
         }
     }
     // The same work by xargs, measured in the same run for a fair reference
@@ -703,6 +703,6 @@ async fn overhead() {
             .expect("xargs");
         assert!(status.success());
         let per_task = started.elapsed().as_secs_f64();
-        println!("{label}: 1000 tasks at -P2, {per_task:.3} ms per task");
+        crate::outln!("{label}: 1000 tasks at -P2, {per_task:.3} ms per task");
     }
 }
