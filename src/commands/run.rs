@@ -77,8 +77,9 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
         );
     }
     let clock = std::time::Instant::now();
-    // Run directories beyond the ones kept go on a thread beside the run
-    // (deleting one, its record and logs, took ~1.5 ms of a 30 ms rerun).
+    // Run directories beyond the ones kept are listed and removed on a
+    // thread beside the run (deleting one, its record and logs, took
+    // ~1.5 ms of a 30 ms rerun; listing 100, ~0.4 ms).
     let run_id = new_run_id();
     let _pruning = Pruning::start(&ctx.state_dir, &run_id);
     let vars = common::parse_vars(&args.vars)?;
@@ -370,28 +371,25 @@ struct Pruning(Option<std::thread::JoinHandle<()>>);
 
 impl Pruning {
     fn start(state_dir: &std::path::Path, run_id: &str) -> Pruning {
-        // Listed now and without this run's directory, so that the count
-        // kept includes it whenever it appears.
-        let dirs = crate::exec::stale::runs_to_prune_before(
-            state_dir,
-            run_id,
-            crate::exec::stale::runs_to_keep(),
-        );
-        if dirs.is_empty() {
-            return Pruning(None);
-        }
-        let spawned = std::thread::Builder::new()
+        // Listed without this run's directory, so that the count kept
+        // includes it whether it exists yet or not.
+        let prune = {
+            let (state_dir, run_id) = (state_dir.to_owned(), run_id.to_owned());
+            move || {
+                crate::exec::stale::remove_runs(crate::exec::stale::runs_to_prune_before(
+                    &state_dir,
+                    &run_id,
+                    crate::exec::stale::runs_to_keep(),
+                ));
+            }
+        };
+        match std::thread::Builder::new()
             .name("ccflow-prune".to_owned())
-            .spawn({
-                let dirs = dirs.clone();
-                move || {
-                    crate::exec::stale::remove_runs(dirs);
-                }
-            });
-        match spawned {
+            .spawn(prune.clone())
+        {
             Ok(thread) => Pruning(Some(thread)),
             Err(_) => {
-                crate::exec::stale::remove_runs(dirs);
+                prune();
                 Pruning(None)
             }
         }
