@@ -100,14 +100,15 @@ struct Observation {
     file: bool,
     /// The content hash, when the run computed one.
     hash: Option<[u8; 32]>,
+    /// Seeded from the last memo and not observed by this run yet (never
+    /// written to a memo).
+    prior: bool,
 }
 
 /// The observations of one run.
 #[derive(Default)]
 struct Recorder {
     seen: HashMap<PathBuf, Observation>,
-    /// Paths seeded from the last memo and not observed by this run yet.
-    prior: HashSet<PathBuf>,
     /// Seeded paths this run then saw in another state (see [`conclude`]).
     replaced: Vec<PathBuf>,
     /// Why this run cannot vouch for what it saw, if it cannot.
@@ -139,8 +140,19 @@ pub struct Seed {
 pub fn start(seed: Seed) {
     *recorder() = Some(Recorder {
         started_ns: crate::cache::fsutil::coarse_now_ns(),
-        prior: seed.entries.iter().map(|(path, _)| path.clone()).collect(),
-        seen: seed.entries.into_iter().collect(),
+        seen: seed
+            .entries
+            .into_iter()
+            .map(|(path, observation)| {
+                (
+                    path,
+                    Observation {
+                        prior: true,
+                        ..observation
+                    },
+                )
+            })
+            .collect(),
         replaced: Vec::new(),
         spoiled: None,
         rewritten_dirs: HashSet::new(),
@@ -158,17 +170,15 @@ fn active() -> bool {
 fn record(path: &Path, observation: Observation, written: bool) {
     let mut guard = recorder();
     let Some(rec) = guard.as_mut() else { return };
-    if rec.prior.remove(path) {
+    if let Some(seeded) = rec.seen.get_mut(path).filter(|o| o.prior) {
         // First seen by this run: its own observation counts (a task may
         // have rewritten it); `conclude` checks no settled instance relied
         // on the seeded state.
-        match rec.seen.get(path) {
-            Some(previous) if previous.seen == observation.seen => {}
-            _ => {
-                rec.replaced.push(path.to_path_buf());
-                rec.seen.insert(path.to_path_buf(), observation);
-                return;
-            }
+        seeded.prior = false;
+        if seeded.seen != observation.seen {
+            *seeded = observation;
+            rec.replaced.push(path.to_path_buf());
+            return;
         }
     }
     if written {
@@ -261,6 +271,7 @@ fn observe_file(path: &Path, metadata: &std::fs::Metadata, hash: Option<[u8; 32]
                 seen: Some(Seen::of(metadata)),
                 file: true,
                 hash,
+                prior: false,
             },
             written,
         );
@@ -277,6 +288,7 @@ pub fn absent(path: &Path) {
                 seen: None,
                 file: false,
                 hash: None,
+                prior: false,
             },
             false,
         );
@@ -310,6 +322,7 @@ pub fn stat(path: &Path) {
             seen,
             file: false,
             hash,
+            prior: false,
         },
         false,
     );
@@ -881,6 +894,7 @@ fn decode<'a>(bytes: &'a [u8], context: &Context) -> Option<Memo<'a>> {
                 seen,
                 file: flags & 2 != 0,
                 hash,
+                prior: false,
             },
         ));
         racy.push(flags & 8 != 0);
