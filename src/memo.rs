@@ -108,7 +108,9 @@ struct Observation {
 /// The observations of one run.
 #[derive(Default)]
 struct Recorder {
-    seen: HashMap<PathBuf, Observation>,
+    /// foldhash rather than SipHash: a change run records and looks up
+    /// thousands of the repository's own paths.
+    seen: HashMap<PathBuf, Observation, foldhash::fast::FixedState>,
     /// Seeded paths this run then saw in another state (see [`conclude`]).
     replaced: Vec<PathBuf>,
     /// Why this run cannot vouch for what it saw, if it cannot.

@@ -82,7 +82,7 @@ impl Stat {
 /// The persistent stat index. `Send + Sync`.
 pub struct StatIndex {
     path: PathBuf,
-    shards: Vec<Mutex<HashMap<String, IndexEntry>>>,
+    shards: Vec<Mutex<Shard>>,
     dirty: AtomicBool,
     files_read: AtomicU64,
 }
@@ -93,7 +93,7 @@ impl StatIndex {
     pub fn open(path: &Path) -> Result<StatIndex, CacheError> {
         let index = StatIndex {
             path: path.to_owned(),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             dirty: AtomicBool::new(false),
             files_read: AtomicU64::new(0),
         };
@@ -283,7 +283,7 @@ impl StatIndex {
         self.files_read.load(Ordering::Relaxed)
     }
 
-    fn shard(&self, rel: &str) -> MutexGuard<'_, HashMap<String, IndexEntry>> {
+    fn shard(&self, rel: &str) -> MutexGuard<'_, Shard> {
         // FNV-1a: only spreads paths over shards, never part of a key.
         let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
         for byte in rel.as_bytes() {
@@ -293,6 +293,10 @@ impl StatIndex {
         lock(&self.shards[slot])
     }
 }
+
+/// One shard of the index. foldhash rather than SipHash: the keys are the
+/// repository's own paths, and a change run looks up thousands of them.
+type Shard = HashMap<String, IndexEntry, foldhash::fast::FixedState>;
 
 /// Locks a shard; a panic in another thread while holding it cannot leave an
 /// entry half-written (inserts are single moves), so poison is ignored.

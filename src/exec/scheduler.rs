@@ -93,6 +93,11 @@ impl RunOutcome {
     }
 }
 
+/// Maps and sets of graph nodes: foldhash rather than SipHash, as a run
+/// touches each of them a few times per instance.
+type NodeMap<V> = HashMap<NodeIndex, V, foldhash::fast::FixedState>;
+type NodeSet = HashSet<NodeIndex, foldhash::fast::FixedState>;
+
 /// Shell instances probing the cache beyond the job limit.
 pub const PROBE_AHEAD: usize = 32;
 
@@ -128,25 +133,25 @@ struct State {
     plan: Plan,
     shared: Arc<RunShared>,
     options: RunOptions,
-    indegree: HashMap<NodeIndex, usize>,
-    results: HashMap<NodeIndex, JobResult>,
-    status: HashMap<NodeIndex, InstanceStatus>,
+    indegree: NodeMap<usize>,
+    results: NodeMap<JobResult>,
+    status: NodeMap<InstanceStatus>,
     ready: BinaryHeap<Ready>,
-    order: HashMap<NodeIndex, usize>,
-    running: HashMap<NodeIndex, String>,
+    order: NodeMap<usize>,
+    running: NodeMap<String>,
     /// Dispatched instances not yet reported started, with their activity line.
-    unannounced: HashMap<NodeIndex, Arc<Mutex<String>>>,
+    unannounced: NodeMap<Arc<Mutex<String>>>,
     /// Rank of each dispatched instance that has not asked for a slot nor
     /// finished yet.
     probing: BTreeSet<Ready>,
     /// Rank of every dispatched instance.
-    ranks: HashMap<NodeIndex, Ready>,
+    ranks: NodeMap<Ready>,
     /// Misses waiting for a slot.
     slot_queue: BinaryHeap<Ready>,
     /// Where to send each dispatched instance its slot.
-    slot_senders: HashMap<NodeIndex, oneshot::Sender<()>>,
+    slot_senders: NodeMap<oneshot::Sender<()>>,
     /// Instances holding a slot (at most `global_limit`).
-    holding_slot: HashSet<NodeIndex>,
+    holding_slot: NodeSet,
     pool_running: HashMap<String, usize>,
     global_limit: usize,
     stop: bool,
@@ -162,7 +167,7 @@ struct State {
     rate_limits: Vec<Instant>,
     throttle: Option<Throttle>,
     /// Instances the up-to-date memo settled (see [`State::settle`]).
-    settled_nodes: HashSet<NodeIndex>,
+    settled_nodes: NodeSet,
     /// Ready instances the memo can settle, settled in batches after what
     /// must run has started (see [`State::start_ready`]).
     settle_queue: std::collections::VecDeque<Ready>,
@@ -188,7 +193,7 @@ const THROTTLE_FOR: Duration = Duration::from_secs(60);
 struct BudgetState {
     spent: Usage,
     /// Expected (cost, tokens) of each running agent instance.
-    reserved: HashMap<NodeIndex, (f64, u64)>,
+    reserved: NodeMap<(f64, u64)>,
     /// Per task: finished sessions, their cost and tokens.
     per_task: HashMap<usize, (u32, f64, u64, Usage)>,
     exhausted: bool,
@@ -223,17 +228,17 @@ pub async fn run(
         plan,
         shared,
         options,
-        indegree: HashMap::new(),
-        results: HashMap::new(),
-        status: HashMap::new(),
+        indegree: NodeMap::default(),
+        results: NodeMap::default(),
+        status: NodeMap::default(),
         ready: BinaryHeap::new(),
-        running: HashMap::new(),
-        unannounced: HashMap::new(),
+        running: NodeMap::default(),
+        unannounced: NodeMap::default(),
         probing: BTreeSet::new(),
-        ranks: HashMap::new(),
+        ranks: NodeMap::default(),
         slot_queue: BinaryHeap::new(),
-        slot_senders: HashMap::new(),
-        holding_slot: HashSet::new(),
+        slot_senders: NodeMap::default(),
+        holding_slot: NodeSet::default(),
         pool_running: HashMap::new(),
         global_limit,
         stop: false,
@@ -246,7 +251,7 @@ pub async fn run(
         runtime_context: Vec::new(),
         rate_limits: Vec::new(),
         throttle: None,
-        settled_nodes: HashSet::new(),
+        settled_nodes: NodeSet::default(),
         settle_queue: std::collections::VecDeque::new(),
         record_writer: None,
     };
