@@ -364,7 +364,7 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
     Ok(status)
 }
 
-/// Old run directories being removed ([`crate::exec::stale::prune_runs`])
+/// Old run directories being removed ([`crate::exec::stale::remove_runs`])
 /// on a thread, joined when dropped: the process never exits halfway
 /// through a removal it could finish.
 struct Pruning(Option<std::thread::JoinHandle<()>>);

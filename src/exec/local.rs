@@ -74,6 +74,18 @@ pub struct ProcessSpec {
     pub instance_token: String,
 }
 
+impl ProcessSpec {
+    /// The value of `name` in the task's environment (the last one given
+    /// wins, as in `env`).
+    fn env_var(&self, name: &str) -> Option<&str> {
+        self.env
+            .iter()
+            .rev()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
 /// What to execute.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommandLine {
@@ -473,14 +485,7 @@ fn star_match(pattern: &str, name: &str) -> bool {
 /// does (it has no locale support); any sh does in the C locale (`LC_ALL`,
 /// else `LC_COLLATE`, else `LANG`, is unset, empty, `C`, `C.*` or `POSIX`).
 fn sh_sorts_bytewise(spec: &ProcessSpec) -> bool {
-    let var = |name: &str| {
-        spec.env
-            .iter()
-            .rev()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.as_str())
-            .filter(|value| !value.is_empty())
-    };
+    let var = |name: &str| spec.env_var(name).filter(|value| !value.is_empty());
     let locale = var("LC_ALL")
         .or_else(|| var("LC_COLLATE"))
         .or_else(|| var("LANG"));
@@ -636,8 +641,7 @@ fn spawn_direct(spec: &ProcessSpec, direct: &DirectCommand) -> Result<Spawned, S
 /// reading `$PWD` see no difference. `None` keeps the given value.
 fn shell_pwd(spec: &ProcessSpec) -> Option<PathBuf> {
     use std::os::unix::fs::MetadataExt;
-    let given = spec.env.iter().rev().find(|(key, _)| key == "PWD");
-    if let Some((_, given)) = given {
+    if let Some(given) = spec.env_var("PWD") {
         let same = Path::new(given).is_absolute()
             && match (std::fs::metadata(given), std::fs::metadata(&spec.cwd)) {
                 (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
@@ -766,12 +770,7 @@ fn resolve_program(program: &str, spec: &ProcessSpec) -> Result<PathBuf, SpawnEr
             Err(_) => Err(SpawnError::NotFound),
         };
     }
-    let search = spec
-        .env
-        .iter()
-        .rev()
-        .find(|(key, _)| key == "PATH")
-        .map_or(DEFAULT_PATH, |(_, value)| value.as_str());
+    let search = spec.env_var("PATH").unwrap_or(DEFAULT_PATH);
     // Like a shell's command hash: a run starts the same few programs
     // thousands of times. A remembered path is used while it is still an
     // executable file (a program installed earlier in PATH during the run

@@ -87,7 +87,7 @@ pub fn killed_runs(state_dir: &Path) -> Vec<std::path::PathBuf> {
     // every directory for a record.
     crate::report::record::run_dirs_newest_first(state_dir)
         .into_iter()
-        .filter(|dir| dir.join("run.json").is_file())
+        .filter(|dir| crate::report::record::has_record(dir))
         .take(20)
         .filter(|dir| owner(dir) == Owner::Dead)
         .collect()
@@ -160,21 +160,6 @@ pub fn kill_orphans_of_dead_runs(state_dir: &Path, current_run: &str) -> usize {
 /// How many run records are kept by default (`CCFLOW_KEEP_RUNS`).
 pub const KEEP_RUNS: usize = 100;
 
-/// Removes the oldest run directories beyond the `keep` most recent (`0`
-/// keeps all), except runs whose ccflow is still running. Returns how many
-/// were removed.
-#[must_use]
-pub fn prune_runs(state_dir: &Path, keep: usize) -> usize {
-    if keep == 0 {
-        return 0;
-    }
-    remove_runs(
-        crate::report::record::list_runs(state_dir)
-            .into_iter()
-            .skip(keep),
-    )
-}
-
 /// The run directories [`remove_runs`] should remove so that `keep`
 /// remain with the new run `run_id` (0: keep all).
 #[must_use]
@@ -242,6 +227,19 @@ pub fn close_dead_records(killed: &[std::path::PathBuf]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Removes the oldest run directories beyond the `keep` most recent
+    /// (`0` keeps all), as a run does before it starts, minus its own.
+    fn prune_runs(state_dir: &Path, keep: usize) -> usize {
+        if keep == 0 {
+            return 0;
+        }
+        remove_runs(
+            crate::report::record::list_runs(state_dir)
+                .into_iter()
+                .skip(keep),
+        )
+    }
 
     /// `runs/NAME` under `state` with a record in it.
     fn run_dir_with_record(state: &Path, name: &str) -> std::path::PathBuf {

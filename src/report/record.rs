@@ -265,8 +265,14 @@ fn write_run_json(dir: &Path, text: &[u8]) -> std::io::Result<()> {
 #[must_use]
 pub fn list_runs(state_dir: &Path) -> Vec<PathBuf> {
     let mut dirs = run_dirs_newest_first(state_dir);
-    dirs.retain(|p| p.join("run.json").is_file());
+    dirs.retain(|dir| has_record(dir));
     dirs
+}
+
+/// Whether a run directory holds its record.
+#[must_use]
+pub fn has_record(run_dir: &Path) -> bool {
+    run_dir.join("run.json").is_file()
 }
 
 /// Every entry of `.ccflow/runs`, newest first, record or not.
