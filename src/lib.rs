@@ -56,3 +56,25 @@ pub mod report;
 pub mod template;
 pub mod workflow;
 pub mod workspace;
+
+/// When the process started (set first thing by the binary), for
+/// [`timing!`].
+pub static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// Logs at debug level how long after the process started `what` happened:
+/// where a run's time goes (`CCFLOW_LOG=debug`). Nothing is formatted when
+/// debug logging is off.
+#[macro_export]
+macro_rules! timing {
+    ($what:expr) => {
+        tracing::debug!(
+            "{} at {:.2} ms",
+            $what,
+            $crate::STARTED
+                .get_or_init(std::time::Instant::now)
+                .elapsed()
+                .as_secs_f64()
+                * 1e3
+        )
+    };
+}

@@ -9,6 +9,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    ccflow::STARTED.get_or_init(std::time::Instant::now);
     // Warnings from the library (cache or index trouble, cleanup failures)
     // go to stderr; `CCFLOW_LOG=debug` shows more.
     let filter = tracing_subscriber::EnvFilter::try_from_env("CCFLOW_LOG")

@@ -529,7 +529,7 @@ pub fn conclude(
     context: &Context,
     run: &RunRecord,
     settled: &[Settled],
-    from_memo: &HashSet<String>,
+    from_memo: &[bool],
 ) -> Result<(), String> {
     let instances = &run.instances;
     ACTIVE.store(false, Ordering::Release);
@@ -537,29 +537,34 @@ pub fn conclude(
     if let Some(reason) = &rec.spoiled {
         return Err(reason.clone());
     }
+    crate::timing!("memo: recording stopped");
     settle_rewritten_dirs(&mut rec);
     // An instance settled from the memo relied on its files being as the
     // memo saw them; if the run then saw one of them change, its result
     // no longer matches what the new memo would say.
+    // The few replaced paths are looked up, rather than a set built of
+    // every path the settled instances hold.
     if !rec.replaced.is_empty() {
-        let relied: HashSet<&Path> = settled
+        let replaced: HashSet<&Path> = rec
+            .replaced
             .iter()
-            .filter(|s| from_memo.contains(&s.id))
-            .flat_map(|s| {
+            .filter_map(|p| p.strip_prefix(&context.root).ok())
+            .collect();
+        if let Some(path) = settled
+            .iter()
+            .zip(from_memo)
+            .filter(|(_, from_memo)| **from_memo)
+            .flat_map(|(s, _)| {
                 s.inputs
                     .iter()
                     .map(String::as_str)
                     .chain(s.outputs.iter().map(|(p, _)| p.as_str()))
             })
-            .map(Path::new)
-            .collect();
-        if let Some(path) = rec.replaced.iter().find(|p| {
-            p.strip_prefix(&context.root)
-                .is_ok_and(|rel| relied.contains(rel))
-        }) {
+            .find(|p| replaced.contains(Path::new(p)))
+        {
             return Err(format!(
                 "`{}` changed under an instance settled from the memo",
-                path.display()
+                context.root.join(path).display()
             ));
         }
     }
@@ -628,7 +633,9 @@ fn write_results(
     // The instances' results go to a side file the no-op answer never
     // reads; the memo names it by checksum, so a torn pair is a miss.
     let settled_checksum = *blake3::hash(&settled_bytes).as_bytes();
+    crate::timing!("memo: instance results encoded");
     write_atomic(&context.settled_path(), &settled_bytes)?;
+    crate::timing!("memo: instance results written");
     let mut entries: Vec<(&PathBuf, &Observation)> = rec.seen.iter().collect();
     // By bytes: `Path`'s order parses components at each comparison, and
     // any fixed order will do.
@@ -637,7 +644,9 @@ fn write_results(
         .iter()
         .map(|(_, o)| o.seen.is_some_and(|s| s.racy(rec.started_ns)))
         .collect();
+    crate::timing!("memo: observations sorted");
     let instances_json = instances_json()?;
+    crate::timing!("memo: instance records serialized");
     write_memo(
         context,
         &Sections {
@@ -972,6 +981,7 @@ pub fn check(context: &Context) -> Verdict {
     let Some(memo) = decode(&bytes, context) else {
         return Verdict::Unknown;
     };
+    crate::timing!("check: memo decoded");
     let now_ns = crate::cache::fsutil::coarse_now_ns();
     let compare_all = |range: std::ops::Range<usize>| -> Vec<Now> {
         range
@@ -994,6 +1004,7 @@ pub fn check(context: &Context) -> Verdict {
             mine
         })
     };
+    crate::timing!("check: paths compared");
     let changed: Vec<usize> = (0..n).filter(|i| results[*i] == Now::Changed).collect();
     for i in changed.iter().take(10) {
         tracing::debug!(
@@ -1043,6 +1054,7 @@ pub fn check(context: &Context) -> Verdict {
     else {
         return Verdict::Unknown;
     };
+    crate::timing!("check: instance results read");
     // Which instances the changed files belong to.
     let changed_paths: HashSet<&Path> = changed
         .iter()
@@ -1075,6 +1087,7 @@ pub fn check(context: &Context) -> Verdict {
     if claimed.len() != changed_paths.len() {
         return Verdict::Unknown;
     }
+    crate::timing!("check: unaffected instances found");
     let changed_count = changed.len();
     let mut changed = changed.into_iter().peekable();
     let entries = memo

@@ -43,16 +43,59 @@ pub(crate) fn create_temp(
 }
 
 /// Writes `bytes` to `path` atomically: temp file in `temp_dir` (same file
-/// system), then rename. No fsync: callers batch durability.
+/// system), then [`replace_file`]. No fsync: callers batch durability.
 pub(crate) fn write_atomic(temp_dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
     let (mut file, temp) = create_temp(temp_dir, STORE_TEMP, 0o644)?;
     let result = file
         .write_all(bytes)
-        .and_then(|()| fs_err::rename(&temp, path));
+        .and_then(|()| replace_file(&temp, path));
     if result.is_err() {
         let _ = fs_err::remove_file(&temp);
     }
     result
+}
+
+/// Moves `temp` to `path` atomically, replacing what is there: readers see
+/// the old file or the new one, never neither.
+///
+/// An existing `path` is swapped with `temp` (`renameat2` with
+/// `RENAME_EXCHANGE`) and the old file, now at `temp`, unlinked. A plain
+/// rename over an existing file makes ext4 (`auto_da_alloc`, its default)
+/// start writing the new file's data back inside the rename: 0.46 ms
+/// instead of 0.15 ms for a 450 KB file here, paid by every memo, index and
+/// run record a run replaces. What that buys, the new content on disk
+/// before the name after a power loss without fsync, these files do not
+/// need: each is checksummed or validated on read, and unreadable is a
+/// miss. Elsewhere (no such file yet, a file system without the flag) a
+/// plain rename.
+pub(crate) fn replace_file(temp: &Path, path: &Path) -> io::Result<()> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use std::os::unix::ffi::OsStrExt as _;
+        let (Ok(from), Ok(to)) = (
+            std::ffi::CString::new(temp.as_os_str().as_bytes()),
+            std::ffi::CString::new(path.as_os_str().as_bytes()),
+        ) else {
+            return fs_err::rename(temp, path);
+        };
+        // SAFETY: both are NUL-terminated paths that live across the call.
+        let swapped = unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                from.as_ptr(),
+                libc::AT_FDCWD,
+                to.as_ptr(),
+                libc::RENAME_EXCHANGE,
+            )
+        } == 0;
+        if swapped {
+            // `temp` now holds the replaced content; a failure to unlink it
+            // leaves a stray temp file, never a wrong `path`.
+            let _ = std::fs::remove_file(temp);
+            return Ok(());
+        }
+    }
+    fs_err::rename(temp, path)
 }
 
 /// Asks the file system to share `source`'s extents with `target` (btrfs,
@@ -289,5 +332,31 @@ mod tests {
             assert!(mark_top_directory(dir.path()), "setting it again is fine");
         }
         assert!(!mark_top_directory(&dir.path().join("missing")));
+    }
+
+    /// The new content under the name, the old one gone, no temp file
+    /// left; the same whether the name existed or not. A reader holding
+    /// the old file keeps reading the old content.
+    #[test]
+    fn replace_file_swaps_in_the_new_content_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = dir.path().join("memo");
+        write_atomic(dir.path(), &target, b"first").expect("first write");
+        assert_eq!(std::fs::read(&target).expect("read"), b"first");
+        let mut reader = File::open(&target).expect("open old");
+        write_atomic(dir.path(), &target, b"second").expect("second write");
+        assert_eq!(std::fs::read(&target).expect("read"), b"second");
+        let mut old = String::new();
+        reader.read_to_string(&mut old).expect("read old");
+        assert_eq!(old, "first");
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["memo"], "no temp file left behind");
+        let err = replace_file(&dir.path().join("no-such-temp"), &target)
+            .expect_err("a missing temp is an error");
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        assert_eq!(std::fs::read(&target).expect("read"), b"second");
     }
 }

@@ -84,11 +84,18 @@ impl CacheKey {
         // Serialising plain strings and BTreeMaps cannot fail; the fallback
         // keeps this function total without a panic path, and still
         // differs per key because it hashes the Debug rendering too.
+        // Buffered: serde writes each string and punctuation mark on its
+        // own, and blake3 is fast on large updates, slow on many tiny ones
+        // (a key over 1,000 inputs: 0.46 ms unbuffered).
+        let mut buffered = std::io::BufWriter::with_capacity(16 * 1024, &mut hasher);
         let written = if self.secrets.windows(2).all(|w| w[0] < w[1]) {
-            serde_json::to_writer(&mut hasher, self)
+            serde_json::to_writer(&mut buffered, self)
         } else {
-            serde_json::to_writer(&mut hasher, &self.canonical())
-        };
+            serde_json::to_writer(&mut buffered, &self.canonical())
+        }
+        .map_err(std::io::Error::from)
+        .and_then(|()| std::io::Write::flush(&mut buffered));
+        drop(buffered);
         if written.is_err() {
             hasher.update(format!("{self:?}").as_bytes());
         }

@@ -121,7 +121,7 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
         }
         context.remove();
         crate::memo::start(seed);
-        tracing::debug!("up-to-date check done at {:?}", clock.elapsed());
+        crate::timing!("up-to-date check done");
     }
     // The cache and the file-hash index are opened beside the planning
     // (reading a 2,000-entry index took ~1 ms of a 40 ms rerun).
@@ -143,6 +143,7 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
         crate::memo::stat(dir);
     }
     let workflow = common::load_path(ctx, &workflow_path, &vars)?;
+    crate::timing!("workflow loaded");
     for name in &args.rerun {
         if workflow.task(name).is_none() {
             let mut error = CommandError::usage(format!(
@@ -162,7 +163,7 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
     let plan = common::plan_deferring(ctx, Arc::clone(&workflow), &run_id, &args.tasks, &|id| {
         settled.contains_key(id)
     })?;
-    tracing::debug!("planned at {:?}", clock.elapsed());
+    crate::timing!("planned");
     let io = |what: &str, e: std::io::Error| CommandError::usage(format!("cannot {what}: {e}"));
     let run_dir = scheduler::run_dir(&ctx.state_dir, &run_id);
     fs_err::create_dir_all(run_dir.join("logs")).map_err(|e| io("create the run directory", e))?;
@@ -218,6 +219,7 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(64 * 1024 * 1024);
+    crate::timing!("cache and index open");
     crate::exec::reaper::init();
     // One thread runs the loop and every instance's supervision, as ninja
     // and make do: the tasks' processes are what needs the cores. On 2
@@ -318,13 +320,13 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
         keep_going: args.keep_going,
         max_jobs,
     };
-    tracing::debug!("scheduler starts at {:?}", clock.elapsed());
+    crate::timing!("scheduler starts");
     // Kept until the process exits rather than freed as the scheduler
     // ends: the memo's settled instances and the file-hash index took
     // ~0.5 ms to free piece by piece.
     let kept = Arc::clone(&shared);
     let mut outcome = runtime.block_on(scheduler::run(plan, shared, options, reporters, notice_rx));
-    tracing::debug!("scheduler done at {:?}", clock.elapsed());
+    crate::timing!("scheduler done");
     if let Err(e) = crate::exec::stale::mark_finished(&run_dir) {
         tracing::debug!("cannot mark the run finished: {e}");
     }
@@ -340,7 +342,6 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
             crate::memo::stop();
             Err(format!("the run {}", outcome.status.word()))
         };
-        tracing::debug!("memo written at {:?}", clock.elapsed());
         if tracing::enabled!(tracing::Level::DEBUG) {
             log_cpu_time();
         }
@@ -348,7 +349,9 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
             tracing::debug!("no up-to-date memo: {reason}");
         }
     }
+    crate::timing!("memo written");
     outcome.wait_for_disk();
+    crate::timing!("record, cache and index on disk");
     let status = match outcome.status {
         RunStatus::Succeeded => ExitStatus::Success,
         RunStatus::Interrupted => ExitStatus::Interrupted,

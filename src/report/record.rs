@@ -258,7 +258,7 @@ impl RunRecord {
 fn write_run_json(dir: &Path, text: &[u8]) -> std::io::Result<()> {
     let temp = dir.join(format!(".run.json.{}.tmp", std::process::id()));
     fs_err::write(&temp, text)?;
-    fs_err::rename(&temp, dir.join("run.json"))
+    crate::cache::fsutil::replace_file(&temp, &dir.join("run.json"))
 }
 
 /// Run directories under `state/runs`, newest first.
