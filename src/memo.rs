@@ -47,12 +47,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::ffi::OsStrExt as _;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use serde::{Deserialize, Serialize};
+
+use crate::cache::fsutil::{DirStat, FileStat};
 
 use crate::report::record::{Counts, InstanceRecord, RunRecord, Usage};
 
@@ -75,14 +76,14 @@ pub struct Seen {
 }
 
 impl Seen {
-    fn of(metadata: &std::fs::Metadata) -> Seen {
+    fn of(stat: &FileStat) -> Seen {
         Seen {
-            dev: metadata.dev(),
-            ino: metadata.ino(),
-            size: metadata.size(),
-            mtime_ns: metadata.mtime() * 1_000_000_000 + metadata.mtime_nsec(),
-            ctime_ns: metadata.ctime() * 1_000_000_000 + metadata.ctime_nsec(),
-            mode: metadata.mode(),
+            dev: stat.dev,
+            ino: stat.ino,
+            size: stat.size,
+            mtime_ns: stat.mtime_ns,
+            ctime_ns: stat.ctime_ns,
+            mode: stat.mode,
         }
     }
 
@@ -208,24 +209,24 @@ fn record(path: &Path, observation: Observation, written: bool) {
     }
 }
 
-/// Records an instance's input or output seen with `metadata` (which must
+/// Records an instance's input or output seen with `stat` (which must
 /// follow symlinks, as `std::fs::metadata` does).
-pub fn metadata(path: &Path, metadata: &std::fs::Metadata) {
-    observe_file(path, metadata, None, false);
+pub fn metadata(path: &Path, stat: &FileStat) {
+    observe_file(path, stat, None, false);
 }
 
 /// Records an instance's input or output with the content hash computed
-/// from it while it had `metadata`.
-pub fn file(path: &Path, metadata: &std::fs::Metadata, hash: [u8; 32]) {
-    observe_file(path, metadata, Some(hash), false);
+/// from it while it had `stat`.
+pub fn file(path: &Path, stat: &FileStat, hash: [u8; 32]) {
+    observe_file(path, stat, Some(hash), false);
 }
 
 /// Records a file this run has just written itself (an output restored
 /// from the cache, or its mode fixed) with the content hash it wrote. Its
 /// state before was only compared to decide whether to write it: the new
 /// state replaces it instead of counting as a change during the run.
-pub fn rewritten(path: &Path, metadata: &std::fs::Metadata, hash: [u8; 32]) {
-    observe_file(path, metadata, Some(hash), true);
+pub fn rewritten(path: &Path, stat: &FileStat, hash: [u8; 32]) {
+    observe_file(path, stat, Some(hash), true);
 }
 
 /// Records that the run replaced files in directory `dir` (renamed over
@@ -260,17 +261,17 @@ fn settle_rewritten_dirs(rec: &mut Recorder) {
             continue;
         }
         if let Some(observation) = rec.seen.get_mut(&dir) {
-            observation.seen = Some(Seen::of(&metadata));
+            observation.seen = Some(Seen::of(&FileStat::of(&metadata)));
         }
     }
 }
 
-fn observe_file(path: &Path, metadata: &std::fs::Metadata, hash: Option<[u8; 32]>, written: bool) {
+fn observe_file(path: &Path, stat: &FileStat, hash: Option<[u8; 32]>, written: bool) {
     if active() {
         record(
             path,
             Observation {
-                seen: Some(Seen::of(metadata)),
+                seen: Some(Seen::of(stat)),
                 file: true,
                 hash,
                 prior: false,
@@ -311,7 +312,7 @@ pub fn stat(path: &Path) {
         return;
     }
     let metadata = std::fs::metadata(path).ok();
-    let seen = metadata.as_ref().map(Seen::of);
+    let seen = metadata.as_ref().map(|m| Seen::of(&FileStat::of(m)));
     // A directory's listing, read before the walk reads it: when the
     // directory changed too recently for its stat to vouch for it (files
     // created in it by the run itself), the listing can.
@@ -420,7 +421,7 @@ impl Context {
         let mut digest = name;
         // The binary: a rebuilt ccflow may decide differently.
         if let Ok(m) = std::fs::metadata("/proc/self/exe") {
-            let seen = Seen::of(&m);
+            let seen = Seen::of(&FileStat::of(&m));
             for n in [seen.dev, seen.ino, seen.size] {
                 digest.update(&n.to_le_bytes());
             }
@@ -572,6 +573,7 @@ pub fn conclude(
     // Serialized on a thread beside the rest (~1 ms each for 1,000
     // instances).
     let to_json = || {
+        crate::timing!("T json start");
         let records: Vec<InstanceRecord> = instances
             .iter()
             .map(|i| {
@@ -591,7 +593,9 @@ pub fn conclude(
                 record
             })
             .collect();
-        serde_json::to_vec(&records).map_err(|e| e.to_string())
+        let r = serde_json::to_vec(&records).map_err(|e| e.to_string());
+        crate::timing!("T json end");
+        r
     };
     std::thread::scope(|scope| {
         let json = std::thread::Builder::new()
@@ -934,8 +938,14 @@ enum Now {
     Changed,
 }
 
-fn compare(path: &Path, observation: &Observation, racy: bool, now_ns: i64) -> Now {
-    let metadata = std::fs::metadata(path).ok();
+fn compare(
+    stat: &mut DirStat,
+    path: &Path,
+    observation: &Observation,
+    racy: bool,
+    now_ns: i64,
+) -> Now {
+    let metadata = stat.stat(path).ok();
     let seen = metadata.as_ref().map(Seen::of);
     if seen != observation.seen {
         return Now::Changed;
@@ -947,7 +957,7 @@ fn compare(path: &Path, observation: &Observation, racy: bool, now_ns: i64) -> N
     let Some(expected) = observation.hash else {
         return Now::Changed;
     };
-    let actual = if metadata.as_ref().is_some_and(std::fs::Metadata::is_dir) {
+    let actual = if metadata.as_ref().is_some_and(FileStat::is_dir) {
         listing_hash(path)
     } else {
         std::fs::read(path)
@@ -961,7 +971,7 @@ fn compare(path: &Path, observation: &Observation, racy: bool, now_ns: i64) -> N
     // here on once the clock has moved past it. A file written by the run
     // just before (back-to-back runs) is still racy: the same, and checked
     // again next time.
-    let after = std::fs::metadata(path).ok().map(|m| Seen::of(&m));
+    let after = stat.stat(path).ok().map(|m| Seen::of(&m));
     if after != Some(seen) {
         Now::Changed
     } else if seen.racy(now_ns) {
@@ -984,8 +994,17 @@ pub fn check(context: &Context) -> Verdict {
     crate::timing!("check: memo decoded");
     let now_ns = crate::cache::fsutil::coarse_now_ns();
     let compare_all = |range: std::ops::Range<usize>| -> Vec<Now> {
+        let mut stat = DirStat::default();
         range
-            .map(|i| compare(&memo.entries[i].0, &memo.entries[i].1, memo.racy[i], now_ns))
+            .map(|i| {
+                compare(
+                    &mut stat,
+                    &memo.entries[i].0,
+                    &memo.entries[i].1,
+                    memo.racy[i],
+                    now_ns,
+                )
+            })
             .collect()
     };
     let n = memo.entries.len();

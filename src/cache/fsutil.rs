@@ -234,6 +234,142 @@ pub(crate) fn now_unix_ms() -> u64 {
         })
 }
 
+/// What `stat` (following symlinks) says of a path: the fields the stat
+/// index and the memo compare, as [`std::fs::Metadata`] reports them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileStat {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    /// `st_mode`: file type and permission bits.
+    pub mode: u32,
+}
+
+impl FileStat {
+    #[must_use]
+    pub fn of(metadata: &std::fs::Metadata) -> FileStat {
+        FileStat {
+            dev: metadata.dev(),
+            ino: metadata.ino(),
+            size: metadata.size(),
+            mtime_ns: mtime_ns(metadata),
+            ctime_ns: ctime_ns(metadata),
+            mode: metadata.mode(),
+        }
+    }
+
+    #[must_use]
+    pub fn is_file(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFREG
+    }
+
+    #[must_use]
+    pub fn is_dir(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFDIR
+    }
+}
+
+/// Stats paths relative to their open parent directory, which it keeps
+/// open while the next paths share it (one per thread).
+///
+/// Resolving `/work/repo/src/f.rs` from `/` for every file was most of a
+/// stat: 2,000 of them in one directory pair took 1.9 ms on one thread or
+/// two (the walks of the shared prefix contend), 0.7 ms on two threads
+/// relative to the directories. Same answers as [`std::fs::metadata`]
+/// (`statx`, symlinks followed); paths it cannot split, and directories it
+/// cannot open, are stat'ed whole.
+#[derive(Default)]
+pub struct DirStat {
+    /// The directory `fd` is open on (its path bytes), when one is.
+    dir: Vec<u8>,
+    fd: Option<std::os::fd::OwnedFd>,
+    /// The last directory that could not be opened.
+    failed: Vec<u8>,
+    name: Vec<u8>,
+}
+
+impl DirStat {
+    /// `stat(path)`, following symlinks.
+    ///
+    /// # Errors
+    /// As [`std::fs::metadata`].
+    pub fn stat(&mut self, path: &Path) -> io::Result<FileStat> {
+        use std::os::fd::{AsRawFd as _, FromRawFd as _};
+        use std::os::unix::ffi::OsStrExt as _;
+        let whole = || std::fs::metadata(path).map(|m| FileStat::of(&m));
+        let bytes = path.as_os_str().as_bytes();
+        let Some(slash) = bytes.iter().rposition(|b| *b == b'/') else {
+            return whole();
+        };
+        let (dir, name) = (&bytes[..slash], &bytes[slash + 1..]);
+        if dir.is_empty() || matches!(name, b"" | b"." | b"..") || name.contains(&0) {
+            return whole();
+        }
+        if self.dir != dir || self.fd.is_none() {
+            if self.failed == dir {
+                return whole();
+            }
+            self.fd = None;
+            let Ok(dir_c) = std::ffi::CString::new(dir) else {
+                return whole();
+            };
+            // SAFETY: a NUL-terminated path; the descriptor returned is ours.
+            let fd = unsafe {
+                libc::open(
+                    dir_c.as_ptr(),
+                    libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                )
+            };
+            if fd < 0 {
+                dir.clone_into(&mut self.failed);
+                return whole();
+            }
+            // SAFETY: `fd` was just opened and is owned by nothing else.
+            self.fd = Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+            dir.clone_into(&mut self.dir);
+        }
+        let Some(fd) = &self.fd else {
+            return whole();
+        };
+        self.name.clear();
+        self.name.extend_from_slice(name);
+        self.name.push(0);
+        // SAFETY: zeroed plain data, filled in by statx.
+        let mut buf: libc::statx = unsafe { std::mem::zeroed() };
+        // SAFETY: a directory descriptor we own, a NUL-terminated name, and
+        // a buffer of the right type; statx writes nothing else.
+        let result = unsafe {
+            libc::statx(
+                fd.as_raw_fd(),
+                self.name.as_ptr().cast(),
+                libc::AT_STATX_SYNC_AS_STAT,
+                libc::STATX_BASIC_STATS,
+                &mut buf,
+            )
+        };
+        if result != 0 {
+            let error = io::Error::last_os_error();
+            // No statx (old kernels, some sandboxes): the whole path, as std.
+            if matches!(error.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) {
+                return whole();
+            }
+            return Err(error);
+        }
+        let time = |t: libc::statx_timestamp| t.tv_sec * 1_000_000_000 + i64::from(t.tv_nsec);
+        Ok(FileStat {
+            // As std builds `st_dev` from statx.
+            dev: libc::makedev(buf.stx_dev_major, buf.stx_dev_minor),
+            ino: buf.stx_ino,
+            size: buf.stx_size,
+            mtime_ns: time(buf.stx_mtime),
+            ctime_ns: time(buf.stx_ctime),
+            mode: u32::from(buf.stx_mode),
+        })
+    }
+}
+
 /// A file's mtime in nanoseconds since the epoch.
 pub(crate) fn mtime_ns(metadata: &std::fs::Metadata) -> i64 {
     metadata.mtime() * 1_000_000_000 + metadata.mtime_nsec()
@@ -332,6 +468,55 @@ mod tests {
             assert!(mark_top_directory(dir.path()), "setting it again is fine");
         }
         assert!(!mark_top_directory(&dir.path().join("missing")));
+    }
+
+    /// The same answer as `std::fs::metadata` for files, directories and
+    /// symlinks (followed), across directory changes, and the same error
+    /// for what does not exist.
+    #[test]
+    fn dir_stat_answers_as_std_metadata_does() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("a/sub")).expect("mkdir");
+        std::fs::create_dir_all(root.join("b")).expect("mkdir");
+        std::fs::write(root.join("a/one"), b"1").expect("write");
+        std::fs::write(root.join("a/two"), b"22").expect("write");
+        std::fs::write(root.join("b/three"), b"333").expect("write");
+        std::os::unix::fs::symlink("../a/two", root.join("b/link")).expect("symlink");
+        std::os::unix::fs::symlink(root.join("a"), root.join("alias")).expect("symlink");
+        let paths = [
+            "a/one",
+            "a/two",
+            "a/sub",
+            "b/three",
+            "b/link",
+            "a/one",
+            "alias/two",
+            "a/sub/..",
+            "a/.",
+            "a",
+        ];
+        let mut stat = DirStat::default();
+        for rel in paths {
+            let path = root.join(rel);
+            let expected = FileStat::of(&std::fs::metadata(&path).expect("std stat"));
+            assert_eq!(stat.stat(&path).expect("dir stat"), expected, "{rel}");
+        }
+        assert!(stat.stat(&root.join("b/link")).expect("link").is_file());
+        assert!(stat.stat(&root.join("a/sub")).expect("dir").is_dir());
+        for missing in ["a/none", "none/x", "a/one/x"] {
+            let std_kind = std::fs::metadata(root.join(missing))
+                .expect_err("std")
+                .kind();
+            let kind = stat.stat(&root.join(missing)).expect_err("dir stat").kind();
+            assert_eq!(kind, std_kind, "{missing}");
+        }
+        // A relative path with no directory part is stat'ed whole.
+        let name = Path::new("Cargo.toml");
+        assert_eq!(
+            stat.stat(name).ok(),
+            std::fs::metadata(name).ok().map(|m| FileStat::of(&m))
+        );
     }
 
     /// The new content under the name, the old one gone, no temp file

@@ -20,7 +20,6 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -67,14 +66,14 @@ struct Stat {
 }
 
 impl Stat {
-    fn of(metadata: &std::fs::Metadata) -> Stat {
+    fn of(stat: &fsutil::FileStat) -> Stat {
         Stat {
-            size: metadata.size(),
-            mtime_ns: fsutil::mtime_ns(metadata),
-            ctime_ns: fsutil::ctime_ns(metadata),
-            inode: metadata.ino(),
-            device: metadata.dev(),
-            mode: metadata.mode(),
+            size: stat.size,
+            mtime_ns: stat.mtime_ns,
+            ctime_ns: stat.ctime_ns,
+            inode: stat.ino,
+            device: stat.dev,
+            mode: stat.mode,
         }
     }
 }
@@ -158,11 +157,11 @@ impl StatIndex {
         &self,
         root: &Path,
         rel: &str,
-        seen: Option<std::fs::Metadata>,
+        seen: Option<fsutil::FileStat>,
         limit: u64,
     ) -> Result<Option<FileHash>, CacheError> {
         let path = root.join(rel);
-        let stat_now = || fs_err::metadata(&path);
+        let stat_now = || fs_err::metadata(&path).map(|m| fsutil::FileStat::of(&m));
         let metadata = match seen.map_or_else(stat_now, Ok) {
             Ok(metadata) => metadata,
             Err(error) => {
@@ -205,7 +204,7 @@ impl StatIndex {
         self.files_read.fetch_add(1, Ordering::Relaxed);
         // The stat of the open file after reading: if the file changed while
         // we read it, the hash may mix two versions and must not be trusted.
-        let after = Stat::of(&file.metadata()?);
+        let after = Stat::of(&fsutil::FileStat::of(&file.metadata()?));
         let entry = IndexEntry {
             stat: after,
             hash,

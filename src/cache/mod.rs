@@ -18,6 +18,7 @@ pub mod store;
 
 pub use entry::{Entry, NewEntry, OutputFile};
 pub use error::CacheError;
+pub use fsutil::{DirStat, FileStat};
 pub use index::{FileHash, StatIndex};
 pub use key::{outputs_digest, CacheKey, KeyChange, KeyHash, CACHE_FORMAT_VERSION, VAR_PREFIX};
 pub use store::{GcReport, RestoreReport, Store, StoreStats};

@@ -460,7 +460,7 @@ impl Store {
             if let (Ok(metadata), Some(hash)) =
                 (std::fs::metadata(&file.target), parse_hex32(&file.hash))
             {
-                crate::memo::rewritten(&file.target, &metadata, hash);
+                crate::memo::rewritten(&file.target, &fsutil::FileStat::of(&metadata), hash);
             }
             report.written.push(file.rel.clone());
             report.bytes_written += file.size;
@@ -479,7 +479,7 @@ impl Store {
         for (target, rel, mode, hash) in chmods {
             fs_err::set_permissions(&target, std::fs::Permissions::from_mode(mode))?;
             if let (Ok(metadata), Some(hash)) = (std::fs::metadata(&target), parse_hex32(&hash)) {
-                crate::memo::rewritten(&target, &metadata, hash);
+                crate::memo::rewritten(&target, &fsutil::FileStat::of(&metadata), hash);
             }
             report.chmodded.push(rel);
         }

@@ -266,22 +266,28 @@ const PARALLEL_INPUTS: usize = 256;
 
 type InputHash = Result<Option<crate::cache::index::FileHash>, crate::cache::CacheError>;
 
-/// Each input's hash (see [`StatIndex::hash_file_seen`]), in order.
+/// Each input's hash (see [`StatIndex::hash_file_seen`]), in order. Files
+/// not stat'ed yet are stat'ed relative to their directory (see
+/// [`crate::cache::DirStat`]); one the stat cannot see is left to
+/// `hash_file_seen`, which reports why.
 fn hash_inputs(
     index: &StatIndex,
     root: &Path,
-    files: Vec<(String, Option<std::fs::Metadata>)>,
+    files: Vec<(String, Option<crate::cache::FileStat>)>,
     limit: u64,
 ) -> Vec<(String, InputHash)> {
-    let hash_all = |files: Vec<(String, Option<std::fs::Metadata>)>| -> Vec<(String, InputHash)> {
-        files
-            .into_iter()
-            .map(|(file, seen)| {
-                let hashed = index.hash_file_seen(root, &file, seen, limit);
-                (file, hashed)
-            })
-            .collect()
-    };
+    let hash_all =
+        |files: Vec<(String, Option<crate::cache::FileStat>)>| -> Vec<(String, InputHash)> {
+            let mut dir_stat = crate::cache::DirStat::default();
+            files
+                .into_iter()
+                .map(|(file, seen)| {
+                    let seen = seen.or_else(|| dir_stat.stat(&root.join(&file)).ok());
+                    let hashed = index.hash_file_seen(root, &file, seen, limit);
+                    (file, hashed)
+                })
+                .collect()
+        };
     if files.len() < PARALLEL_INPUTS {
         return hash_all(files);
     }

@@ -34,8 +34,8 @@ pub fn expand_seen(
     root: &Path,
     patterns: &[String],
     honour_ignore: bool,
-) -> Result<Vec<(String, Option<std::fs::Metadata>)>, String> {
-    let mut seen: BTreeMap<String, Option<std::fs::Metadata>> = BTreeMap::new();
+) -> Result<Vec<(String, Option<crate::cache::FileStat>)>, String> {
+    let mut seen: BTreeMap<String, Option<crate::cache::FileStat>> = BTreeMap::new();
     let mut globs = Vec::new();
     for pattern in patterns {
         let pattern = pattern.trim_start_matches("./");
@@ -46,8 +46,9 @@ pub fn expand_seen(
         let path = root.join(pattern);
         match std::fs::metadata(&path).ok() {
             Some(metadata) if metadata.is_file() => {
-                crate::memo::metadata(&path, &metadata);
-                seen.insert(pattern.to_owned(), Some(metadata));
+                let stat = crate::cache::FileStat::of(&metadata);
+                crate::memo::metadata(&path, &stat);
+                seen.insert(pattern.to_owned(), Some(stat));
                 continue;
             }
             // A directory names everything below it.
