@@ -223,7 +223,9 @@ pub(crate) struct PackIndex {
     racy_since: Option<Instant>,
     /// Packs indexed, by file name.
     loaded: BTreeMap<String, Arc<PackFile>>,
-    keys: HashMap<KeyHash, Located>,
+    /// foldhash: keys are BLAKE3 hashes, and indexing a pack of 1,000
+    /// entries with SipHash was most of the first lookup of a run.
+    keys: HashMap<KeyHash, Located, foldhash::fast::FixedState>,
 }
 
 impl PackIndex {
@@ -291,6 +293,7 @@ impl PackIndex {
         overrides: bool,
     ) {
         let pack = Arc::new(file);
+        self.keys.reserve(records.len());
         for (key, range) in records {
             let located = Located {
                 pack: Arc::clone(&pack),

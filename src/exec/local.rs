@@ -443,7 +443,7 @@ fn expand_globs(spec: &ProcessSpec, mut direct: DirectCommand) -> Option<DirectC
         let mut names = Vec::new();
         for entry in entries {
             let name = entry.ok()?.file_name().into_string().ok()?;
-            if !name.starts_with('.') && star_match(pattern, &name) {
+            if !name.starts_with('.') && crate::fanout::star_match(pattern, &name) {
                 names.push(name);
             }
         }
@@ -457,28 +457,6 @@ fn expand_globs(spec: &ProcessSpec, mut direct: DirectCommand) -> Option<DirectC
     }
     direct.argv = expanded;
     Some(direct)
-}
-
-/// Whether `name` matches `pattern`, in which `*` matches any run of
-/// characters and every other character itself.
-fn star_match(pattern: &str, name: &str) -> bool {
-    let mut pieces = pattern.split('*');
-    let first = pieces.next().unwrap_or_default();
-    let Some(mut rest) = name.strip_prefix(first) else {
-        return false;
-    };
-    let mut pieces: Vec<&str> = pieces.collect();
-    // No `*`: the whole name is literal.
-    let Some(last) = pieces.pop() else {
-        return rest.is_empty();
-    };
-    for piece in pieces {
-        match rest.find(piece) {
-            Some(at) => rest = &rest[at + piece.len()..],
-            None => return false,
-        }
-    }
-    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 /// Whether the task's `sh` sorts pathname expansions by bytes: dash always

@@ -71,15 +71,7 @@ pub fn expand_seen(
                 crate::fanout::matching_paths(root, &globs, &[]).map_err(|e| e.to_string())?;
             paths.into_iter().for_each(&mut found);
         } else {
-            let mut builder = globset::GlobSetBuilder::new();
-            for glob in &globs {
-                let compiled = globset::GlobBuilder::new(glob)
-                    .literal_separator(true)
-                    .build()
-                    .map_err(|e| format!("malformed glob `{glob}`: {}", e.kind()))?;
-                builder.add(compiled);
-            }
-            let set = builder.build().map_err(|e| e.to_string())?;
+            let set = crate::fanout::GlobMatcher::new(&globs).map_err(|e| e.to_string())?;
             let starts = crate::fanout::walk_starts(&globs);
             let entries = starts.into_iter().flat_map(|start| {
                 let dir = if start.is_empty() {

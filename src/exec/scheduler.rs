@@ -415,17 +415,17 @@ pub async fn run(
 /// whose handle the caller joins; in place when no thread can be started.
 fn persist_in_background(shared: &Arc<RunShared>) -> Option<std::thread::JoinHandle<()>> {
     fn persist(shared: &RunShared) {
-        crate::timing!("T persist start");
+        crate::timing!("persist: flushing the cache");
         if let Some(store) = &shared.store {
             if let Err(e) = store.flush() {
                 tracing::warn!("cannot flush the cache: {e}");
             }
         }
-        crate::timing!("T persist flushed");
+        crate::timing!("persist: cache flushed");
         if let Err(e) = shared.index.save() {
             tracing::warn!("cannot save the file-hash index: {e}");
         }
-        crate::timing!("T persist end");
+        crate::timing!("persist: index saved");
     }
     let spawned = {
         let shared = Arc::clone(shared);
@@ -449,11 +449,11 @@ fn write_in_background(
     run_dir: &std::path::Path,
 ) -> Option<std::thread::JoinHandle<()>> {
     fn write(record: &RunRecord, run_dir: &std::path::Path) {
-        crate::timing!(format!("T record start {:?}", record.status));
+        crate::timing!(format!("record ({:?}): writing", record.status));
         if let Err(e) = record.write(run_dir) {
             tracing::warn!("cannot write the run record: {e}");
         }
-        crate::timing!(format!("T record end {:?}", record.status));
+        crate::timing!(format!("record ({:?}): written", record.status));
     }
     let spawned = {
         let (record, run_dir) = (Arc::clone(&record), run_dir.to_owned());

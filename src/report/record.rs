@@ -3,6 +3,7 @@
 //! atomically at the start of a run (status `running`) and at its end, so a
 //! killed run still leaves a record. `ccflow runs`, `logs` and `show` read them.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -224,16 +225,16 @@ impl RunRecord {
     /// # Errors
     /// I/O failures, naming the path.
     pub fn write(&self, dir: &Path) -> std::io::Result<()> {
-        let text = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        write_run_json(dir, &text)
+        write_run_json(dir, |out| {
+            serde_json::to_writer_pretty(out, self).map_err(std::io::Error::other)
+        })
     }
 
-    /// Reads a run's record.
-    ///
-    /// # Errors
-    /// Missing or unreadable record.
     /// Writes the record with `instances_json` (a JSON array of
     /// [`InstanceRecord`]s, already encoded) as its instances.
+    ///
+    /// # Errors
+    /// I/O failures, naming the path.
     pub fn write_with_instances(&self, dir: &Path, instances_json: &[u8]) -> std::io::Result<()> {
         let mut text = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
         let empty = b"[]\n}";
@@ -241,11 +242,17 @@ impl RunRecord {
             return Err(std::io::Error::other("unexpected run record layout"));
         }
         text.truncate(text.len() - empty.len());
-        text.extend_from_slice(instances_json);
-        text.extend_from_slice(b"\n}");
-        write_run_json(dir, &text)
+        write_run_json(dir, |out| {
+            out.write_all(&text)?;
+            out.write_all(instances_json)?;
+            out.write_all(b"\n}")
+        })
     }
 
+    /// Reads a run's record.
+    ///
+    /// # Errors
+    /// Missing or unreadable record.
     pub fn read(dir: &Path) -> Result<RunRecord, String> {
         let path = dir.join("run.json");
         let text = fs_err::read(&path).map_err(|e| e.to_string())?;
@@ -254,11 +261,23 @@ impl RunRecord {
     }
 }
 
-/// Replaces `dir/run.json` with `text` atomically (temp file, rename).
-fn write_run_json(dir: &Path, text: &[u8]) -> std::io::Result<()> {
+/// Replaces `dir/run.json` atomically (temp file, then
+/// [`crate::cache::fsutil::replace_file`]) with what `fill` writes. Streamed
+/// through a small buffer: serializing 1,000 instances into one growing
+/// buffer touched ~1 MB of fresh memory, most of the writer's time.
+fn write_run_json(
+    dir: &Path,
+    fill: impl FnOnce(&mut std::io::BufWriter<fs_err::File>) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let temp = dir.join(format!(".run.json.{}.tmp", std::process::id()));
-    fs_err::write(&temp, text)?;
-    crate::cache::fsutil::replace_file(&temp, &dir.join("run.json"))
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, fs_err::File::create(&temp)?);
+    let written = fill(&mut out)
+        .and_then(|()| out.flush())
+        .and_then(|()| crate::cache::fsutil::replace_file(&temp, &dir.join("run.json")));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written
 }
 
 /// Run directories under `state/runs`, newest first.

@@ -811,29 +811,85 @@ fn small_outputs_live_in_the_manifest_and_restore_verified() {
     );
 }
 
+/// Saves `count` entries (`t` numbered from 0, `out.txt` holding the
+/// number), each published in its own pack; their key hashes.
+fn save_in_packs(store: &Store, root: &Path, count: u32) -> Vec<KeyHash> {
+    (0..count)
+        .map(|number| {
+            write(root, "out.txt", format!("{number}\n").as_bytes(), 0o644);
+            let entry = store
+                .save(
+                    &[],
+                    new_entry(key("t", &number.to_string()), &["out.txt"]),
+                    root,
+                )
+                .expect("save");
+            store.flush().expect("flush");
+            entry.key_hash
+        })
+        .collect()
+}
+
+/// A large pack (above `PACK_MERGE_LIMIT`, 4 KB in tests) is not
+/// rewritten when the small packs after it are merged, and a key saved
+/// again in a small pack still wins over the large pack's entry.
+#[test]
+fn large_packs_are_left_alone_when_the_small_ones_are_merged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = dir.path().join("cache");
+    let store = Store::open(&cache).expect("open");
+    write(dir.path(), "out.txt", b"big\n", 0o644);
+    let mut big = key("t", "big");
+    for i in 0..200 {
+        big.inputs
+            .insert(format!("in/file-{i}.txt"), "ab".repeat(32));
+    }
+    let big_hash = store
+        .save(&[], new_entry(big.clone(), &["out.txt"]), dir.path())
+        .expect("save")
+        .key_hash;
+    store.flush().expect("flush");
+    let packs_dir = store.shared.packs_dir();
+    let big_pack = pack::list(&packs_dir).pop().expect("one pack");
+    assert!(
+        std::fs::metadata(packs_dir.join(&big_pack))
+            .expect("stat")
+            .len()
+            > 4096
+    );
+    let keys = save_in_packs(&store, dir.path(), 70);
+    // The large pack's key saved again, later, with other outputs.
+    write(dir.path(), "out.txt", b"newer\n", 0o644);
+    store
+        .save(&[], new_entry(big, &["out.txt"]), dir.path())
+        .expect("save");
+    store.flush().expect("flush");
+    drop(store);
+
+    drop(Store::open(&cache).expect("open"));
+    let mut left = pack::list(&packs_dir);
+    left.sort();
+    assert_eq!(left.len(), 2, "the large pack and the merged one: {left:?}");
+    assert_eq!(left[0], big_pack, "the large pack is untouched");
+    let store = Store::open(&cache).expect("open");
+    for key_hash in keys.iter().chain([&big_hash]) {
+        assert!(store.lookup(key_hash).expect("lookup").is_some());
+    }
+    let entry = store.lookup(&big_hash).expect("lookup").expect("entry");
+    let target = dir.path().join("check");
+    store.restore(&entry, &target).expect("restore");
+    assert_eq!(
+        std::fs::read_to_string(target.join("out.txt")).expect("read"),
+        "newer\n"
+    );
+}
+
 #[test]
 fn many_packs_are_merged_into_one_and_every_entry_survives() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cache = dir.path().join("cache");
     let store = Store::open(&cache).expect("open");
-    let mut keys = Vec::new();
-    for number in 0..70u32 {
-        write(
-            dir.path(),
-            "out.txt",
-            format!("{number}\n").as_bytes(),
-            0o644,
-        );
-        let entry = store
-            .save(
-                &[],
-                new_entry(key("t", &number.to_string()), &["out.txt"]),
-                dir.path(),
-            )
-            .expect("save");
-        keys.push(entry.key_hash);
-        store.flush().expect("flush");
-    }
+    let keys = save_in_packs(&store, dir.path(), 70);
     // The same key saved again later: the newer manifest must win.
     write(dir.path(), "out.txt", b"newer\n", 0o644);
     store
