@@ -106,12 +106,36 @@ struct Observation {
     prior: bool,
 }
 
+/// A path as the recorder's key: hashed and compared as bytes. `Path`
+/// hashes component by component, several times slower, and a change run
+/// records and looks up thousands of paths (every one spelled the same
+/// way each time: `root` joined with a repository-relative path).
+#[derive(PartialEq, Eq)]
+struct PathKey(PathBuf);
+
+impl std::hash::Hash for PathKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.as_os_str().as_bytes().hash(state);
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for PathKey {
+    fn borrow(&self) -> &[u8] {
+        self.0.as_os_str().as_bytes()
+    }
+}
+
+/// `path` as a recorder lookup key (see [`PathKey`]).
+fn key(path: &Path) -> &[u8] {
+    path.as_os_str().as_bytes()
+}
+
 /// The observations of one run.
 #[derive(Default)]
 struct Recorder {
-    /// foldhash rather than SipHash: a change run records and looks up
-    /// thousands of the repository's own paths.
-    seen: HashMap<PathBuf, Observation, foldhash::fast::FixedState>,
+    /// foldhash rather than SipHash, bytes rather than components: a
+    /// change run records and looks up thousands of paths.
+    seen: HashMap<PathKey, Observation, foldhash::fast::FixedState>,
     /// Seeded paths this run then saw in another state (see [`conclude`]).
     replaced: Vec<PathBuf>,
     /// Why this run cannot vouch for what it saw, if it cannot.
@@ -148,7 +172,7 @@ pub fn start(seed: Seed) {
             .into_iter()
             .map(|(path, observation)| {
                 (
-                    path,
+                    PathKey(path),
                     Observation {
                         prior: true,
                         ..observation
@@ -167,13 +191,39 @@ fn active() -> bool {
     ACTIVE.load(Ordering::Acquire)
 }
 
+/// Whether this run is recording observations for a memo.
+#[must_use]
+pub fn recording() -> bool {
+    active()
+}
+
+/// `record` as the memo keeps it, JSON: without this run's logs and times
+/// (the memo's answer has none), a success counted as cached.
+#[must_use]
+pub fn instance_json(record: &InstanceRecord) -> Vec<u8> {
+    let mut kept = InstanceRecord {
+        attempts: Vec::new(),
+        started_unix_ms: None,
+        finished_unix_ms: None,
+        duration_ms: 0,
+        log: None,
+        message: None,
+        exit_code: Some(0),
+        ..record.clone()
+    };
+    if kept.status == crate::report::record::InstanceStatus::Succeeded {
+        kept.status = crate::report::record::InstanceStatus::Cached;
+    }
+    serde_json::to_vec(&kept).unwrap_or_default()
+}
+
 /// Records `observation` of `path`. `written`: the run has just written the
 /// file itself, so a different earlier state of it (compared only to decide
 /// whether to write) is replaced rather than a change during the run.
 fn record(path: &Path, observation: Observation, written: bool) {
     let mut guard = recorder();
     let Some(rec) = guard.as_mut() else { return };
-    if let Some(seeded) = rec.seen.get_mut(path).filter(|o| o.prior) {
+    if let Some(seeded) = rec.seen.get_mut(key(path)).filter(|o| o.prior) {
         // First seen by this run: its own observation counts (a task may
         // have rewritten it); `conclude` checks no settled instance relied
         // on the seeded state.
@@ -185,10 +235,10 @@ fn record(path: &Path, observation: Observation, written: bool) {
         }
     }
     if written {
-        rec.seen.insert(path.to_path_buf(), observation);
+        rec.seen.insert(PathKey(path.to_path_buf()), observation);
         return;
     }
-    match rec.seen.get_mut(path) {
+    match rec.seen.get_mut(key(path)) {
         Some(previous) if previous.seen == observation.seen => {
             // Seen by the plan too: a global observation.
             previous.file &= observation.file;
@@ -204,7 +254,7 @@ fn record(path: &Path, observation: Observation, written: bool) {
                 .get_or_insert_with(|| format!("`{}` changed during the run", path.display()));
         }
         None => {
-            rec.seen.insert(path.to_path_buf(), observation);
+            rec.seen.insert(PathKey(path.to_path_buf()), observation);
         }
     }
 }
@@ -241,7 +291,7 @@ pub fn dir_rewritten(dir: &Path) {
         return;
     }
     if let Some(rec) = recorder().as_mut() {
-        if rec.seen.get(dir).is_some_and(|o| o.hash.is_some()) {
+        if rec.seen.get(key(dir)).is_some_and(|o| o.hash.is_some()) {
             rec.rewritten_dirs.insert(dir.to_path_buf());
         }
     }
@@ -251,7 +301,7 @@ pub fn dir_rewritten(dir: &Path) {
 /// [`dir_rewritten`]).
 fn settle_rewritten_dirs(rec: &mut Recorder) {
     for dir in std::mem::take(&mut rec.rewritten_dirs) {
-        let Some(recorded) = rec.seen.get(&dir).and_then(|o| o.hash) else {
+        let Some(recorded) = rec.seen.get(key(&dir)).and_then(|o| o.hash) else {
             continue;
         };
         let Ok(metadata) = std::fs::metadata(&dir) else {
@@ -260,7 +310,7 @@ fn settle_rewritten_dirs(rec: &mut Recorder) {
         if listing_hash(&dir) != Some(recorded) {
             continue;
         }
-        if let Some(observation) = rec.seen.get_mut(&dir) {
+        if let Some(observation) = rec.seen.get_mut(key(&dir)) {
             observation.seen = Some(Seen::of(&FileStat::of(&metadata)));
         }
     }
@@ -307,7 +357,7 @@ pub fn stat(path: &Path) {
     }
     if recorder()
         .as_ref()
-        .is_some_and(|rec| rec.seen.contains_key(path))
+        .is_some_and(|rec| rec.seen.contains_key(key(path)))
     {
         return;
     }
@@ -531,6 +581,7 @@ pub fn conclude(
     run: &RunRecord,
     settled: &[Settled],
     from_memo: &[bool],
+    prepared: &[Option<Vec<u8>>],
 ) -> Result<(), String> {
     let instances = &run.instances;
     ACTIVE.store(false, Ordering::Release);
@@ -569,38 +620,34 @@ pub fn conclude(
             ));
         }
     }
-    // Records without this run's logs and times: the memo's answer has none.
-    // Serialized on a thread beside the rest (~1 ms each for 1,000
-    // instances), one record copied at a time, into a buffer sized for
-    // them all: growing it, and copying every record first, touched fresh
-    // memory, which is most of the cost.
+    // The instances' records as JSON (see [`instance_json`]): those the
+    // run prepared while it waited on its processes as they are, the rest
+    // serialized on a thread beside the rest of the memo.
     let to_json = || {
         crate::timing!("memo: serializing instance records");
-        struct Records<'a>(&'a [InstanceRecord]);
-        impl Serialize for Records<'_> {
-            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                serializer.collect_seq(self.0.iter().map(|i| {
-                    let mut record = InstanceRecord {
-                        attempts: Vec::new(),
-                        started_unix_ms: None,
-                        finished_unix_ms: None,
-                        duration_ms: 0,
-                        log: None,
-                        message: None,
-                        exit_code: Some(0),
-                        ..i.clone()
-                    };
-                    if record.status == crate::report::record::InstanceStatus::Succeeded {
-                        record.status = crate::report::record::InstanceStatus::Cached;
-                    }
-                    record
-                }))
+        let mut json = Vec::with_capacity(instances.len() * 320);
+        json.push(b'[');
+        for (i, record) in instances.iter().enumerate() {
+            if i > 0 {
+                json.push(b',');
+            }
+            match prepared.get(i) {
+                Some(Some(ready)) => json.extend_from_slice(ready),
+                _ => json.extend_from_slice(&instance_json(record)),
             }
         }
-        let mut json = Vec::with_capacity(instances.len() * 320);
-        serde_json::to_writer(&mut json, &Records(instances)).map_err(|e| e.to_string())?;
+        json.push(b']');
         Ok(json)
     };
+    // A thread only for many records to serialize: starting one while the
+    // record and the cache are being written beside took ~0.8 ms, longer
+    // than joining the prepared ones.
+    let unprepared = (0..instances.len())
+        .filter(|i| !matches!(prepared.get(*i), Some(Some(_))))
+        .count();
+    if unprepared < 256 {
+        return write_results(context, run, settled, &rec, to_json);
+    }
     std::thread::scope(|scope| {
         let json = std::thread::Builder::new()
             .name("ccflow-memo".to_owned())
@@ -644,7 +691,8 @@ fn write_results(
     crate::timing!("memo: instance results encoded");
     write_atomic(&context.settled_path(), &settled_bytes)?;
     crate::timing!("memo: instance results written");
-    let mut entries: Vec<(&PathBuf, &Observation)> = rec.seen.iter().collect();
+    let mut entries: Vec<(&PathBuf, &Observation)> =
+        rec.seen.iter().map(|(k, o)| (&k.0, o)).collect();
     // By bytes: `Path`'s order parses components at each comparison, and
     // any fixed order will do.
     entries.sort_unstable_by(|a, b| a.0.as_os_str().as_bytes().cmp(b.0.as_os_str().as_bytes()));
@@ -1079,14 +1127,17 @@ pub fn check(context: &Context) -> Verdict {
     };
     crate::timing!("check: instance results read");
     // Which instances the changed files belong to.
-    let changed_paths: HashSet<&Path> = changed
+    // As bytes, foldhash: every input and output of every instance is
+    // looked up here, and `Path` hashes component by component.
+    let changed_paths: HashSet<&[u8], foldhash::fast::FixedState> = changed
         .iter()
         .filter_map(|i| memo.entries[*i].0.strip_prefix(&context.root).ok())
+        .map(|rel| rel.as_os_str().as_bytes())
         .collect();
     if changed_paths.len() != changed.len() {
         return Verdict::Unknown;
     }
-    let mut claimed: HashSet<&Path> = HashSet::new();
+    let mut claimed: HashSet<&[u8], foldhash::fast::FixedState> = HashSet::default();
     let mut clean = HashMap::new();
     for instance in settled {
         let mut touched = false;
@@ -1096,7 +1147,7 @@ pub fn check(context: &Context) -> Verdict {
             .map(String::as_str)
             .chain(instance.outputs.iter().map(|(p, _)| p.as_str()))
         {
-            if let Some(hit) = changed_paths.get(Path::new(path)) {
+            if let Some(hit) = changed_paths.get(path.as_bytes()) {
                 claimed.insert(hit);
                 touched = true;
             }

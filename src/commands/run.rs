@@ -337,6 +337,7 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
                 &outcome.record,
                 &outcome.settled,
                 &outcome.from_memo,
+                &outcome.memo_json,
             )
         } else {
             crate::memo::stop();

@@ -348,3 +348,53 @@ tasks:
     // the memo's observations of `in/`.
     restore_then_no_op();
 }
+
+/// A rerun after an edit prepares the records of the instances settled
+/// before the slow reduce ends (the run loop has nothing else to do while
+/// it runs); the memo that run leaves answers the next run with exactly
+/// those instances: same ids, tasks, labels and keys, all cached, no
+/// times or logs.
+#[test]
+fn records_prepared_while_a_reduce_runs_are_what_the_memo_answers_with() {
+    let slow = WORKFLOW.replace(
+        "run: echo x >> .count/all &&",
+        "run: sleep 0.3 && echo x >> .count/all &&",
+    );
+    let test = Test::new()
+        .workflow("memo", &slow)
+        .file("in/a.txt", "alpha\n")
+        .file("in/b.txt", "beta\n")
+        .file("in/c.txt", "gamma\n")
+        .env("CCFLOW_LOG", "debug")
+        .args(["run", "memo"]);
+    test.run().ok();
+    prove_no_op(&test);
+    test.write("in/b.txt", "bravo\n");
+    let out = test.run();
+    assert_full_run(&out);
+    assert!(
+        out.stderr
+            .contains("instance records prepared while waiting"),
+        "the slow reduce left time to prepare the others: {}",
+        out.stderr
+    );
+    assert_eq!((test.count("each"), test.count("all")), (4, 2));
+    let proving = test.last_run();
+    std::thread::sleep(Duration::from_millis(250));
+    assert_answered_by_memo(&test);
+    let answer = test.last_run();
+    let instances = |record: &serde_json::Value| -> Vec<serde_json::Value> {
+        record["instances"].as_array().expect("instances").clone()
+    };
+    assert_eq!(instances(&proving).len(), 4);
+    assert_eq!(instances(&answer).len(), 4);
+    for (before, after) in instances(&proving).iter().zip(instances(&answer).iter()) {
+        for field in ["id", "task", "label", "cache_key"] {
+            assert_eq!(before[field], after[field], "{field} of {}", before["id"]);
+        }
+        assert_eq!(after["status"], "cached", "{}", after["id"]);
+        assert!(after.get("started_unix_ms").is_none(), "{after}");
+        assert!(after.get("log").is_none(), "{after}");
+    }
+    assert_eq!(test.read("all.txt"), "ALPHA\nBRAVO\nGAMMA\n");
+}
