@@ -324,14 +324,17 @@ pub fn instance_key_within(
     let input_files = paths::expand_seen(root, input_patterns(task, rendered), true)
         .map_err(|e| format!("cannot expand inputs: {e}"))?;
     let expanded = clock.map(|c| c.elapsed());
-    let mut inputs = BTreeMap::new();
+    let mut hashes = Vec::with_capacity(input_files.len());
     for (file, hashed) in hash_inputs(index, root, input_files, limit) {
         let hashed = hashed.map_err(|e| format!("cannot hash input `{file}`: {e}"))?;
         let Some(hash) = hashed else {
             return Ok(None);
         };
-        inputs.insert(file, hash.hash);
+        hashes.push((file, hash.hash));
     }
+    // Built from the sorted list in one go (the expansion is in path
+    // order), not by 1,000 inserts comparing paths.
+    let inputs: BTreeMap<String, String> = hashes.into_iter().collect();
     if let (Some(clock), Some(expanded)) = (clock, expanded) {
         tracing::trace!(
             "{} inputs expanded in {expanded:?}, hashed at {:?}",
@@ -770,7 +773,7 @@ pub async fn execute(shared: Arc<RunShared>, mut job: Job) -> JobResult {
         let rendered2 = Arc::clone(&rendered);
         let id = job.id.clone();
         let log = log_path.clone();
-        let inputs2 = inputs.clone();
+        let inputs2 = inputs;
         let saved = tokio::task::spawn_blocking(move || {
             save(
                 &shared2,
