@@ -191,6 +191,16 @@ fn active() -> bool {
     ACTIVE.load(Ordering::Acquire)
 }
 
+/// Drops the observations seeded from the last memo that this run has not
+/// made itself: the memo turned out unable to settle anything, and the run
+/// goes the full way (as if it had started without a seed).
+pub fn forget_seed() {
+    if let Some(rec) = recorder().as_mut() {
+        rec.seen.retain(|_, observation| !observation.prior);
+        rec.replaced.clear();
+    }
+}
+
 /// Whether this run is recording observations for a memo.
 #[must_use]
 pub fn recording() -> bool {
@@ -563,9 +573,9 @@ pub enum Verdict {
     /// Nothing changed.
     UpToDate(Box<UpToDate>),
     /// Only inputs or outputs of some instances changed: the others are
-    /// settled (by instance id).
+    /// settled (by instance id), once found (see [`Unaffected::wait`]).
     Changed {
-        settled: HashMap<String, Settled>,
+        settled: Unaffected,
         changed: usize,
         /// The observations that still hold.
         seed: Seed,
@@ -1117,26 +1127,87 @@ pub fn check(context: &Context) -> Verdict {
             },
         }));
     }
-    let Some(settled) = memo
-        .settled
-        .try_into()
-        .ok()
-        .and_then(|checksum| read_settled(&context.settled_path(), checksum))
-    else {
+    let Ok(checksum) = <[u8; 32]>::try_from(memo.settled) else {
         return Verdict::Unknown;
     };
-    crate::timing!("check: instance results read");
-    // Which instances the changed files belong to.
-    // As bytes, foldhash: every input and output of every instance is
-    // looked up here, and `Path` hashes component by component.
-    let changed_paths: HashSet<&[u8], foldhash::fast::FixedState> = changed
+    // Which instances the changed files belong to, as relative path bytes.
+    let changed_paths: Vec<Vec<u8>> = changed
         .iter()
         .filter_map(|i| memo.entries[*i].0.strip_prefix(&context.root).ok())
-        .map(|rel| rel.as_os_str().as_bytes())
+        .map(|rel| rel.as_os_str().as_bytes().to_vec())
         .collect();
     if changed_paths.len() != changed.len() {
         return Verdict::Unknown;
     }
+    let changed_count = changed.len();
+    let mut changed = changed.into_iter().peekable();
+    let entries = memo
+        .entries
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| {
+            if changed.peek() == Some(i) {
+                changed.next();
+                false
+            } else {
+                true
+            }
+        })
+        .map(|(_, entry)| entry)
+        .collect();
+    Verdict::Changed {
+        settled: Unaffected::find(context.settled_path(), checksum, changed_paths),
+        changed: changed_count,
+        seed: Seed { entries },
+    }
+}
+
+/// The instances none of whose inputs and outputs changed, found on a
+/// thread of their own: reading the memo's 1,000 instance results and
+/// matching their paths (~1 ms) goes on beside the planning, which does
+/// not need them (see [`Unaffected::wait`]).
+pub struct Unaffected(UnaffectedState);
+
+enum UnaffectedState {
+    Finding(std::thread::JoinHandle<Option<HashMap<String, Settled>>>),
+    Found(Option<HashMap<String, Settled>>),
+}
+
+impl Unaffected {
+    fn find(settled_file: PathBuf, checksum: [u8; 32], changed: Vec<Vec<u8>>) -> Unaffected {
+        let work = move || unaffected(&settled_file, &checksum, &changed);
+        match std::thread::Builder::new()
+            .name("ccflow-memo-check".to_owned())
+            .spawn(work.clone())
+        {
+            Ok(thread) => Unaffected(UnaffectedState::Finding(thread)),
+            Err(_) => Unaffected(UnaffectedState::Found(work())),
+        }
+    }
+
+    /// The unaffected instances by id, or `None` when the memo cannot say
+    /// (its results unreadable, or a changed file no instance reads or
+    /// writes: what decided on it is unknown here).
+    #[must_use]
+    pub fn wait(self) -> Option<HashMap<String, Settled>> {
+        match self.0 {
+            UnaffectedState::Finding(thread) => thread.join().ok().flatten(),
+            UnaffectedState::Found(found) => found,
+        }
+    }
+}
+
+fn unaffected(
+    settled_file: &Path,
+    checksum: &[u8; 32],
+    changed: &[Vec<u8>],
+) -> Option<HashMap<String, Settled>> {
+    let settled = read_settled(settled_file, checksum)?;
+    crate::timing!("check: instance results read");
+    // As bytes, foldhash: every input and output of every instance is
+    // looked up here, and `Path` hashes component by component.
+    let changed_paths: HashSet<&[u8], foldhash::fast::FixedState> =
+        changed.iter().map(Vec::as_slice).collect();
     let mut claimed: HashSet<&[u8], foldhash::fast::FixedState> = HashSet::default();
     let mut clean = HashMap::new();
     for instance in settled {
@@ -1156,33 +1227,8 @@ pub fn check(context: &Context) -> Verdict {
             clean.insert(instance.id.clone(), instance);
         }
     }
-    // A changed file no instance reads or writes: what decided on it is
-    // unknown here.
-    if claimed.len() != changed_paths.len() {
-        return Verdict::Unknown;
-    }
     crate::timing!("check: unaffected instances found");
-    let changed_count = changed.len();
-    let mut changed = changed.into_iter().peekable();
-    let entries = memo
-        .entries
-        .into_iter()
-        .enumerate()
-        .filter(|(i, _)| {
-            if changed.peek() == Some(i) {
-                changed.next();
-                false
-            } else {
-                true
-            }
-        })
-        .map(|(_, entry)| entry)
-        .collect();
-    Verdict::Changed {
-        settled: clean,
-        changed: changed_count,
-        seed: Seed { entries },
-    }
+    (claimed.len() == changed_paths.len()).then_some(clean)
 }
 
 struct Reader<'a> {

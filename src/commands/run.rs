@@ -89,6 +89,7 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
     let memo = (!args.no_cache && args.rerun.is_empty())
         .then(|| memo_context(ctx, &workflow_path, args, &vars));
     let mut settled = std::collections::HashMap::new();
+    let mut unaffected = None;
     let mut seed = crate::memo::Seed::default();
     if let Some(context) = &memo {
         match crate::memo::check(context) {
@@ -110,11 +111,11 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
                 seed = up_to_date.seed;
             }
             crate::memo::Verdict::Changed {
-                settled: clean,
+                settled: found,
                 seed: holding,
                 ..
             } => {
-                settled = clean;
+                unaffected = Some(found);
                 seed = holding;
             }
             crate::memo::Verdict::Unknown => {}
@@ -159,11 +160,23 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
             return Err(error);
         }
     }
-    // What the memo settles is not run: its rendering can wait.
+    // What the memo settles is not run: its rendering can wait. After a
+    // change, all of it waits (what runs is rendered as it starts): the
+    // unaffected instances are still being found beside the planning, and
+    // the workflow and its fan-outs are as the memo saw them rendered.
+    let defer_all = unaffected.is_some();
     let plan = common::plan_deferring(ctx, Arc::clone(&workflow), &run_id, &args.tasks, &|id| {
-        settled.contains_key(id)
+        defer_all || settled.contains_key(id)
     })?;
     crate::timing!("planned");
+    if let Some(found) = unaffected {
+        match found.wait() {
+            Some(clean) => settled = clean,
+            // The full run: what this run observes from here on is all the
+            // memo it writes will rest on.
+            None => crate::memo::forget_seed(),
+        }
+    }
     let io = |what: &str, e: std::io::Error| CommandError::usage(format!("cannot {what}: {e}"));
     let run_dir = scheduler::run_dir(&ctx.state_dir, &run_id);
     fs_err::create_dir_all(run_dir.join("logs")).map_err(|e| io("create the run directory", e))?;
