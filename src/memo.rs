@@ -162,6 +162,20 @@ pub struct Seed {
     entries: Vec<(PathBuf, Observation)>,
 }
 
+/// Adds the observations of `seed` the run has not made itself yet, as
+/// seeded ones (see [`start`]), to the recording in progress.
+fn merge_seed(seed: Seed) {
+    let mut guard = recorder();
+    let Some(rec) = guard.as_mut() else { return };
+    rec.seen.reserve(seed.entries.len());
+    for (path, observation) in seed.entries {
+        rec.seen.entry(PathKey(path)).or_insert(Observation {
+            prior: true,
+            ..observation
+        });
+    }
+}
+
 /// Starts recording observations (the slow path of `ccflow run`), from
 /// `seed`.
 pub fn start(seed: Seed) {
@@ -509,6 +523,12 @@ impl Context {
         let _ = std::fs::remove_file(&self.path);
     }
 
+    /// This context's memo file.
+    #[must_use]
+    pub fn file(&self) -> &Path {
+        &self.path
+    }
+
     fn settled_path(&self) -> PathBuf {
         self.path.with_extension("settled")
     }
@@ -573,13 +593,9 @@ pub enum Verdict {
     /// Nothing changed.
     UpToDate(Box<UpToDate>),
     /// Only inputs or outputs of some instances changed: the others are
-    /// settled (by instance id), once found (see [`Unaffected::wait`]).
-    Changed {
-        settled: Unaffected,
-        changed: usize,
-        /// The observations that still hold.
-        seed: Seed,
-    },
+    /// settled (by instance id), once found (see [`Unaffected::find`]); the
+    /// observations that still hold are added to the recording then.
+    Changed { settled: Unaffected, changed: usize },
 }
 
 /// Ends recording; writes the memo when the run can vouch for what it saw.
@@ -1156,43 +1172,77 @@ pub fn check(context: &Context) -> Verdict {
         .map(|(_, entry)| entry)
         .collect();
     Verdict::Changed {
-        settled: Unaffected::find(context.settled_path(), checksum, changed_paths),
+        settled: Unaffected {
+            settled_file: context.settled_path(),
+            checksum,
+            changed: changed_paths,
+            seed: Seed { entries },
+        },
         changed: changed_count,
-        seed: Seed { entries },
     }
 }
 
-/// The instances none of whose inputs and outputs changed, found on a
-/// thread of their own: reading the memo's 1,000 instance results and
-/// matching their paths (~1 ms) goes on beside the planning, which does
-/// not need them (see [`Unaffected::wait`]).
-pub struct Unaffected(UnaffectedState);
+/// The instances none of whose inputs and outputs changed, to be found on
+/// a thread of their own ([`Unaffected::find`], once recording has
+/// started): reading the memo's 1,000 instance results and matching their
+/// paths (~1 ms) goes on beside the planning, which does not need them.
+/// The same thread adds the observations that still hold to the
+/// recording ([`merge_seed`]).
+pub struct Unaffected {
+    settled_file: PathBuf,
+    checksum: [u8; 32],
+    changed: Vec<Vec<u8>>,
+    seed: Seed,
+}
 
-enum UnaffectedState {
-    Finding(std::thread::JoinHandle<Option<HashMap<String, Settled>>>),
-    Found(Option<HashMap<String, Settled>>),
+/// [`Unaffected`] being found.
+pub struct Finding(FindingState);
+
+enum FindingState {
+    Running(std::thread::JoinHandle<Option<HashMap<String, Settled>>>),
+    Done(Option<HashMap<String, Settled>>),
 }
 
 impl Unaffected {
-    fn find(settled_file: PathBuf, checksum: [u8; 32], changed: Vec<Vec<u8>>) -> Unaffected {
-        let work = move || unaffected(&settled_file, &checksum, &changed);
-        match std::thread::Builder::new()
+    /// Starts finding them; call after [`start`].
+    #[must_use]
+    pub fn find(self) -> Finding {
+        let Unaffected {
+            settled_file,
+            checksum,
+            changed,
+            seed,
+        } = self;
+        // Handed over through a channel: a closure given to a thread that
+        // fails to start is gone, and the work must then be done here.
+        let (sender, receiver) = std::sync::mpsc::channel::<Seed>();
+        let work = move |seed: Seed| {
+            merge_seed(seed);
+            unaffected(&settled_file, &checksum, &changed)
+        };
+        let work_here = work.clone();
+        let spawned = std::thread::Builder::new()
             .name("ccflow-memo-check".to_owned())
-            .spawn(work.clone())
-        {
-            Ok(thread) => Unaffected(UnaffectedState::Finding(thread)),
-            Err(_) => Unaffected(UnaffectedState::Found(work())),
+            .spawn(move || receiver.recv().ok().and_then(work));
+        match spawned {
+            Ok(thread) => {
+                let _ = sender.send(seed);
+                Finding(FindingState::Running(thread))
+            }
+            Err(_) => Finding(FindingState::Done(work_here(seed))),
         }
     }
+}
 
+impl Finding {
     /// The unaffected instances by id, or `None` when the memo cannot say
     /// (its results unreadable, or a changed file no instance reads or
     /// writes: what decided on it is unknown here).
     #[must_use]
     pub fn wait(self) -> Option<HashMap<String, Settled>> {
         match self.0 {
-            UnaffectedState::Finding(thread) => thread.join().ok().flatten(),
-            UnaffectedState::Found(found) => found,
+            FindingState::Running(thread) => thread.join().ok().flatten(),
+            FindingState::Done(found) => found,
         }
     }
 }

@@ -89,9 +89,10 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
     let memo = (!args.no_cache && args.rerun.is_empty())
         .then(|| memo_context(ctx, &workflow_path, args, &vars));
     let mut settled = std::collections::HashMap::new();
-    let mut unaffected = None;
+    let mut finding = None;
     let mut seed = crate::memo::Seed::default();
     if let Some(context) = &memo {
+        let mut unaffected = None;
         match crate::memo::check(context) {
             crate::memo::Verdict::UpToDate(up_to_date) => {
                 if up_to_date.proven.all_reproducible
@@ -110,25 +111,27 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
                     .collect();
                 seed = up_to_date.seed;
             }
-            crate::memo::Verdict::Changed {
-                settled: found,
-                seed: holding,
-                ..
-            } => {
+            // Its seed goes to the recorder from the thread finding the
+            // unaffected instances.
+            crate::memo::Verdict::Changed { settled: found, .. } => {
                 unaffected = Some(found);
-                seed = holding;
             }
             crate::memo::Verdict::Unknown => {}
         }
-        context.remove();
         crate::memo::start(seed);
+        finding = unaffected.map(crate::memo::Unaffected::find);
         crate::timing!("up-to-date check done");
     }
     // The cache and the file-hash index are opened beside the planning
-    // (reading a 2,000-entry index took ~1 ms of a 40 ms rerun).
+    // (reading a 2,000-entry index took ~1 ms of a 40 ms rerun), and the
+    // memo this slow run replaces removed: joined before anything runs.
     let open = {
         let state_dir = ctx.state_dir.clone();
+        let stale_memo = memo.as_ref().map(|context| context.file().to_owned());
         move || {
+            if let Some(stale) = &stale_memo {
+                let _ = std::fs::remove_file(stale);
+            }
             (
                 Store::open(&state_dir.join("cache")),
                 StatIndex::open(&state_dir.join("index")),
@@ -164,12 +167,12 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
     // change, all of it waits (what runs is rendered as it starts): the
     // unaffected instances are still being found beside the planning, and
     // the workflow and its fan-outs are as the memo saw them rendered.
-    let defer_all = unaffected.is_some();
+    let defer_all = finding.is_some();
     let plan = common::plan_deferring(ctx, Arc::clone(&workflow), &run_id, &args.tasks, &|id| {
         defer_all || settled.contains_key(id)
     })?;
     crate::timing!("planned");
-    if let Some(found) = unaffected {
+    if let Some(found) = finding {
         match found.wait() {
             Some(clean) => settled = clean,
             // The full run: what this run observes from here on is all the
