@@ -235,6 +235,10 @@ pub async fn run(
     let global_limit = options
         .max_jobs
         .map_or(global_limit, |cap| global_limit.min(cap.max(1)));
+    // Room for every node's result and status at once: a rerun over
+    // 1,000 instances moved the results (large) over and over as the maps
+    // grew (~0.5 ms).
+    let nodes = plan.graph.node_count();
     let mut state = State {
         started: clock,
         order: plan
@@ -246,9 +250,9 @@ pub async fn run(
         plan,
         shared,
         options,
-        indegree: NodeMap::default(),
-        results: NodeMap::default(),
-        status: NodeMap::default(),
+        indegree: NodeMap::with_capacity_and_hasher(nodes, Default::default()),
+        results: NodeMap::with_capacity_and_hasher(nodes, Default::default()),
+        status: NodeMap::with_capacity_and_hasher(nodes, Default::default()),
         ready: BinaryHeap::new(),
         running: NodeMap::default(),
         unannounced: NodeMap::default(),
@@ -273,7 +277,7 @@ pub async fn run(
         settle_queue: std::collections::VecDeque::new(),
         record_writer: None,
         prepared: NodeMap::default(),
-        finished: Vec::new(),
+        finished: Vec::with_capacity(nodes),
         prepared_upto: 0,
     };
     state.runtime_context = state
