@@ -17,6 +17,8 @@ mod crash;
 mod docker;
 #[path = "engine/dynamic.rs"]
 mod dynamic;
+#[path = "engine/examples.rs"]
+mod examples;
 #[path = "engine/failure.rs"]
 mod failure;
 #[path = "engine/memo.rs"]
