@@ -65,31 +65,12 @@ const MAGIC: &[u8; 12] = b"CCFMEMO\0\x00\x03\r\n";
 const RACY_NS: i64 = 100_000_000;
 
 /// A file's identity and state as `stat` reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Seen {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime_ns: i64,
-    ctime_ns: i64,
-    mode: u32,
-}
+type Seen = FileStat;
 
-impl Seen {
-    fn of(stat: &FileStat) -> Seen {
-        Seen {
-            dev: stat.dev,
-            ino: stat.ino,
-            size: stat.size,
-            mtime_ns: stat.mtime_ns,
-            ctime_ns: stat.ctime_ns,
-            mode: stat.mode,
-        }
-    }
-
-    fn racy(&self, reference_ns: i64) -> bool {
-        self.mtime_ns >= reference_ns - RACY_NS || self.ctime_ns >= reference_ns - RACY_NS
-    }
+/// Whether `seen` was modified within [`RACY_NS`] of `reference_ns` (or
+/// after it).
+fn is_racy(seen: &Seen, reference_ns: i64) -> bool {
+    seen.mtime_ns >= reference_ns - RACY_NS || seen.ctime_ns >= reference_ns - RACY_NS
 }
 
 /// One observation: what a path looked like (`None`: it did not exist).
@@ -181,23 +162,9 @@ fn merge_seed(seed: Seed) {
 pub fn start(seed: Seed) {
     *recorder() = Some(Recorder {
         started_ns: crate::cache::fsutil::coarse_now_ns(),
-        seen: seed
-            .entries
-            .into_iter()
-            .map(|(path, observation)| {
-                (
-                    PathKey(path),
-                    Observation {
-                        prior: true,
-                        ..observation
-                    },
-                )
-            })
-            .collect(),
-        replaced: Vec::new(),
-        spoiled: None,
-        rewritten_dirs: HashSet::new(),
+        ..Recorder::default()
     });
+    merge_seed(seed);
     ACTIVE.store(true, Ordering::Release);
 }
 
@@ -335,7 +302,7 @@ fn settle_rewritten_dirs(rec: &mut Recorder) {
             continue;
         }
         if let Some(observation) = rec.seen.get_mut(key(&dir)) {
-            observation.seen = Some(Seen::of(&FileStat::of(&metadata)));
+            observation.seen = Some(FileStat::of(&metadata));
         }
     }
 }
@@ -345,7 +312,7 @@ fn observe_file(path: &Path, stat: &FileStat, hash: Option<[u8; 32]>, written: b
         record(
             path,
             Observation {
-                seen: Some(Seen::of(stat)),
+                seen: Some(*stat),
                 file: true,
                 hash,
                 prior: false,
@@ -386,7 +353,7 @@ pub fn stat(path: &Path) {
         return;
     }
     let metadata = std::fs::metadata(path).ok();
-    let seen = metadata.as_ref().map(|m| Seen::of(&FileStat::of(m)));
+    let seen = metadata.as_ref().map(FileStat::of);
     // A directory's listing, read before the walk reads it: when the
     // directory changed too recently for its stat to vouch for it (files
     // created in it by the run itself), the listing can.
@@ -495,7 +462,7 @@ impl Context {
         let mut digest = name;
         // The binary: a rebuilt ccflow may decide differently.
         if let Ok(m) = std::fs::metadata("/proc/self/exe") {
-            let seen = Seen::of(&FileStat::of(&m));
+            let seen = FileStat::of(&m);
             for n in [seen.dev, seen.ino, seen.size] {
                 digest.update(&n.to_le_bytes());
             }
@@ -518,12 +485,7 @@ impl Context {
         }
     }
 
-    /// Removes this context's memo (a slow run is starting).
-    pub fn remove(&self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-
-    /// This context's memo file.
+    /// This context's memo file (a slow run removes it as it starts).
     #[must_use]
     pub fn file(&self) -> &Path {
         &self.path
@@ -724,7 +686,7 @@ fn write_results(
     entries.sort_unstable_by(|a, b| a.0.as_os_str().as_bytes().cmp(b.0.as_os_str().as_bytes()));
     let racy: Vec<bool> = entries
         .iter()
-        .map(|(_, o)| o.seen.is_some_and(|s| s.racy(rec.started_ns)))
+        .map(|(_, o)| o.seen.is_some_and(|s| is_racy(&s, rec.started_ns)))
         .collect();
     crate::timing!("memo: observations sorted");
     let instances_json = instances_json()?;
@@ -1023,8 +985,7 @@ fn compare(
     racy: bool,
     now_ns: i64,
 ) -> Now {
-    let metadata = stat.stat(path).ok();
-    let seen = metadata.as_ref().map(Seen::of);
+    let seen = stat.stat(path).ok();
     if seen != observation.seen {
         return Now::Changed;
     }
@@ -1035,7 +996,7 @@ fn compare(
     let Some(expected) = observation.hash else {
         return Now::Changed;
     };
-    let actual = if metadata.as_ref().is_some_and(FileStat::is_dir) {
+    let actual = if seen.is_dir() {
         listing_hash(path)
     } else {
         std::fs::read(path)
@@ -1049,10 +1010,10 @@ fn compare(
     // here on once the clock has moved past it. A file written by the run
     // just before (back-to-back runs) is still racy: the same, and checked
     // again next time.
-    let after = stat.stat(path).ok().map(|m| Seen::of(&m));
+    let after = stat.stat(path).ok();
     if after != Some(seen) {
         Now::Changed
-    } else if seen.racy(now_ns) {
+    } else if is_racy(&seen, now_ns) {
         Now::SameRacy
     } else {
         Now::Verified

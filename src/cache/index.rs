@@ -55,28 +55,8 @@ struct IndexEntry {
     trusted: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Stat {
-    size: u64,
-    mtime_ns: i64,
-    ctime_ns: i64,
-    inode: u64,
-    device: u64,
-    mode: u32,
-}
-
-impl Stat {
-    fn of(stat: &fsutil::FileStat) -> Stat {
-        Stat {
-            size: stat.size,
-            mtime_ns: stat.mtime_ns,
-            ctime_ns: stat.ctime_ns,
-            inode: stat.ino,
-            device: stat.dev,
-            mode: stat.mode,
-        }
-    }
-}
+/// The stat an entry was hashed with.
+type Stat = fsutil::FileStat;
 
 /// The persistent stat index. `Send + Sync`.
 pub struct StatIndex {
@@ -145,25 +125,25 @@ impl StatIndex {
         rel: &str,
         limit: u64,
     ) -> Result<Option<FileHash>, CacheError> {
-        self.hash_file_seen(root, rel, None, limit)
+        self.hash_file_seen(root.join(rel), rel, None, limit)
     }
 
-    /// [`StatIndex::hash_file_within`], with the file's `stat` when the
-    /// caller has just taken it (`seen`), saving a second one.
+    /// [`StatIndex::hash_file_within`] of `path` (`root` joined with
+    /// `rel`), with the file's `stat` when the caller has just taken it
+    /// (`seen`), saving a second one.
     ///
     /// # Errors
     /// As [`StatIndex::hash_file_within`].
     pub fn hash_file_seen(
         &self,
-        root: &Path,
+        path: PathBuf,
         rel: &str,
         seen: Option<fsutil::FileStat>,
         limit: u64,
     ) -> Result<Option<FileHash>, CacheError> {
-        let path = root.join(rel);
         let stat_now = || fs_err::metadata(&path).map(|m| fsutil::FileStat::of(&m));
-        let metadata = match seen.map_or_else(stat_now, Ok) {
-            Ok(metadata) => metadata,
+        let stat = match seen.map_or_else(stat_now, Ok) {
+            Ok(stat) => stat,
             Err(error) => {
                 crate::memo::absent(&path);
                 if error.kind() == io::ErrorKind::NotFound && self.shard(rel).remove(rel).is_some()
@@ -173,14 +153,13 @@ impl StatIndex {
                 return Err(error.into());
             }
         };
-        if !metadata.is_file() {
+        if !stat.is_file() {
             return Err(CacheError::NotAFile { path });
         }
-        let stat = Stat::of(&metadata);
         let cached = self.shard(rel).get(rel).copied();
         if let Some(entry) = cached {
             if entry.trusted && entry.stat == stat {
-                crate::memo::file(&path, &metadata, entry.hash);
+                crate::memo::file(&path, &stat, entry.hash);
                 return Ok(Some(file_hash(&entry)));
             }
         }
@@ -204,7 +183,7 @@ impl StatIndex {
         self.files_read.fetch_add(1, Ordering::Relaxed);
         // The stat of the open file after reading: if the file changed while
         // we read it, the hash may mix two versions and must not be trusted.
-        let after = Stat::of(&fsutil::FileStat::of(&file.metadata()?));
+        let after = Stat::of(&file.metadata()?);
         let entry = IndexEntry {
             stat: after,
             hash,
@@ -216,7 +195,7 @@ impl StatIndex {
         }
         // With the stat from before the read: a file that changed while it
         // was read no longer matches it.
-        crate::memo::file(&path, &metadata, hash);
+        crate::memo::file(&path, &stat, hash);
         Ok(Some(file_hash(&entry)))
     }
 
@@ -316,8 +295,8 @@ fn encode_entry(bytes: &mut Vec<u8>, entry: &IndexEntry) {
     bytes.extend_from_slice(&stat.size.to_le_bytes());
     bytes.extend_from_slice(&stat.mtime_ns.to_le_bytes());
     bytes.extend_from_slice(&stat.ctime_ns.to_le_bytes());
-    bytes.extend_from_slice(&stat.inode.to_le_bytes());
-    bytes.extend_from_slice(&stat.device.to_le_bytes());
+    bytes.extend_from_slice(&stat.ino.to_le_bytes());
+    bytes.extend_from_slice(&stat.dev.to_le_bytes());
     bytes.extend_from_slice(&stat.mode.to_le_bytes());
     bytes.push(u8::from(entry.trusted));
     bytes.extend_from_slice(&entry.hash);
@@ -344,8 +323,8 @@ fn decode(bytes: &[u8]) -> Option<Vec<(String, IndexEntry)>> {
             size: reader.u64()?,
             mtime_ns: reader.i64()?,
             ctime_ns: reader.i64()?,
-            inode: reader.u64()?,
-            device: reader.u64()?,
+            ino: reader.u64()?,
+            dev: reader.u64()?,
             mode: reader.u32()?,
         };
         let trusted = reader.take(1)?[0] == 1;

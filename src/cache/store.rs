@@ -1461,12 +1461,11 @@ const PACK_MERGE_LIMIT: u64 = if cfg!(test) { 4096 } else { 16 * 1024 * 1024 };
 /// Merges packs into one when there are more than [`PACKS_MAX`], so a
 /// lookup reads a bounded number of files: every pack after the oldest
 /// ones of [`PACK_MERGE_LIMIT`] or more (earlier merges), or every pack
-/// when those are many. The merged pack sorts after the ones left, so a
-/// key saved again later still wins.
-/// Packs are immutable once named, so a reader that indexed the old ones
-/// sees them vanish and reads the merged one. The merged pack is named
-/// after the newest merged pack ([`pack::rewritten`]: it still sorts
-/// before any pack written later) and takes the latest use.
+/// when those are many. Packs are immutable once named, so a reader that
+/// indexed the old ones sees them vanish and reads the merged one. The
+/// merged pack is named after the newest merged pack ([`pack::rewritten`]:
+/// it sorts after the packs left alone, so a key saved again later still
+/// wins, and before any pack written later) and takes the latest use.
 fn compact_packs(shared: &Shared) {
     let dir = shared.packs_dir();
     let mut names = pack::list(&dir);

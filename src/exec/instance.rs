@@ -282,8 +282,9 @@ fn hash_inputs(
             files
                 .into_iter()
                 .map(|(file, seen)| {
-                    let seen = seen.or_else(|| dir_stat.stat(&root.join(&file)).ok());
-                    let hashed = index.hash_file_seen(root, &file, seen, limit);
+                    let path = root.join(&file);
+                    let seen = seen.or_else(|| dir_stat.stat(&path).ok());
+                    let hashed = index.hash_file_seen(path, &file, seen, limit);
                     (file, hashed)
                 })
                 .collect()
