@@ -228,23 +228,26 @@ fn simple_glob(glob: &str) -> Option<(String, String)> {
 /// Whether `name` matches `pattern`, in which `*` matches any run of
 /// characters and every other character itself.
 pub(crate) fn star_match(pattern: &str, name: &str) -> bool {
-    let mut pieces = pattern.split('*');
-    let first = pieces.next().unwrap_or_default();
-    let Some(mut rest) = name.strip_prefix(first) else {
+    // No `*`: the whole name is literal.
+    let Some((first, after)) = pattern.split_once('*') else {
+        return pattern == name;
+    };
+    // The literal parts before the first `*` and after the last one are
+    // anchored; the ones between are found left to right in what remains.
+    let (middle, last) = after.rsplit_once('*').unwrap_or(("", after));
+    let Some(rest) = name.strip_prefix(first) else {
         return false;
     };
-    let mut pieces: Vec<&str> = pieces.collect();
-    // No `*`: the whole name is literal.
-    let Some(last) = pieces.pop() else {
-        return rest.is_empty();
+    let Some(mut rest) = rest.strip_suffix(last) else {
+        return false;
     };
-    for piece in pieces {
+    for piece in middle.split('*').filter(|piece| !piece.is_empty()) {
         match rest.find(piece) {
             Some(at) => rest = &rest[at + piece.len()..],
             None => return false,
         }
     }
-    rest.len() >= last.len() && rest.ends_with(last)
+    true
 }
 
 /// The directory part of a glob before its first wildcard (`src/a/**/*.rs` → `src/a`).
@@ -603,6 +606,9 @@ mod tests {
             "src/a/*",
             "*",
             "a*b*c",
+            "a*a",
+            "*a*a*",
+            "ab*ba",
             "x/y/z.txt",
             "*.tar.gz",
             ".hidden*",
@@ -639,6 +645,11 @@ mod tests {
             "abc",
             "abxbyc",
             "ac",
+            "a",
+            "aa",
+            "aba",
+            "abba",
+            "aab",
             "a/b/c",
             "x/y/z.txt",
             "x/y/z.txtx",

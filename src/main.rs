@@ -3,6 +3,7 @@
 
 fn main() {
     ccflow::STARTED.get_or_init(std::time::Instant::now);
+    tune_malloc();
     // Warnings from the library (cache or index trouble, cleanup failures)
     // go to stderr; `CCFLOW_LOG=debug` shows more.
     let filter = tracing_subscriber::EnvFilter::try_from_env("CCFLOW_LOG")
@@ -32,3 +33,24 @@ impl std::io::Write for QuietStderr {
         Ok(())
     }
 }
+
+/// Keeps freed memory for reuse instead of handing it back to the kernel:
+/// every page the process touches for the first time costs a page fault
+/// (2.2 µs each in the CI virtual machines, where a rerun after a one-file
+/// edit faulted ~2,700 pages). One arena for every thread (the threads
+/// beside the run loop allocate little, and each arena of its own is
+/// fresh memory); large buffers (records, the memo) from the heap rather
+/// than from a mapping of their own unmapped when freed; no trimming.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn tune_malloc() {
+    // SAFETY: mallopt only sets allocator parameters; it is called before
+    // any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tune_malloc() {}

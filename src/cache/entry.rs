@@ -93,8 +93,13 @@ pub struct OutputFile {
     pub inline: Option<String>,
 }
 
-/// Outputs up to this size are kept in the manifest.
-pub(crate) const INLINE_MAX: u64 = 2048;
+/// Outputs up to this size are kept in the manifest: most source files,
+/// which is what agents edit. A batch of such entries has no blob to make
+/// durable, so publishing it syncs nothing: after a run that wrote much
+/// (the file system busy writing it back), the `fdatasync` of one 18 KB
+/// blob at the end of a rerun waited up to ~10 ms, half of what the rerun
+/// took. Hex doubles them in the manifest; larger files are blobs.
+pub(crate) const INLINE_MAX: u64 = 64 * 1024;
 
 /// Lowercase hex of `bytes`.
 pub(crate) fn to_hex(bytes: &[u8]) -> String {

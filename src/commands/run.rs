@@ -295,7 +295,7 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
                 .sum(),
         ),
         replay_logs: args.replay,
-        settled,
+        settled: std::sync::Mutex::new(settled),
     });
     let mut reporters = Reporters::default();
     let events_to_stdout = args.events.as_deref() == Some("-");

@@ -74,8 +74,9 @@ pub struct RunShared {
     /// otherwise `ccflow logs` reads them from the cache entry.
     pub replay_logs: bool,
     /// Instances the up-to-date memo settles (by id), when their upstream
-    /// instances are settled too (see `crate::memo`).
-    pub settled: HashMap<String, crate::memo::Settled>,
+    /// instances are settled too (see `crate::memo`). The scheduler takes
+    /// each out as it settles it (moved, not copied, into its result).
+    pub settled: std::sync::Mutex<HashMap<String, crate::memo::Settled>>,
 }
 
 /// A message from a running instance to the scheduler loop.

@@ -179,11 +179,15 @@ struct State {
     /// Records of finished instances, with their JSON for the up-to-date
     /// memo, built while the run waits on its processes (see
     /// [`State::prepare_records`]) rather than after the last one.
-    prepared: NodeMap<(InstanceRecord, Vec<u8>)>,
+    /// A finished instance's record is kept from [`State::finish`], which
+    /// built it for the reporters; its JSON is added later.
+    prepared: NodeMap<(InstanceRecord, Option<Vec<u8>>)>,
     /// Instances in the order they finished, and how many of them have
     /// been looked at for [`State::prepare_records`].
     finished: Vec<NodeIndex>,
     prepared_upto: usize,
+    /// Whether the record as the run starts was written.
+    first_record_written: bool,
 }
 
 /// How long the run loop waits with nothing to do but wait for running
@@ -279,6 +283,7 @@ pub async fn run(
         prepared: NodeMap::default(),
         finished: Vec::with_capacity(nodes),
         prepared_upto: 0,
+        first_record_written: false,
     };
     state.runtime_context = state
         .plan
@@ -298,10 +303,6 @@ pub async fn run(
             text: format!("ccflow: running at most {global_limit} instances at once instead of {requested_limit}: the open-file limit is too low (raise it with `ulimit -n`)"),
         });
     }
-    // The record as the run starts (so a killed run leaves one), written
-    // beside the first instances rather than before them.
-    let first = Arc::new(state.build_record(RunStatus::Running));
-    state.record_writer = write_in_background(first, &state.shared.run_dir);
     let nodes: Vec<NodeIndex> = state.plan.graph.node_indices().collect();
     for node in &nodes {
         let degree = state
@@ -326,24 +327,35 @@ pub async fn run(
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
     let mut sigterm =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let mut first_turn = true;
     loop {
         state.start_ready(&done_tx);
-        state.grant_slots();
         let queued = !state.ready.is_empty() || !state.settle_queue.is_empty();
         if state.running.is_empty() && (!queued || state.stop) {
             break;
         }
+        // After one turn, the instances started first have run up to
+        // their processes.
+        if !first_turn && !state.first_record_written && state.settle_queue.is_empty() {
+            state.write_first_record();
+        }
+        first_turn = false;
+        // Biased, in this order: a result or a request for a slot is
+        // never kept waiting behind work the loop does while it would idle
+        // (a rerun after a one-file edit lost ~2 ms of its reduce to a
+        // batch of records prepared while the reduce asked for its slot).
         tokio::select! {
-            // More to settle: after the runtime has run the jobs just started.
-            () = tokio::task::yield_now(), if !state.settle_queue.is_empty() && !state.stop => {}
+            biased;
+            Some(()) = recv_signal(&mut sigint) => state.interrupt(),
+            Some(()) = recv_signal(&mut sigterm) => state.interrupt(),
             Some(result) = done_rx.recv() => state.finish(result),
             Some(notice) = notices.recv() => state.notice(notice),
+            // More to settle: after the runtime has run the jobs just started.
+            () = tokio::task::yield_now(), if !state.settle_queue.is_empty() && !state.stop => {}
             _ = tick.tick() => {
                 state.restore_agent_pool();
                 state.reporters.tick();
             }
-            Some(()) = recv_signal(&mut sigint) => state.interrupt(),
-            Some(()) = recv_signal(&mut sigterm) => state.interrupt(),
             () = tokio::time::sleep(PREPARE_AFTER), if state.may_prepare() => state.prepare_records(),
         }
     }
@@ -549,7 +561,7 @@ impl State {
                 self.reporters.event(&RunEvent::TaskQueued {
                     id: instance.id.0.clone(),
                 });
-                if self.settleable(node).is_some() {
+                if self.settleable(node) {
                     self.settle_queue.push_back(ready);
                 } else {
                     self.ready.push(ready);
@@ -704,14 +716,16 @@ impl State {
 
     /// Hands free slots to waiting misses, best rank first, but not past an
     /// instance that is still probing and might need one. After a stop, the
-    /// waiting misses are told no (they finish as not started).
-    fn grant_slots(&mut self) {
+    /// waiting misses are told no (they finish as not started). Whether it
+    /// gave any a slot.
+    fn grant_slots(&mut self) -> bool {
         if self.stop {
             for rank in self.slot_queue.drain() {
                 self.slot_senders.remove(&rank.node);
             }
-            return;
+            return false;
         }
+        let mut granted = false;
         while self.holding_slot.len() < self.global_limit {
             let Some(best) = self.slot_queue.peek().copied() else {
                 break;
@@ -726,8 +740,10 @@ impl State {
             if sender.send(()).is_ok() {
                 self.holding_slot.insert(best.node);
                 self.announce(best.node);
+                granted = true;
             }
         }
+        granted
     }
 
     /// Reports a dispatched instance as started, once.
@@ -795,12 +811,16 @@ impl State {
     }
 
     fn start_ready(&mut self, done: &mpsc::UnboundedSender<JobResult>) {
-        self.start_queued(done);
-        // Then a batch of what the memo settles: the run loop yields between
-        // batches, so the instances just started get going (a rerun after a
+        let started = self.start_queued(done);
+        let granted = self.grant_slots();
+        // Then a batch of what the memo settles, unless an instance was
+        // just started or given its slot: it runs only once the loop
+        // yields, which the loop does between batches (a rerun after a
         // one-file edit started its one instance after settling the 999
-        // others, ~5 ms). What the batch makes ready starts at once.
-        if self.settle_batch() {
+        // others, ~5 ms; then, after one batch, ~0.5 ms each time the
+        // instance was started and given its slot). What the batch makes
+        // ready starts at once.
+        if !started && !granted && self.settle_batch() {
             self.start_queued(done);
         }
     }
@@ -830,11 +850,12 @@ impl State {
         self.ready.len() != before
     }
 
-    /// Starts ready instances up to the limits.
-    fn start_queued(&mut self, done: &mpsc::UnboundedSender<JobResult>) {
+    /// Starts ready instances up to the limits; whether it started any.
+    fn start_queued(&mut self, done: &mpsc::UnboundedSender<JobResult>) -> bool {
         if self.stop {
-            return;
+            return false;
         }
+        let mut started = false;
         let mut deferred = Vec::new();
         while self.running.len() < self.global_limit + PROBE_AHEAD {
             let Some(ready) = self.ready.pop() else { break };
@@ -864,9 +885,11 @@ impl State {
                 }
             }
             self.start(ready, done);
+            started = true;
             *self.pool_running.entry(pool).or_insert(0) += 1;
         }
         self.ready.extend(deferred);
+        started
     }
 
     fn start(&mut self, ready: Ready, done: &mpsc::UnboundedSender<JobResult>) {
@@ -1028,10 +1051,19 @@ impl State {
         }
         self.status.insert(node, status);
         let record = self.record(node, status, Some(&result), None);
-        self.reporters.event(&RunEvent::TaskFinished {
+        let event = RunEvent::TaskFinished {
             record,
             log_path: result.log_path.clone(),
-        });
+        };
+        self.reporters.event(&event);
+        if let RunEvent::TaskFinished { record, .. } = event {
+            if self.prepared.is_empty() {
+                // Room for every instance at once: growing the map moved
+                // the records kept so far over and over.
+                self.prepared.reserve(self.order.len());
+            }
+            self.prepared.insert(node, (record, None));
+        }
         self.results.insert(node, result);
         self.finished.push(node);
         self.release_successors(node, !failed || tolerated);
@@ -1043,36 +1075,40 @@ impl State {
     /// way (a rerun upstream may change what it reads). Its key and outputs
     /// are then those of the memo, without hashing or reading the cache.
     fn settle(&mut self, node: NodeIndex) -> Option<JobResult> {
-        let memo = self.settleable(node)?;
+        if !self.settleable(node) {
+            return None;
+        }
+        let memo = lock(&self.shared.settled).remove(&self.plan.graph[node].id.0)?;
         let mut result = JobResult::new(node);
         result.status = InstanceStatus::Cached;
         result.exit_code = Some(0);
-        result.key = Some(memo.key.clone());
-        result.outputs.clone_from(&memo.outputs);
-        result.inputs.clone_from(&memo.inputs);
+        result.key = Some(memo.key);
+        result.outputs = memo.outputs;
+        result.inputs = memo.inputs;
         result.usage = memo.usage;
         self.settled_nodes.insert(node);
         Some(result)
     }
 
-    /// The memo's result for `node` if [`State::settle`] can settle it now.
-    fn settleable(&self, node: NodeIndex) -> Option<&crate::memo::Settled> {
-        if self.shared.settled.is_empty() {
-            return None;
-        }
+    /// Whether [`State::settle`] can settle `node` now from the memo.
+    fn settleable(&self, node: NodeIndex) -> bool {
         let instance = &self.plan.graph[node];
         if self.plan.workflow.tasks[instance.task].is_agent()
             || !self.reproducible(instance.task)
             || instance.rendered.as_ref().is_some_and(|r| !r.enabled)
         {
-            return None;
+            return false;
         }
-        let memo = self.shared.settled.get(&instance.id.0)?;
+        {
+            let settled = lock(&self.shared.settled);
+            if settled.is_empty() || !settled.contains_key(&instance.id.0) {
+                return false;
+            }
+        }
         self.plan
             .graph
             .edges_directed(node, Direction::Incoming)
             .all(|e| self.settled_nodes.contains(&e.source()))
-            .then_some(memo)
     }
 
     /// What the memo keeps of this run: every instance that succeeded or
@@ -1312,7 +1348,7 @@ impl State {
         let mut memo_json = Vec::new();
         let record = Arc::new(self.build_record_with(status, |node| {
             let taken = prepared.remove(&node);
-            let (record, json) = taken.map_or((None, None), |(r, j)| (Some(r), Some(j)));
+            let (record, json) = taken.map_or((None, None), |(r, j)| (Some(r), j));
             memo_json.push(json);
             record
         }));
@@ -1337,30 +1373,26 @@ impl State {
     /// (~1.5 ms of a 22 ms rerun over 1,000 instances). A finished
     /// instance's record never changes.
     fn prepare_records(&mut self) {
-        if self.prepared.is_empty() {
-            // Room for every instance at once: growing the map moved the
-            // records prepared so far over and over.
-            self.prepared.reserve(self.order.len());
-        }
         let end = self.finished.len().min(self.prepared_upto + PREPARE_BATCH);
-        let batch = self.finished[self.prepared_upto..end].to_vec();
-        self.prepared_upto = end;
-        for node in batch {
-            let (Some(status), Some(result)) = (self.status.get(&node), self.results.get(&node))
-            else {
-                continue;
-            };
-            if self.plan.graph[node].kind != NodeKind::Instance {
-                continue;
+        for index in self.prepared_upto..end {
+            let node = self.finished[index];
+            if let Some((record, json @ None)) = self.prepared.get_mut(&node) {
+                *json = Some(crate::memo::instance_json(record));
             }
-            let record = self.record(node, *status, Some(result), None);
-            let json = crate::memo::instance_json(&record);
-            self.prepared.insert(node, (record, json));
         }
-        tracing::debug!(
-            "scheduler: {} instance records prepared while waiting",
-            self.prepared.len()
-        );
+        self.prepared_upto = end;
+        tracing::debug!("scheduler: {end} instance records prepared while waiting");
+    }
+
+    /// The record as the run starts, so that a killed run leaves one:
+    /// written on a thread once the first instances are under way and what
+    /// the memo settles is settled, rather than before anything starts
+    /// (building 1,000 pending instances' records took ~0.6 ms of a 40 ms
+    /// rerun after a one-file edit, whose one instance waited for it).
+    fn write_first_record(&mut self) {
+        self.first_record_written = true;
+        let first = Arc::new(self.build_record(RunStatus::Running));
+        self.record_writer = write_in_background(first, &self.shared.run_dir);
     }
 
     fn build_record(&self, status: RunStatus) -> RunRecord {
@@ -1432,4 +1464,11 @@ struct StartInfo {
 #[must_use]
 pub fn run_dir(state_dir: &std::path::Path, run_id: &str) -> PathBuf {
     state_dir.join("runs").join(run_id)
+}
+
+/// Locks `mutex`, whether or not a holder panicked.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -279,8 +279,8 @@ fn corrupt_blobs(test: &Test) -> usize {
 
 #[test]
 fn corrupted_blob_is_never_restored() {
-    // Outputs larger than what manifests keep inline: blobs.
-    let test = pipe().file("in.txt", &"hello\n".repeat(600));
+    // Outputs larger than what manifests keep inline (64 KiB): blobs.
+    let test = pipe().file("in.txt", &"hello\n".repeat(12_000));
     test.run().ok();
     assert!(corrupt_blobs(&test) >= 2, "the store holds blobs");
     std::fs::remove_file(test.path("mid.txt")).expect("rm");
@@ -290,12 +290,12 @@ fn corrupted_blob_is_never_restored() {
     if out.code == 0 {
         assert_eq!(
             test.read("mid.txt"),
-            "HELLO\n".repeat(600),
+            "HELLO\n".repeat(12_000),
             "never wrong content"
         );
         assert_eq!(
             test.read("final.txt"),
-            "HELLO\n".repeat(1200),
+            "HELLO\n".repeat(24_000),
             "never wrong content"
         );
         assert_eq!(
@@ -306,8 +306,8 @@ fn corrupted_blob_is_never_restored() {
     } else {
         assert!(out.stderr.contains("corrupt"), "{}", out.stderr);
         for (f, expected) in [
-            ("mid.txt", "HELLO\n".repeat(600)),
-            ("final.txt", "HELLO\n".repeat(1200)),
+            ("mid.txt", "HELLO\n".repeat(12_000)),
+            ("final.txt", "HELLO\n".repeat(24_000)),
         ] {
             if test.exists(f) {
                 assert_eq!(test.read(f), expected, "never wrong content in `{f}`");

@@ -265,7 +265,12 @@ fn corrupt_blob_is_reported_and_nothing_is_written() {
     let work = dir.path().join("work");
     write(&work, "good.txt", b"good content", 0o644);
     // Larger than INLINE_MAX: kept as a blob.
-    write(&work, "bad.txt", &b"content to corrupt ".repeat(200), 0o644);
+    write(
+        &work,
+        "bad.txt",
+        &larger_than_inline(b"content to corrupt "),
+        0o644,
+    );
     let store = Store::open(&dir.path().join("cache")).expect("open");
     let entry = store
         .save(
@@ -317,7 +322,7 @@ fn corrupt_blob_is_reported_and_nothing_is_written() {
 fn torn_or_foreign_manifests_are_misses() {
     let dir = tempfile::tempdir().expect("tempdir");
     // Larger than INLINE_MAX: kept as a blob.
-    write(dir.path(), "a.txt", &b"alpha ".repeat(1000), 0o644);
+    write(dir.path(), "a.txt", &larger_than_inline(b"alpha "), 0o644);
     let store = Store::open(&dir.path().join("cache")).expect("open");
     let entry = store
         .save(&[], new_entry(key("t", "1"), &["a.txt"]), dir.path())
@@ -473,8 +478,10 @@ fn gc_keeps_the_most_recently_used_entries_under_the_limit() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(&dir.path().join("cache")).expect("open");
     let mut keys = Vec::new();
+    // Blobs, not inline.
+    let size = larger_than_inline(&[0]).len() as u64;
     for number in 0..6u8 {
-        write(dir.path(), "out.bin", &vec![number; 10_000], 0o644);
+        write(dir.path(), "out.bin", &larger_than_inline(&[number]), 0o644);
         let entry = store
             .save(
                 &[],
@@ -506,8 +513,8 @@ fn gc_keeps_the_most_recently_used_entries_under_the_limit() {
 
     let before = store.stats().expect("stats");
     assert_eq!((before.entries, before.blobs), (6, 6));
-    let manifest_size = before.bytes / 6 - 10_000;
-    let limit = 3 * (10_000 + manifest_size) + manifest_size / 2;
+    let manifest_size = before.bytes / 6 - size;
+    let limit = 3 * (size + manifest_size) + manifest_size / 2;
     let report = store.gc(limit).expect("gc");
     let after = store.stats().expect("stats");
     assert!(after.bytes <= limit, "{after:?} over {limit}");
@@ -760,7 +767,7 @@ fn small_outputs_live_in_the_manifest_and_restore_verified() {
     let dir = tempfile::tempdir().expect("tempdir");
     let work = dir.path().join("work");
     write(&work, "small.txt", b"small\n", 0o640);
-    write(&work, "large.txt", &vec![b'x'; 4096], 0o644);
+    write(&work, "large.txt", &larger_than_inline(b"x"), 0o644);
     let store = Store::open(&dir.path().join("cache")).expect("open");
     let entry = store
         .save(
@@ -1020,7 +1027,7 @@ fn a_batch_syncs_its_blobs_one_by_one_or_the_file_system_and_publishes_either_wa
         let mut saved = Vec::new();
         for i in 0..count {
             let name = format!("f{i}.bin");
-            let content = vec![u8::try_from(i).expect("small"); 4096];
+            let content = larger_than_inline(&[u8::try_from(i).expect("small")]);
             write(&work, &name, &content, 0o644);
             let entry = store
                 .save(&[], new_entry(key("t", &i.to_string()), &[&name]), &work)
@@ -1045,7 +1052,7 @@ fn a_blob_removed_before_its_batch_is_synced_leaves_a_miss_not_an_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     let work = dir.path().join("work");
     let cache = dir.path().join("cache");
-    write(&work, "large.bin", &vec![7; 4096], 0o644);
+    write(&work, "large.bin", &larger_than_inline(&[7]), 0o644);
     let store = Store::open(&cache).expect("open");
     let entry = store
         .save(&[], new_entry(key("t", "gone"), &["large.bin"]), &work)
@@ -1064,4 +1071,10 @@ fn a_blob_removed_before_its_batch_is_synced_leaves_a_miss_not_an_error() {
         reader.lookup(&entry.key_hash).expect("lookup").is_none(),
         "an entry whose blob is gone is a miss"
     );
+}
+
+/// `unit` repeated past what manifests keep inline: stored as a blob.
+fn larger_than_inline(unit: &[u8]) -> Vec<u8> {
+    let inline_max = usize::try_from(super::super::entry::INLINE_MAX).expect("small");
+    unit.repeat(inline_max / unit.len() + 1)
 }
