@@ -196,6 +196,17 @@ impl GlobMatcher {
         }
     }
 
+    /// How deep a walk from `start` must go to see every match: 1 when
+    /// every glob names files directly in `start` (`src/*.rs` from `src`:
+    /// its subdirectories, however large, need not be listed); `None`,
+    /// no limit.
+    pub(crate) fn max_depth(&self, start: &str) -> Option<usize> {
+        match self {
+            GlobMatcher::Simple(globs) if globs.iter().all(|(dir, _)| dir == start) => Some(1),
+            _ => None,
+        }
+    }
+
     pub(crate) fn is_match(&self, relative: &str) -> bool {
         match self {
             GlobMatcher::Simple(globs) => {
@@ -325,6 +336,7 @@ pub fn matching_paths(
         if !dir.is_dir() {
             continue;
         }
+        let max_depth = include.max_depth(start);
         let walker = ignore::WalkBuilder::new(&dir)
             .hidden(false)
             .parents(true)
@@ -332,6 +344,7 @@ pub fn matching_paths(
             .git_global(false)
             .git_exclude(true)
             .require_git(false)
+            .max_depth(max_depth)
             .filter_entry(|e| {
                 let name = e.file_name();
                 !(e.depth() > 0 && (name == ".git" || name == ".ccflow"))
@@ -342,7 +355,10 @@ pub fn matching_paths(
                 path: dir.display().to_string(),
                 reason: e.to_string(),
             })?;
-            if entry.file_type().is_some_and(|t| t.is_dir()) {
+            // Only the directories whose listing the walk read.
+            if entry.file_type().is_some_and(|t| t.is_dir())
+                && max_depth.is_none_or(|max| entry.depth() < max)
+            {
                 crate::memo::walked_dir(entry.path());
             }
             if !entry

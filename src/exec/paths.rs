@@ -80,16 +80,23 @@ pub fn expand_seen(
                     root.join(start)
                 };
                 crate::memo::stat(&dir);
+                let max_depth = set.max_depth(start);
                 ignore::WalkBuilder::new(dir)
                     .standard_filters(false)
+                    .max_depth(max_depth)
                     .filter_entry(|e| {
                         let name = e.file_name();
                         !(e.depth() > 0 && (name == ".git" || name == ".ccflow"))
                     })
                     .build()
+                    .map(move |entry| (entry, max_depth))
             });
-            for entry in entries.flatten() {
-                if entry.file_type().is_some_and(|t| t.is_dir()) {
+            for (entry, max_depth) in entries {
+                let Ok(entry) = entry else { continue };
+                // Only the directories whose listing the walk read.
+                if entry.file_type().is_some_and(|t| t.is_dir())
+                    && max_depth.is_none_or(|max| entry.depth() < max)
+                {
                     crate::memo::stat(entry.path());
                 }
                 if !entry

@@ -182,6 +182,23 @@ fn a_new_file_in_a_walked_directory_is_a_new_instance() {
 }
 
 #[test]
+fn files_below_a_directory_a_glob_lists_only_directly_do_not_count() {
+    // `in/*.txt` matches only files directly in `in/`: its subdirectories
+    // are not walked, so what changes in them changes nothing.
+    let test = setup().file("in/sub/deep.txt", "deep\n");
+    test.run().ok();
+    prove_no_op(&test);
+    assert_answered_by_memo(&test);
+    test.write("in/sub/new.txt", "new\n");
+    test.write("in/sub/deeper/x.txt", "x\n");
+    assert_answered_by_memo(&test);
+    // A new file directly in `in/` is a new instance.
+    test.write("in/d.txt", "delta\n");
+    assert_full_run(&test.run());
+    assert_eq!(test.read("all.txt"), "ALPHA\nBETA\nGAMMA\nDELTA\n");
+}
+
+#[test]
 fn an_edited_gitignore_changes_what_the_walk_finds() {
     let test = setup().file("in/.gitignore", "# nothing\n");
     test.run().ok();
