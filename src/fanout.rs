@@ -261,6 +261,12 @@ pub(crate) fn star_match(pattern: &str, name: &str) -> bool {
     true
 }
 
+/// Whether `entry`, from a walk no deeper than `max_depth`, is a directory
+/// whose listing the walk read (what the walk's result depends on).
+pub(crate) fn listed_dir(entry: &ignore::DirEntry, max_depth: Option<usize>) -> bool {
+    entry.file_type().is_some_and(|t| t.is_dir()) && max_depth.is_none_or(|max| entry.depth() < max)
+}
+
 /// The directory part of a glob before its first wildcard (`src/a/**/*.rs` → `src/a`).
 #[must_use]
 pub fn literal_prefix(glob: &str) -> &str {
@@ -355,10 +361,7 @@ pub fn matching_paths(
                 path: dir.display().to_string(),
                 reason: e.to_string(),
             })?;
-            // Only the directories whose listing the walk read.
-            if entry.file_type().is_some_and(|t| t.is_dir())
-                && max_depth.is_none_or(|max| entry.depth() < max)
-            {
+            if listed_dir(&entry, max_depth) {
                 crate::memo::walked_dir(entry.path());
             }
             if !entry

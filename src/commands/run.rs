@@ -297,7 +297,6 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
                 .sum(),
         ),
         replay_logs: args.replay,
-        settled: std::sync::Mutex::new(settled),
     });
     let mut reporters = Reporters::default();
     let events_to_stdout = args.events.as_deref() == Some("-");
@@ -340,10 +339,12 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
     };
     crate::timing!("scheduler starts");
     // Kept until the process exits rather than freed as the scheduler
-    // ends: the memo's settled instances and the file-hash index took
-    // ~0.5 ms to free piece by piece.
+    // ends: the file-hash index took ~0.5 ms to free piece by piece
+    // (with the memo's settled instances, which the scheduler now owns).
     let kept = Arc::clone(&shared);
-    let mut outcome = runtime.block_on(scheduler::run(plan, shared, options, reporters, notice_rx));
+    let mut outcome = runtime.block_on(scheduler::run(
+        plan, shared, settled, options, reporters, notice_rx,
+    ));
     crate::timing!("scheduler done");
     if let Err(e) = crate::exec::stale::mark_finished(&run_dir) {
         tracing::debug!("cannot mark the run finished: {e}");

@@ -73,10 +73,6 @@ pub struct RunShared {
     /// Copy cached instances' logs into the run directory (`--replay`);
     /// otherwise `ccflow logs` reads them from the cache entry.
     pub replay_logs: bool,
-    /// Instances the up-to-date memo settles (by id), when their upstream
-    /// instances are settled too (see `crate::memo`). The scheduler takes
-    /// each out as it settles it (moved, not copied, into its result).
-    pub settled: std::sync::Mutex<HashMap<String, crate::memo::Settled>>,
 }
 
 /// A message from a running instance to the scheduler loop.

@@ -93,10 +93,7 @@ pub fn expand_seen(
             });
             for (entry, max_depth) in entries {
                 let Ok(entry) = entry else { continue };
-                // Only the directories whose listing the walk read.
-                if entry.file_type().is_some_and(|t| t.is_dir())
-                    && max_depth.is_none_or(|max| entry.depth() < max)
-                {
+                if crate::fanout::listed_dir(&entry, max_depth) {
                     crate::memo::stat(entry.path());
                 }
                 if !entry

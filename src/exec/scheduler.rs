@@ -169,6 +169,10 @@ struct State {
     /// Recent rate-limit notices, and the agent pool's temporary limit.
     rate_limits: Vec<Instant>,
     throttle: Option<Throttle>,
+    /// Instances the up-to-date memo settles (by id), when their upstream
+    /// instances are settled too (see `crate::memo`): each is moved, not
+    /// copied, into its result as it is settled.
+    memo_settled: HashMap<String, crate::memo::Settled>,
     /// Instances the up-to-date memo settled (see [`State::settle`]).
     settled_nodes: NodeSet,
     /// Ready instances the memo can settle, settled in batches after what
@@ -222,9 +226,12 @@ struct BudgetState {
 }
 
 /// Runs the plan to completion.
+/// `settled`: what the up-to-date memo settles, by instance id (see
+/// [`State::settle`]).
 pub async fn run(
     plan: Plan,
     shared: Arc<RunShared>,
+    settled: HashMap<String, crate::memo::Settled>,
     options: RunOptions,
     reporters: Reporters,
     mut notices: mpsc::UnboundedReceiver<Notice>,
@@ -277,10 +284,11 @@ pub async fn run(
         runtime_context: Vec::new(),
         rate_limits: Vec::new(),
         throttle: None,
+        memo_settled: settled,
         settled_nodes: NodeSet::default(),
         settle_queue: std::collections::VecDeque::new(),
         record_writer: None,
-        prepared: NodeMap::default(),
+        prepared: NodeMap::with_capacity_and_hasher(nodes, Default::default()),
         finished: Vec::with_capacity(nodes),
         prepared_upto: 0,
         first_record_written: false,
@@ -1057,11 +1065,6 @@ impl State {
         };
         self.reporters.event(&event);
         if let RunEvent::TaskFinished { record, .. } = event {
-            if self.prepared.is_empty() {
-                // Room for every instance at once: growing the map moved
-                // the records kept so far over and over.
-                self.prepared.reserve(self.order.len());
-            }
             self.prepared.insert(node, (record, None));
         }
         self.results.insert(node, result);
@@ -1078,7 +1081,7 @@ impl State {
         if !self.settleable(node) {
             return None;
         }
-        let memo = lock(&self.shared.settled).remove(&self.plan.graph[node].id.0)?;
+        let memo = self.memo_settled.remove(&self.plan.graph[node].id.0)?;
         let mut result = JobResult::new(node);
         result.status = InstanceStatus::Cached;
         result.exit_code = Some(0);
@@ -1093,17 +1096,12 @@ impl State {
     /// Whether [`State::settle`] can settle `node` now from the memo.
     fn settleable(&self, node: NodeIndex) -> bool {
         let instance = &self.plan.graph[node];
-        if self.plan.workflow.tasks[instance.task].is_agent()
+        if !self.memo_settled.contains_key(&instance.id.0)
+            || self.plan.workflow.tasks[instance.task].is_agent()
             || !self.reproducible(instance.task)
             || instance.rendered.as_ref().is_some_and(|r| !r.enabled)
         {
             return false;
-        }
-        {
-            let settled = lock(&self.shared.settled);
-            if settled.is_empty() || !settled.contains_key(&instance.id.0) {
-                return false;
-            }
         }
         self.plan
             .graph
@@ -1464,11 +1462,4 @@ struct StartInfo {
 #[must_use]
 pub fn run_dir(state_dir: &std::path::Path, run_id: &str) -> PathBuf {
     state_dir.join("runs").join(run_id)
-}
-
-/// Locks `mutex`, whether or not a holder panicked.
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
