@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use minijinja::value::{Enumerator, Object, Value as TemplateValue};
@@ -342,37 +342,11 @@ pub fn matching_paths(
         if !dir.is_dir() {
             continue;
         }
-        let max_depth = include.max_depth(start);
-        let walker = ignore::WalkBuilder::new(&dir)
-            .hidden(false)
-            .parents(true)
-            .git_ignore(true)
-            .git_global(false)
-            .git_exclude(true)
-            .require_git(false)
-            .max_depth(max_depth)
-            .filter_entry(|e| {
-                let name = e.file_name();
-                !(e.depth() > 0 && (name == ".git" || name == ".ccflow"))
-            })
-            .build();
-        for entry in walker {
-            let entry = entry.map_err(|e| FanoutError::Walk {
-                path: dir.display().to_string(),
-                reason: e.to_string(),
-            })?;
-            if listed_dir(&entry, max_depth) {
-                crate::memo::walked_dir(entry.path());
-            }
-            if !entry
-                .file_type()
-                .is_some_and(|t| t.is_file() || t.is_symlink())
-            {
-                continue;
-            }
-            let Some(relative) = relative_str(entry.path(), root) else {
-                continue;
-            };
+        let walked = walk(root, &dir, include.max_depth(start), true);
+        if let Some(e) = walked.error {
+            return Err(e);
+        }
+        for relative in walked.files.split('\0').filter(|f| !f.is_empty()) {
             if include.is_match(relative) && (exclude.is_empty() || !exclude.is_match(relative)) {
                 found.push(if relative.contains('\\') {
                     relative.replace('\\', "/")
@@ -385,6 +359,147 @@ pub fn matching_paths(
     found.sort_unstable();
     found.dedup();
     Ok(found)
+}
+
+/// What [`walk`] found.
+pub(crate) struct Walked {
+    /// The files and symlinks below the start, relative to the root (those
+    /// with a UTF-8 path), NUL-separated.
+    pub files: Arc<str>,
+    /// The first entry that could not be read (the others are in `files`).
+    pub error: Option<FanoutError>,
+}
+
+/// The files and symlinks a walk from `dir` (inside `root`) finds, no
+/// deeper than `max_depth`, honouring ignore files or not, never below
+/// `.git` or `.ccflow`. The caller records the observations of `dir` itself
+/// (and, honouring ignore files, of those above it); this records those of
+/// the directories listed below it.
+///
+/// A run recording its observations reuses the walk the last memo kept
+/// for the same start, depth and setting when none of the paths it
+/// depends on changed (see `crate::memo::walks`), and keeps the walks it
+/// makes.
+pub(crate) fn walk(
+    root: &Path,
+    dir: &Path,
+    max_depth: Option<usize>,
+    honour_ignore: bool,
+) -> Walked {
+    use crate::memo::walks;
+    let observe_listed = |path: &Path| {
+        if honour_ignore {
+            crate::memo::walked_dir(path);
+        } else {
+            crate::memo::stat(path);
+        }
+    };
+    let key = walks::key(dir, honour_ignore, max_depth);
+    if let Some(kept) = walks::prior(&key).filter(|kept| walks::guards_hold(&kept.guards)) {
+        for guard in kept.guards.iter().filter(|g| g.listed) {
+            observe_listed(&guard.path);
+        }
+        tracing::debug!("walk of `{}` reused from the memo", dir.display());
+        let files = Arc::clone(&kept.files);
+        walks::walked(key, kept);
+        return Walked { files, error: None };
+    }
+    let started_ns = crate::cache::fsutil::coarse_now_ns();
+    let mut builder = ignore::WalkBuilder::new(dir);
+    if honour_ignore {
+        builder
+            .hidden(false)
+            .parents(true)
+            .git_ignore(true)
+            .git_global(false)
+            .git_exclude(true)
+            .require_git(false);
+    } else {
+        builder.standard_filters(false);
+    }
+    let walker = builder
+        .max_depth(max_depth)
+        .filter_entry(|e| {
+            let name = e.file_name();
+            !(e.depth() > 0 && (name == ".git" || name == ".ccflow"))
+        })
+        .build();
+    let mut files = String::new();
+    let mut error = None;
+    let mut listed = Vec::new();
+    for entry in walker {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => {
+                error.get_or_insert_with(|| FanoutError::Walk {
+                    path: dir.display().to_string(),
+                    reason: e.to_string(),
+                });
+                continue;
+            }
+        };
+        if listed_dir(&entry, max_depth) {
+            observe_listed(entry.path());
+            listed.push(entry.into_path());
+            continue;
+        }
+        if !entry
+            .file_type()
+            .is_some_and(|t| t.is_file() || t.is_symlink())
+        {
+            continue;
+        }
+        if let Some(relative) = relative_str(entry.path(), root) {
+            if !files.is_empty() {
+                files.push('\0');
+            }
+            files.push_str(relative);
+        }
+    }
+    let files: Arc<str> = files.into();
+    if error.is_none() && crate::memo::recording() {
+        let guards = walks::guards_after(guard_paths(dir, listed, honour_ignore), started_ns);
+        tracing::debug!(
+            "walk of `{}`: {}",
+            dir.display(),
+            if guards.is_some() {
+                "kept"
+            } else {
+                "not kept (changed too recently)"
+            }
+        );
+        if let Some(guards) = guards {
+            walks::walked(
+                key,
+                walks::Walk {
+                    guards: guards.into(),
+                    files: Arc::clone(&files),
+                },
+            );
+        }
+    }
+    Walked { files, error }
+}
+
+/// What a walk from `dir` that listed `listed` depends on: each listed
+/// directory and, honouring ignore files, the ignore files in them and in
+/// every directory above `dir` (as `crate::memo::ignore_files_above`).
+fn guard_paths(dir: &Path, listed: Vec<PathBuf>, honour_ignore: bool) -> Vec<(PathBuf, bool)> {
+    let mut paths: Vec<(PathBuf, bool)> = Vec::new();
+    if honour_ignore {
+        for ancestor in dir.ancestors() {
+            for name in [".gitignore", ".ignore", ".git/info/exclude"] {
+                paths.push((ancestor.join(name), false));
+            }
+        }
+        for listed in &listed {
+            for name in [".gitignore", ".ignore", ".git/info/exclude"] {
+                paths.push((listed.join(name), false));
+            }
+        }
+    }
+    paths.extend(listed.into_iter().map(|path| (path, true)));
+    paths
 }
 
 /// `path` relative to `root` as UTF-8 (`None`: outside `root`, or not

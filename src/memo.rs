@@ -57,8 +57,10 @@ use crate::cache::fsutil::{DirStat, FileStat};
 
 use crate::report::record::{Counts, InstanceRecord, RunRecord, Usage};
 
+pub mod walks;
+
 /// File magic and format version.
-const MAGIC: &[u8; 12] = b"CCFMEMO\0\x00\x03\r\n";
+const MAGIC: &[u8; 12] = b"CCFMEMO\0\x00\x04\r\n";
 
 /// A file modified this close to (or after) the start of the run that
 /// observed it is racy. Generous: it only costs reading the file once more.
@@ -126,6 +128,10 @@ struct Recorder {
     rewritten_dirs: HashSet<PathBuf>,
     /// The coarse clock when recording started.
     started_ns: i64,
+    /// The walks kept by the last memo (see [`walks`]).
+    prior_walks: walks::Walks,
+    /// The walks this run made or reused: the next memo keeps them.
+    walks: walks::Walks,
 }
 
 static ACTIVE: AtomicBool = AtomicBool::new(false);
@@ -162,6 +168,7 @@ fn merge_seed(seed: Seed) {
 pub fn start(seed: Seed) {
     *recorder() = Some(Recorder {
         started_ns: crate::cache::fsutil::coarse_now_ns(),
+        prior_walks: walks::take_handed_over(),
         ..Recorder::default()
     });
     merge_seed(seed);
@@ -714,6 +721,7 @@ fn write_results(
         .map(|(_, o)| o.seen.is_some_and(|s| is_racy(&s, rec.started_ns)))
         .collect();
     crate::timing!("memo: observations sorted");
+    let walks = walks::encode(&rec.walks);
     let instances_json = instances_json()?;
     crate::timing!("memo: instance records serialized");
     write_memo(
@@ -722,6 +730,7 @@ fn write_results(
             proven: &proven_json,
             instances: &instances_json,
             settled: &settled_checksum,
+            walks: &walks,
         },
         &entries,
         &racy,
@@ -836,6 +845,8 @@ struct Sections<'a> {
     proven: &'a [u8],
     instances: &'a [u8],
     settled: &'a [u8],
+    /// The kept walks (see [`walks`]).
+    walks: &'a [u8],
 }
 
 fn write_memo(
@@ -852,6 +863,7 @@ fn write_memo(
     put_bytes(&mut body, sections.proven);
     put_bytes(&mut body, sections.instances);
     put_bytes(&mut body, sections.settled);
+    put_bytes(&mut body, sections.walks);
     put_u64(&mut body, entries.len());
     for ((path, observation), racy) in entries.iter().zip(racy) {
         put_bytes(&mut body, path.as_os_str().as_encoded_bytes());
@@ -866,13 +878,8 @@ fn write_memo(
             | u8::from(hash.is_some()) << 2
             | u8::from(*racy) << 3;
         body.push(flags);
-        if let Some(s) = observation.seen {
-            for n in [s.dev, s.ino, s.size] {
-                body.extend_from_slice(&n.to_le_bytes());
-            }
-            body.extend_from_slice(&s.mtime_ns.to_le_bytes());
-            body.extend_from_slice(&s.ctime_ns.to_le_bytes());
-            body.extend_from_slice(&s.mode.to_le_bytes());
+        if let Some(seen) = &observation.seen {
+            put_stat(&mut body, seen);
         }
         if let Some(hash) = hash {
             body.extend_from_slice(&hash);
@@ -920,11 +927,32 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
+fn put_stat(out: &mut Vec<u8>, seen: &Seen) {
+    for n in [seen.dev, seen.ino, seen.size] {
+        out.extend_from_slice(&n.to_le_bytes());
+    }
+    out.extend_from_slice(&seen.mtime_ns.to_le_bytes());
+    out.extend_from_slice(&seen.ctime_ns.to_le_bytes());
+    out.extend_from_slice(&seen.mode.to_le_bytes());
+}
+
+fn read_stat(reader: &mut Reader<'_>) -> Option<Seen> {
+    Some(Seen {
+        dev: reader.u64()?,
+        ino: reader.u64()?,
+        size: reader.u64()?,
+        mtime_ns: i64::from_le_bytes(reader.take(8)?.try_into().ok()?),
+        ctime_ns: i64::from_le_bytes(reader.take(8)?.try_into().ok()?),
+        mode: u32::from_le_bytes(reader.take(4)?.try_into().ok()?),
+    })
+}
+
 /// A decoded memo.
 struct Memo<'a> {
     proven: &'a [u8],
     instances: &'a [u8],
     settled: &'a [u8],
+    walks: &'a [u8],
     entries: Vec<(PathBuf, Observation)>,
     racy: Vec<bool>,
 }
@@ -945,6 +973,7 @@ fn decode<'a>(bytes: &'a [u8], context: &Context) -> Option<Memo<'a>> {
     if settled.len() != 32 {
         return None;
     }
+    let walks = reader.bytes_field()?;
     let count = usize::try_from(reader.u64()?).ok()?;
     let mut entries = Vec::with_capacity(count);
     let mut racy = Vec::with_capacity(count);
@@ -952,14 +981,7 @@ fn decode<'a>(bytes: &'a [u8], context: &Context) -> Option<Memo<'a>> {
         let path = PathBuf::from(std::ffi::OsStr::from_bytes(reader.bytes_field()?));
         let flags = reader.take(1)?[0];
         let seen = if flags & 1 != 0 {
-            Some(Seen {
-                dev: reader.u64()?,
-                ino: reader.u64()?,
-                size: reader.u64()?,
-                mtime_ns: i64::from_le_bytes(reader.take(8)?.try_into().ok()?),
-                ctime_ns: i64::from_le_bytes(reader.take(8)?.try_into().ok()?),
-                mode: u32::from_le_bytes(reader.take(4)?.try_into().ok()?),
-            })
+            Some(read_stat(&mut reader)?)
         } else {
             None
         };
@@ -986,6 +1008,7 @@ fn decode<'a>(bytes: &'a [u8], context: &Context) -> Option<Memo<'a>> {
         proven,
         instances,
         settled,
+        walks,
         entries,
         racy,
     })
@@ -1055,6 +1078,12 @@ pub fn check(context: &Context) -> Verdict {
     let Some(memo) = decode(&bytes, context) else {
         return Verdict::Unknown;
     };
+    // Each kept walk vouches for itself: the run can use them whatever
+    // the verdict.
+    let Some(kept_walks) = walks::decode(memo.walks) else {
+        return Verdict::Unknown;
+    };
+    walks::handed_over(kept_walks);
     crate::timing!("check: memo decoded");
     let now_ns = crate::cache::fsutil::coarse_now_ns();
     let compare_all = |range: std::ops::Range<usize>| -> Vec<Now> {
@@ -1113,6 +1142,7 @@ pub fn check(context: &Context) -> Verdict {
                     proven: memo.proven,
                     instances: memo.instances,
                     settled: memo.settled,
+                    walks: memo.walks,
                 },
                 &entries,
                 &racy,

@@ -72,40 +72,17 @@ pub fn expand_seen(
             paths.into_iter().for_each(&mut found);
         } else {
             let set = crate::fanout::GlobMatcher::new(&globs).map_err(|e| e.to_string())?;
-            let starts = crate::fanout::walk_starts(&globs);
-            let entries = starts.into_iter().flat_map(|start| {
+            for start in crate::fanout::walk_starts(&globs) {
                 let dir = if start.is_empty() {
                     root.to_path_buf()
                 } else {
                     root.join(start)
                 };
                 crate::memo::stat(&dir);
-                let max_depth = set.max_depth(start);
-                ignore::WalkBuilder::new(dir)
-                    .standard_filters(false)
-                    .max_depth(max_depth)
-                    .filter_entry(|e| {
-                        let name = e.file_name();
-                        !(e.depth() > 0 && (name == ".git" || name == ".ccflow"))
-                    })
-                    .build()
-                    .map(move |entry| (entry, max_depth))
-            });
-            for (entry, max_depth) in entries {
-                let Ok(entry) = entry else { continue };
-                if crate::fanout::listed_dir(&entry, max_depth) {
-                    crate::memo::stat(entry.path());
-                }
-                if !entry
-                    .file_type()
-                    .is_some_and(|t| t.is_file() || t.is_symlink())
-                {
-                    continue;
-                }
-                let Ok(relative) = entry.path().strip_prefix(root) else {
-                    continue;
-                };
-                if let Some(relative) = relative.to_str() {
+                // Entries that cannot be read are left out, as a file
+                // the glob does not match.
+                let walked = crate::fanout::walk(root, &dir, set.max_depth(start), false);
+                for relative in walked.files.split('\0').filter(|f| !f.is_empty()) {
                     if set.is_match(relative) {
                         found(relative.to_owned());
                     }

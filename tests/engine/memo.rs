@@ -415,3 +415,95 @@ fn records_prepared_while_a_reduce_runs_are_what_the_memo_answers_with() {
     }
     assert_eq!(test.read("all.txt"), "ALPHA\nBRAVO\nGAMMA\n");
 }
+
+/// Whether `out` says the walk of `dir` was reused from the memo.
+fn walk_reused(test: &Test, out: &crate::support::Output, dir: &str) -> bool {
+    out.stderr.contains(&format!(
+        "walk of `{}` reused from the memo",
+        test.path(dir).display()
+    ))
+}
+
+/// The walks a run keeps (`src/memo/walks.rs`): the next run lists no
+/// directory whose stat, and whose ignore files' stats, are unchanged, and
+/// lists again any whose are not.
+#[test]
+fn a_kept_walk_is_reused_only_while_nothing_it_depends_on_changed() {
+    let test = setup()
+        .file(".gitignore", "# nothing\n")
+        .env("CCFLOW_LOG", "debug");
+    test.run().ok();
+    // Past the racy window: this run keeps its walks.
+    std::thread::sleep(Duration::from_millis(250));
+    let out = test.run();
+    out.ok();
+    assert!(
+        out.stderr
+            .contains(&format!("walk of `{}`: kept", test.path("in").display())),
+        "{}",
+        out.stderr
+    );
+    // An edited input: the same directories, so both walks (the fan-out's
+    // `in/`, the reduce's `out/`) are reused, and the result is right.
+    test.write("in/b.txt", "bravo\n");
+    let out = test.run();
+    out.ok();
+    assert!(walk_reused(&test, &out, "in"), "{}", out.stderr);
+    assert!(walk_reused(&test, &out, "out"), "{}", out.stderr);
+    assert_eq!(test.read("all.txt"), "ALPHA\nBRAVO\nGAMMA\n");
+    // A new file: `in/` changed, is listed again, and the file is found.
+    test.write("in/d.txt", "delta\n");
+    let out = test.run();
+    out.ok();
+    assert!(!walk_reused(&test, &out, "in"), "{}", out.stderr);
+    assert_eq!(test.read("all.txt"), "ALPHA\nBRAVO\nGAMMA\nDELTA\n");
+    assert_eq!(test.count("each"), 5);
+    // Kept again; then an ignore file above the walk is edited: no
+    // directory changed, only the ignore file's stat shows it.
+    std::thread::sleep(Duration::from_millis(250));
+    test.run().ok();
+    test.write(".gitignore", "in/c.txt\n");
+    let out = test.run();
+    out.ok();
+    assert!(!walk_reused(&test, &out, "in"), "{}", out.stderr);
+    assert_eq!(
+        test.last_run()["counts"]["total"],
+        4,
+        "in/c.txt is ignored now: three files and the reduce"
+    );
+}
+
+#[test]
+fn a_kept_recursive_walk_sees_a_new_file_in_a_subdirectory() {
+    let test = Test::new()
+        .workflow(
+            "deep",
+            r#"version: 1
+tasks:
+  each:
+    for_each: { files: "src/**/*.txt" }
+    inputs: ["{{ item }}"]
+    run: echo {{ item }} >> .count/each
+"#,
+        )
+        .file("src/a.txt", "a\n")
+        .file("src/sub/b.txt", "b\n")
+        .env("CCFLOW_LOG", "debug")
+        .args(["run", "deep"]);
+    test.run().ok();
+    std::thread::sleep(Duration::from_millis(250));
+    test.run().ok();
+    assert_eq!(test.count("each"), 2, "the second run ran nothing");
+    test.write("src/a.txt", "A\n");
+    let out = test.run();
+    out.ok();
+    assert!(walk_reused(&test, &out, "src"), "{}", out.stderr);
+    assert_eq!(test.count("each"), 3, "the edited file's instance reran");
+    // A file two levels down: only `src/sub` changed, and that is enough.
+    test.write("src/sub/c.txt", "c\n");
+    let out = test.run();
+    out.ok();
+    assert!(!walk_reused(&test, &out, "src"), "{}", out.stderr);
+    assert_eq!(test.count("each"), 4, "the new file is a new instance");
+    assert_eq!(test.last_run()["counts"]["total"], 3);
+}
