@@ -44,6 +44,12 @@
 //!   ([`Verdict::Changed`]);
 //! - a global observation changed (a new file in a walked directory, an
 //!   edited `.gitignore`, the workflow): the full run, always correct.
+//!
+//! # Kept walks
+//!
+//! The memo also keeps the directory walks the run made, each with the
+//! stats it depends on ([`walks`]): any later run, whatever the verdict,
+//! reuses a walk whose directories and ignore files stat the same.
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::ffi::OsStrExt as _;
