@@ -50,40 +50,6 @@ fn tune_malloc() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
     }
-    huge_heap();
-}
-
-/// Backs the heap with transparent huge pages where the kernel offers
-/// them on request (`/sys/kernel/mm/transparent_hugepage/enabled` set to
-/// `madvise`, as on Debian and in CI): one fault maps 2 MiB instead of
-/// 4 KiB, and a rerun after a one-file edit faulted ~1,000 pages fewer
-/// (~2 ms of its ~27 in the CI virtual machines). What glibc's
-/// `glibc.malloc.hugetlb=1` tunable does, which only the environment of
-/// the process can set: the heap is grown once by 32 MiB of address space
-/// (no memory is touched), that range advised as huge pages, and malloc
-/// left to carve it as usual. Where the kernel refuses, nothing changes.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn huge_heap() {
-    const HUGE: usize = 2 << 20;
-    const RESERVE: usize = 32 << 20;
-    // SAFETY: sbrk(0) only reads the program break; the allocation is
-    // freed at once (and, with trimming off, the heap keeps its size);
-    // madvise only changes how the kernel backs a range of the heap's own
-    // mapping, whose contents it leaves as they are.
-    unsafe {
-        libc::mallopt(libc::M_TOP_PAD, RESERVE as libc::c_int);
-        let start = libc::sbrk(0) as usize;
-        // Seen by the optimizer as used: an unused malloc is removed.
-        let grow = std::hint::black_box(libc::malloc(256 << 10));
-        libc::free(grow);
-        libc::mallopt(libc::M_TOP_PAD, 1 << 20);
-        let end = libc::sbrk(0) as usize;
-        let aligned = start.next_multiple_of(HUGE);
-        let len = end.saturating_sub(aligned) & !(HUGE - 1);
-        if start != usize::MAX && len > 0 {
-            libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
-        }
-    }
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
