@@ -125,14 +125,14 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
     // The cache and the file-hash index are opened beside the planning
     // (reading a 2,000-entry index took ~1 ms of a 40 ms rerun), the runs
     // whose ccflow was killed looked for (~0.4 ms: the owners of the last
-    // 20 runs), and the memo this slow run replaces removed: joined before
+    // 20 runs), and the memo this slow run replaces invalidated: joined before
     // anything runs.
     let open = {
         let state_dir = ctx.state_dir.clone();
         let stale_memo = memo.as_ref().map(|context| context.file().to_owned());
         move || {
             if let Some(stale) = &stale_memo {
-                let _ = std::fs::remove_file(stale);
+                crate::memo::invalidate(stale);
             }
             (
                 Store::open(&state_dir.join("cache")),

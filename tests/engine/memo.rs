@@ -507,3 +507,64 @@ tasks:
     assert_eq!(test.count("each"), 4, "the new file is a new instance");
     assert_eq!(test.last_run()["counts"]["total"], 3);
 }
+
+/// The memo and its side file are rewritten in place (`memo::overwrite`):
+/// whatever a torn or interleaved write leaves, the checksums turn into a
+/// full run that gets everything right and leaves a good memo again.
+#[test]
+fn a_damaged_memo_or_side_file_is_a_full_run_that_writes_a_good_one() {
+    let test = setup();
+    test.run().ok();
+    prove_no_op(&test);
+    assert_answered_by_memo(&test);
+    let memo_dir = test.path(".ccflow/memo");
+    let memo = std::fs::read_dir(&memo_dir)
+        .expect("memo directory")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.extension().is_none())
+        .expect("a memo");
+    let settled = memo.with_extension("settled");
+    let good = std::fs::read(&memo).expect("read memo");
+    type Damage = fn(&mut Vec<u8>);
+    let damages: [(&str, Damage); 4] = [
+        ("a byte changed in the middle", |b| {
+            let middle = b.len() / 2;
+            b[middle] ^= 0x55;
+        }),
+        ("cut short", |b| b.truncate(b.len() / 2)),
+        ("a longer old tail left after it", |b| {
+            b.extend_from_slice(b"left over from a longer memo")
+        }),
+        ("its magic overwritten by a slow run that was killed", |b| {
+            b[0] = 0
+        }),
+    ];
+    for (what, damage) in damages {
+        let mut bytes = good.clone();
+        damage(&mut bytes);
+        std::fs::write(&memo, &bytes).expect("damage memo");
+        let counts = (test.count("each"), test.count("all"));
+        assert_full_run(&test.run());
+        assert_eq!(
+            (test.count("each"), test.count("all")),
+            counts,
+            "{what}: everything still cached"
+        );
+        assert_answered_by_memo(&test);
+    }
+    // The side file of instance results, read after an edit.
+    let mut bytes = std::fs::read(&settled).expect("read side file");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    std::fs::write(&settled, &bytes).expect("damage side file");
+    test.write("in/b.txt", "bravo\n");
+    test.run().ok();
+    assert_eq!(test.read("all.txt"), "ALPHA\nBRAVO\nGAMMA\n");
+    assert_eq!(
+        (test.count("each"), test.count("all")),
+        (4, 2),
+        "only the edited instance and the reduce reran"
+    );
+    prove_no_op(&test);
+    assert_answered_by_memo(&test);
+}
