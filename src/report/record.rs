@@ -220,13 +220,16 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
-    /// Writes `run.json` atomically into `dir`.
+    /// Writes `run.json` atomically into `dir`, as compact JSON: a run over
+    /// 1,000 instances writes its record twice (as it starts and as it
+    /// ends), and pretty-printed it was 40% larger (511 KB against 364)
+    /// and ~1 ms slower to serialize and write each time. `jq .` reads it.
     ///
     /// # Errors
     /// I/O failures, naming the path.
     pub fn write(&self, dir: &Path) -> std::io::Result<()> {
         write_run_json(dir, |out| {
-            serde_json::to_writer_pretty(out, self).map_err(std::io::Error::other)
+            serde_json::to_writer(out, self).map_err(std::io::Error::other)
         })
     }
 
@@ -236,8 +239,8 @@ impl RunRecord {
     /// # Errors
     /// I/O failures, naming the path.
     pub fn write_with_instances(&self, dir: &Path, instances_json: &[u8]) -> std::io::Result<()> {
-        let mut text = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        let empty = b"[]\n}";
+        let mut text = serde_json::to_vec(self).map_err(std::io::Error::other)?;
+        let empty = b"[]}";
         if !self.instances.is_empty() || !text.ends_with(empty) {
             return Err(std::io::Error::other("unexpected run record layout"));
         }
@@ -245,7 +248,7 @@ impl RunRecord {
         write_run_json(dir, |out| {
             out.write_all(&text)?;
             out.write_all(instances_json)?;
-            out.write_all(b"\n}")
+            out.write_all(b"}")
         })
     }
 
