@@ -1319,7 +1319,7 @@ fn unaffected(
     let changed_paths: HashSet<&[u8], foldhash::fast::FixedState> =
         changed.iter().map(Vec::as_slice).collect();
     let mut claimed: HashSet<&[u8], foldhash::fast::FixedState> = HashSet::default();
-    let mut clean = HashMap::new();
+    let mut clean = HashMap::with_capacity(settled.len());
     for instance in settled {
         let mut touched = false;
         for path in instance

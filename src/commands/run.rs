@@ -175,6 +175,14 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
         defer_all || settled.contains_key(id)
     })?;
     crate::timing!("planned");
+    // The run's directory, made while the unaffected instances are still
+    // being found (~0.5 ms: two new directories and a file).
+    let io = |what: &str, e: std::io::Error| CommandError::usage(format!("cannot {what}: {e}"));
+    let run_dir = scheduler::run_dir(&ctx.state_dir, &run_id);
+    fs_err::create_dir_all(run_dir.join("logs")).map_err(|e| io("create the run directory", e))?;
+    if let Err(e) = crate::exec::stale::write_owner(&run_dir) {
+        crate::errln!("warning: cannot record the run's owner: {e}");
+    }
     if let Some(found) = finding {
         match found.wait() {
             Some(clean) => settled = clean,
@@ -182,12 +190,6 @@ pub fn run(args: &RunArgs, ctx: &Ctx) -> CommandResult {
             // memo it writes will rest on.
             None => crate::memo::forget_seed(),
         }
-    }
-    let io = |what: &str, e: std::io::Error| CommandError::usage(format!("cannot {what}: {e}"));
-    let run_dir = scheduler::run_dir(&ctx.state_dir, &run_id);
-    fs_err::create_dir_all(run_dir.join("logs")).map_err(|e| io("create the run directory", e))?;
-    if let Err(e) = crate::exec::stale::write_owner(&run_dir) {
-        crate::errln!("warning: cannot record the run's owner: {e}");
     }
     let (store, index, killed) = opening
         .and_then(|thread| thread.join().ok())
