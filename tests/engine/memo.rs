@@ -524,6 +524,7 @@ fn a_damaged_memo_or_side_file_is_a_full_run_that_writes_a_good_one() {
         .find(|p| p.extension().is_none())
         .expect("a memo");
     let settled = memo.with_extension("settled");
+    let instances = memo.with_extension("instances");
     let good = std::fs::read(&memo).expect("read memo");
     type Damage = fn(&mut Vec<u8>);
     let damages: [(&str, Damage); 4] = [
@@ -552,6 +553,13 @@ fn a_damaged_memo_or_side_file_is_a_full_run_that_writes_a_good_one() {
         );
         assert_answered_by_memo(&test);
     }
+    // The side file of instance records, read to answer a run with
+    // nothing changed: another one is not the one the memo names.
+    let mut bytes = std::fs::read(&instances).expect("read records side file");
+    bytes.truncate(bytes.len() - 1);
+    std::fs::write(&instances, &bytes).expect("damage records side file");
+    assert_full_run(&test.run());
+    assert_answered_by_memo(&test);
     // The side file of instance results, read after an edit.
     let mut bytes = std::fs::read(&settled).expect("read side file");
     let middle = bytes.len() / 2;
