@@ -290,11 +290,7 @@ fn back_to_back_edits_stay_on_the_memos_changed_path() {
         out.ok();
         // Only the edited input is named changed; the outputs the previous
         // run wrote a moment ago are not.
-        let changed: Vec<&str> = out
-            .stderr
-            .lines()
-            .filter(|line| line.contains("up-to-date check: `"))
-            .collect();
+        let changed = named_changed(&out);
         assert_eq!(changed.len(), 1, "round {round}: {}", out.stderr);
         assert!(changed[0].contains("in/b.txt"), "{}", out.stderr);
         assert!(
@@ -416,6 +412,15 @@ fn records_prepared_while_a_reduce_runs_are_what_the_memo_answers_with() {
     assert_eq!(test.read("all.txt"), "ALPHA\nBRAVO\nGAMMA\n");
 }
 
+/// The lines of `out` (run with `CCFLOW_LOG=debug`) naming a path the
+/// up-to-date check found changed.
+fn named_changed(out: &crate::support::Output) -> Vec<&str> {
+    out.stderr
+        .lines()
+        .filter(|line| line.contains("up-to-date check: `"))
+        .collect()
+}
+
 /// Whether `out` says the walk of `dir` was reused from the memo.
 fn walk_reused(test: &Test, out: &crate::support::Output, dir: &str) -> bool {
     out.stderr.contains(&format!(
@@ -433,8 +438,9 @@ fn a_kept_walk_is_reused_only_while_nothing_it_depends_on_changed() {
         .file(".gitignore", "# nothing\n")
         .env("CCFLOW_LOG", "debug");
     test.run().ok();
-    // Past the racy window: this run keeps its walks.
+    // Past the racy window, a run that walks keeps its walks.
     std::thread::sleep(Duration::from_millis(250));
+    test.write("in/b.txt", "brave\n");
     let out = test.run();
     out.ok();
     assert!(
@@ -443,8 +449,9 @@ fn a_kept_walk_is_reused_only_while_nothing_it_depends_on_changed() {
         "{}",
         out.stderr
     );
-    // An edited input: the same directories, so both walks (the fan-out's
-    // `in/`, the reduce's `out/`) are reused, and the result is right.
+    // Another edited input: the same directories, so both walks (the
+    // fan-out's `in/`, the reduce's `out/`) are reused, and the result is
+    // right.
     test.write("in/b.txt", "bravo\n");
     let out = test.run();
     out.ok();
@@ -457,7 +464,7 @@ fn a_kept_walk_is_reused_only_while_nothing_it_depends_on_changed() {
     out.ok();
     assert!(!walk_reused(&test, &out, "in"), "{}", out.stderr);
     assert_eq!(test.read("all.txt"), "ALPHA\nBRAVO\nGAMMA\nDELTA\n");
-    assert_eq!(test.count("each"), 5);
+    assert_eq!(test.count("each"), 6);
     // Kept again; then an ignore file above the walk is edited: no
     // directory changed, only the ignore file's stat shows it.
     std::thread::sleep(Duration::from_millis(250));
@@ -494,17 +501,22 @@ tasks:
     std::thread::sleep(Duration::from_millis(250));
     test.run().ok();
     assert_eq!(test.count("each"), 2, "the second run ran nothing");
+    // The first edit's run walks and keeps the walk; the next reuses it.
     test.write("src/a.txt", "A\n");
     let out = test.run();
     out.ok();
+    assert!(!walk_reused(&test, &out, "src"), "{}", out.stderr);
+    test.write("src/a.txt", "AA\n");
+    let out = test.run();
+    out.ok();
     assert!(walk_reused(&test, &out, "src"), "{}", out.stderr);
-    assert_eq!(test.count("each"), 3, "the edited file's instance reran");
+    assert_eq!(test.count("each"), 4, "the edited file's instance reran");
     // A file two levels down: only `src/sub` changed, and that is enough.
     test.write("src/sub/c.txt", "c\n");
     let out = test.run();
     out.ok();
     assert!(!walk_reused(&test, &out, "src"), "{}", out.stderr);
-    assert_eq!(test.count("each"), 4, "the new file is a new instance");
+    assert_eq!(test.count("each"), 5, "the new file is a new instance");
     assert_eq!(test.last_run()["counts"]["total"], 3);
 }
 
@@ -575,4 +587,30 @@ fn a_damaged_memo_or_side_file_is_a_full_run_that_writes_a_good_one() {
     );
     prove_no_op(&test);
     assert_answered_by_memo(&test);
+}
+
+/// A workflow written just before a run (a script that writes it and runs
+/// it) is too fresh for its stat to vouch for it: its content is what the
+/// next run checks, so that run stays on the memo's changed path rather
+/// than taking the full run.
+#[test]
+fn a_workflow_written_just_before_its_first_run_does_not_force_the_next_one_full() {
+    let test = setup().env("CCFLOW_LOG", "debug");
+    test.run().ok();
+    std::thread::sleep(Duration::from_millis(250));
+    test.write("in/b.txt", "bravo\n");
+    let out = test.run();
+    out.ok();
+    let changed = named_changed(&out);
+    assert_eq!(changed.len(), 1, "{}", out.stderr);
+    assert!(changed[0].contains("in/b.txt"), "{}", out.stderr);
+    assert_eq!(test.read("all.txt"), "ALPHA\nBRAVO\nGAMMA\n");
+    assert_eq!((test.count("each"), test.count("all")), (4, 2));
+    // An edit of the workflow itself is still seen, fresh or not.
+    test.write(
+        ".claudecluster/memo.yaml",
+        &WORKFLOW.replace("cat out/*.txt", "cat  out/*.txt"),
+    );
+    assert_full_run(&test.run());
+    assert_eq!(test.count("all"), 3, "the changed command reran");
 }
