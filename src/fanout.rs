@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use minijinja::value::{Enumerator, Object, Value as TemplateValue};
@@ -346,7 +346,7 @@ pub fn matching_paths(
         if let Some(e) = walked.error {
             return Err(e);
         }
-        for relative in walked.files.split('\0').filter(|f| !f.is_empty()) {
+        for relative in walked.paths() {
             if include.is_match(relative) && (exclude.is_empty() || !exclude.is_match(relative)) {
                 found.push(if relative.contains('\\') {
                     relative.replace('\\', "/")
@@ -365,9 +365,16 @@ pub fn matching_paths(
 pub(crate) struct Walked {
     /// The files and symlinks below the start, relative to the root (those
     /// with a UTF-8 path), NUL-separated.
-    pub files: Arc<str>,
+    files: Arc<str>,
     /// The first entry that could not be read (the others are in `files`).
     pub error: Option<FanoutError>,
+}
+
+impl Walked {
+    /// The files and symlinks found, in the order the walk found them.
+    pub(crate) fn paths(&self) -> impl Iterator<Item = &str> {
+        self.files.split('\0').filter(|f| !f.is_empty())
+    }
 }
 
 /// The files and symlinks a walk from `dir` (inside `root`) finds, no
@@ -458,7 +465,8 @@ pub(crate) fn walk(
     }
     let files: Arc<str> = files.into();
     if error.is_none() && crate::memo::recording() {
-        let guards = walks::guards_after(guard_paths(dir, listed, honour_ignore), started_ns);
+        let guards =
+            walks::guards_after(walks::guard_paths(dir, listed, honour_ignore), started_ns);
         tracing::debug!(
             "walk of `{}`: {}",
             dir.display(),
@@ -479,27 +487,6 @@ pub(crate) fn walk(
         }
     }
     Walked { files, error }
-}
-
-/// What a walk from `dir` that listed `listed` depends on: each listed
-/// directory and, honouring ignore files, the ignore files in them and in
-/// every directory above `dir` (as `crate::memo::ignore_files_above`).
-fn guard_paths(dir: &Path, listed: Vec<PathBuf>, honour_ignore: bool) -> Vec<(PathBuf, bool)> {
-    let mut paths: Vec<(PathBuf, bool)> = Vec::new();
-    if honour_ignore {
-        for ancestor in dir.ancestors() {
-            for name in [".gitignore", ".ignore", ".git/info/exclude"] {
-                paths.push((ancestor.join(name), false));
-            }
-        }
-        for listed in &listed {
-            for name in [".gitignore", ".ignore", ".git/info/exclude"] {
-                paths.push((listed.join(name), false));
-            }
-        }
-    }
-    paths.extend(listed.into_iter().map(|path| (path, true)));
-    paths
 }
 
 /// `path` relative to `root` as UTF-8 (`None`: outside `root`, or not

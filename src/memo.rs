@@ -428,9 +428,16 @@ const RACY_FILE_HASHED: u64 = 1 << 20;
 /// The content hash of the file at `path`, if its stat after reading is
 /// still `seen` (otherwise the content read may not be the one observed).
 fn content_hash_if_unchanged(path: &Path, seen: &Seen) -> Option<[u8; 32]> {
-    let bytes = std::fs::read(path).ok()?;
+    let hash = content_hash(path)?;
     let after = std::fs::metadata(path).ok().map(|m| FileStat::of(&m));
-    (after.as_ref() == Some(seen)).then(|| *blake3::hash(&bytes).as_bytes())
+    (after.as_ref() == Some(seen)).then_some(hash)
+}
+
+/// The content hash of the file at `path` (as the file-hash index has it).
+fn content_hash(path: &Path) -> Option<[u8; 32]> {
+    std::fs::read(path)
+        .ok()
+        .map(|bytes| *blake3::hash(&bytes).as_bytes())
 }
 
 /// A hash of a directory's entries (names and types), in name order.
@@ -462,9 +469,14 @@ pub fn ignore_files_above(dir: &Path) {
     }
     for ancestor in dir.ancestors() {
         ignore_files_in(ancestor);
-        stat(&ancestor.join(".git/info/exclude"));
+        stat(&ancestor.join(GIT_EXCLUDE));
     }
 }
+
+/// The ignore files a walk reads in each directory it lists...
+pub(crate) const IGNORE_FILES: [&str; 2] = [".gitignore", ".ignore"];
+/// ...and the git exclude file it reads per repository.
+pub(crate) const GIT_EXCLUDE: &str = ".git/info/exclude";
 
 /// Records a directory listed by a walk, and its ignore files.
 pub fn walked_dir(dir: &Path) {
@@ -476,8 +488,9 @@ pub fn walked_dir(dir: &Path) {
 }
 
 fn ignore_files_in(dir: &Path) {
-    stat(&dir.join(".gitignore"));
-    stat(&dir.join(".ignore"));
+    for name in IGNORE_FILES {
+        stat(&dir.join(name));
+    }
 }
 
 /// This run cannot vouch for what it saw (it depends on something no stat
@@ -797,31 +810,42 @@ fn verify_settled_racy(entries: &[(&PathBuf, &Observation)], racy: &mut [bool]) 
     if candidates.is_empty() {
         return;
     }
-    let verify = |indices: &[usize]| -> Vec<usize> {
+    let verify = |range: std::ops::Range<usize>| -> Vec<bool> {
         let mut stat = DirStat::default();
-        indices
+        candidates[range]
             .iter()
-            .copied()
-            .filter(|i| {
+            .map(|i| {
                 let (path, observation) = entries[*i];
                 compare(&mut stat, path, observation, true, now_ns) == Now::Verified
             })
             .collect()
     };
-    let verified = if candidates.len() < VERIFY_IN_PARALLEL {
-        verify(&candidates)
-    } else {
-        let (first, second) = candidates.split_at(candidates.len() / 2);
-        std::thread::scope(|scope| {
-            let other = scope.spawn(|| verify(second));
-            let mut verified = verify(first);
-            verified.extend(other.join().unwrap_or_default());
-            verified
-        })
-    };
-    for i in verified {
-        racy[i] = false;
+    let verified = on_two_threads(candidates.len(), VERIFY_IN_PARALLEL, false, verify);
+    for (i, verified) in candidates.into_iter().zip(verified) {
+        if verified {
+            racy[i] = false;
+        }
     }
+}
+
+/// `work` over `0..len`, split in two halves on two threads from
+/// `min_for_two` items on; the results in order. A half whose thread
+/// panicked is `failed` throughout.
+fn on_two_threads<T: Clone + Send>(
+    len: usize,
+    min_for_two: usize,
+    failed: T,
+    work: impl Fn(std::ops::Range<usize>) -> Vec<T> + Sync,
+) -> Vec<T> {
+    if len < min_for_two {
+        return work(0..len);
+    }
+    std::thread::scope(|scope| {
+        let other = scope.spawn(|| work(len / 2..len));
+        let mut results = work(0..len / 2);
+        results.extend(other.join().unwrap_or_else(|_| vec![failed; len - len / 2]));
+        results
+    })
 }
 
 /// Writes `bytes` over the file at `path` in place (created if missing),
@@ -1174,9 +1198,7 @@ fn compare(
     let actual = if seen.is_dir() {
         listing_hash(path)
     } else {
-        std::fs::read(path)
-            .ok()
-            .map(|bytes| *blake3::hash(&bytes).as_bytes())
+        content_hash(path)
     };
     if actual != Some(expected) {
         return Now::Changed;
@@ -1229,20 +1251,7 @@ pub fn check(context: &Context) -> Verdict {
     };
     let n = memo.entries.len();
     // Two threads: the stats are most of the check.
-    let results: Vec<Now> = if n < 2_000 {
-        compare_all(0..n)
-    } else {
-        std::thread::scope(|scope| {
-            let other = scope.spawn(|| compare_all(n / 2..n));
-            let mut mine = compare_all(0..n / 2);
-            mine.extend(
-                other
-                    .join()
-                    .unwrap_or_else(|_| vec![Now::Changed; n - n / 2]),
-            );
-            mine
-        })
-    };
+    let results = on_two_threads(n, 2_000, Now::Changed, compare_all);
     crate::timing!("check: paths compared");
     let changed: Vec<usize> = (0..n).filter(|i| results[*i] == Now::Changed).collect();
     for i in changed.iter().take(10) {

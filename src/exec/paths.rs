@@ -82,7 +82,7 @@ pub fn expand_seen(
                 // Entries that cannot be read are left out, as a file
                 // the glob does not match.
                 let walked = crate::fanout::walk(root, &dir, set.max_depth(start), false);
-                for relative in walked.files.split('\0').filter(|f| !f.is_empty()) {
+                for relative in walked.paths() {
                     if set.is_match(relative) {
                         found(relative.to_owned());
                     }

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::cache::fsutil::{DirStat, FileStat};
 
-use super::{put_bytes, put_u64, Reader, RACY_NS};
+use super::{is_racy, put_bytes, put_u64, Reader, GIT_EXCLUDE, IGNORE_FILES};
 
 /// One path a walk's result depends on, with what `stat` said of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,14 +110,31 @@ pub fn guards_after(paths: Vec<(PathBuf, bool)>, started_ns: i64) -> Option<Vec<
         .into_iter()
         .map(|(path, listed)| {
             let seen = stat.stat(&path).ok();
-            if seen.is_some_and(|s| {
-                s.mtime_ns >= started_ns - RACY_NS || s.ctime_ns >= started_ns - RACY_NS
-            }) {
+            if seen.is_some_and(|s| is_racy(&s, started_ns)) {
                 return None;
             }
             Some(Guard { path, seen, listed })
         })
         .collect()
+}
+
+/// What a walk from `dir` that listed `listed` depends on, each path with
+/// whether it is a listed directory: each listed directory and, honouring
+/// ignore files, the ignore files in them and in every directory above
+/// `dir` (those `super::ignore_files_above` records, and the git exclude
+/// file of a repository nested in a listed directory).
+#[must_use]
+pub fn guard_paths(dir: &Path, listed: Vec<PathBuf>, honour_ignore: bool) -> Vec<(PathBuf, bool)> {
+    let mut paths: Vec<(PathBuf, bool)> = Vec::new();
+    if honour_ignore {
+        for ignoring in dir.ancestors().chain(listed.iter().map(PathBuf::as_path)) {
+            for name in IGNORE_FILES.into_iter().chain([GIT_EXCLUDE]) {
+                paths.push((ignoring.join(name), false));
+            }
+        }
+    }
+    paths.extend(listed.into_iter().map(|path| (path, true)));
+    paths
 }
 
 /// Records that this run walked `key` with this result (made now, or
@@ -190,6 +207,7 @@ pub(super) fn decode(bytes: &[u8]) -> Option<Walks> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::RACY_NS;
     use super::*;
 
     #[test]

@@ -48,6 +48,12 @@ fn prove_no_op(test: &Test) {
     );
 }
 
+/// The first run, then one proving the next is a no-op (see [`prove_no_op`]).
+fn run_then_prove_no_op(test: &Test) {
+    test.run().ok();
+    prove_no_op(test);
+}
+
 /// A run answered by the memo: nothing ran, every instance is recorded cached.
 #[track_caller]
 fn assert_answered_by_memo(test: &Test) {
@@ -96,8 +102,7 @@ fn an_unchanged_tree_is_answered_from_stats_and_show_reads_the_record() {
 #[test]
 fn an_edited_input_reruns_its_instance_and_the_reduce() {
     let test = setup();
-    test.run().ok();
-    prove_no_op(&test);
+    run_then_prove_no_op(&test);
     assert_answered_by_memo(&test);
     test.write("in/b.txt", "bravo\n");
     assert_full_run(&test.run());
@@ -108,8 +113,7 @@ fn an_edited_input_reruns_its_instance_and_the_reduce() {
 #[test]
 fn after_an_edit_only_the_affected_instances_are_looked_at_again() {
     let test = setup();
-    test.run().ok();
-    prove_no_op(&test);
+    run_then_prove_no_op(&test);
     test.write("in/b.txt", "bravo\n");
     let out = test.run();
     assert_full_run(&out);
@@ -138,8 +142,7 @@ fn after_an_edit_only_the_affected_instances_are_looked_at_again() {
 #[test]
 fn a_touched_input_goes_through_the_full_run_and_reruns_nothing() {
     let test = setup();
-    test.run().ok();
-    prove_no_op(&test);
+    run_then_prove_no_op(&test);
     let file = std::fs::File::options()
         .append(true)
         .open(test.path("in/a.txt"))
@@ -173,8 +176,7 @@ fn file_with_future_mtime(test: &Test, path: &str, content: &str) {
 #[test]
 fn a_new_file_in_a_walked_directory_is_a_new_instance() {
     let test = setup();
-    test.run().ok();
-    prove_no_op(&test);
+    run_then_prove_no_op(&test);
     test.write("in/d.txt", "delta\n");
     assert_full_run(&test.run());
     assert_eq!((test.count("each"), test.count("all")), (4, 2));
@@ -186,8 +188,7 @@ fn files_below_a_directory_a_glob_lists_only_directly_do_not_count() {
     // `in/*.txt` matches only files directly in `in/`: its subdirectories
     // are not walked, so what changes in them changes nothing.
     let test = setup().file("in/sub/deep.txt", "deep\n");
-    test.run().ok();
-    prove_no_op(&test);
+    run_then_prove_no_op(&test);
     assert_answered_by_memo(&test);
     test.write("in/sub/new.txt", "new\n");
     test.write("in/sub/deeper/x.txt", "x\n");
@@ -201,8 +202,7 @@ fn files_below_a_directory_a_glob_lists_only_directly_do_not_count() {
 #[test]
 fn an_edited_gitignore_changes_what_the_walk_finds() {
     let test = setup().file("in/.gitignore", "# nothing\n");
-    test.run().ok();
-    prove_no_op(&test);
+    run_then_prove_no_op(&test);
     assert_answered_by_memo(&test);
     // Same directory entries, new content: only the ignore file's stat shows it.
     test.write("in/.gitignore", "c.txt\n");
@@ -215,8 +215,7 @@ fn an_edited_gitignore_changes_what_the_walk_finds() {
 #[test]
 fn a_deleted_output_is_restored_by_the_full_run() {
     let test = setup();
-    test.run().ok();
-    prove_no_op(&test);
+    run_then_prove_no_op(&test);
     std::fs::remove_file(test.path("out/a.txt")).expect("remove output");
     assert_full_run(&test.run());
     assert_eq!(test.read("out/a.txt"), "ALPHA\n");
@@ -230,8 +229,7 @@ fn a_deleted_output_is_restored_by_the_full_run() {
 #[test]
 fn other_arguments_an_edited_workflow_and_a_cleared_cache_are_not_answered_by_the_memo() {
     let test = setup();
-    test.run().ok();
-    prove_no_op(&test);
+    run_then_prove_no_op(&test);
     // Another context: `--var` is part of it.
     assert_full_run(&test.run_args(&["run", "memo", "--var", "x=1"]));
     // `--no-cache` and `--rerun` always run.
@@ -282,8 +280,7 @@ fn a_failed_or_non_cached_run_leaves_no_memo() {
 #[test]
 fn back_to_back_edits_stay_on_the_memos_changed_path() {
     let test = setup().env("CCFLOW_LOG", "debug");
-    test.run().ok();
-    prove_no_op(&test);
+    run_then_prove_no_op(&test);
     for (round, word) in ["bravo", "BRAVE", "brava", "bravo"].iter().enumerate() {
         test.write("in/b.txt", &format!("{word}\n"));
         let out = test.run();
@@ -380,8 +377,7 @@ fn records_prepared_while_a_reduce_runs_are_what_the_memo_answers_with() {
         .file("in/c.txt", "gamma\n")
         .env("CCFLOW_LOG", "debug")
         .args(["run", "memo"]);
-    test.run().ok();
-    prove_no_op(&test);
+    run_then_prove_no_op(&test);
     test.write("in/b.txt", "bravo\n");
     let out = test.run();
     assert_full_run(&out);
@@ -526,8 +522,7 @@ tasks:
 #[test]
 fn a_damaged_memo_or_side_file_is_a_full_run_that_writes_a_good_one() {
     let test = setup();
-    test.run().ok();
-    prove_no_op(&test);
+    run_then_prove_no_op(&test);
     assert_answered_by_memo(&test);
     let memo_dir = test.path(".ccflow/memo");
     let memo = std::fs::read_dir(&memo_dir)
