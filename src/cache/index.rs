@@ -17,6 +17,19 @@
 //! One index belongs to one repository root; `hash_file` is called from many
 //! tokio tasks at once, so entries live in mutex-guarded shards and no lock
 //! is held while a file is read.
+//!
+//! # The file
+//!
+//! A base (every entry, checksummed) followed by a journal: each save that
+//! changed a few entries appends one checksummed batch of them (a change
+//! run over 1,000 files hashes two or three: ~300 bytes appended instead
+//! of the whole 185 KB file rewritten through a temp file). Loading applies
+//! the batches in order; a torn or damaged batch ends the journal there and
+//! the next save rewrites the whole file. The journal is folded into a new
+//! base once it outgrows a fraction of the base. Processes sharing the
+//! index append whole batches (`O_APPEND`, one `write` each); a batch lost
+//! to another process's rewrite costs only hashing again, since an entry
+//! is used only while its file's stat still matches.
 
 use std::collections::HashMap;
 use std::io::{self, Read};
@@ -28,7 +41,14 @@ use super::fsutil;
 use super::CacheError;
 
 /// File magic and format version of the index file.
-const MAGIC: &[u8; 8] = b"CCFIDX\0\x01";
+const MAGIC: &[u8; 8] = b"CCFIDX\0\x02";
+/// The magic of the format before the journal: read as no index.
+const MAGIC_V1: &[u8; 8] = b"CCFIDX\0\x01";
+/// Length of a journal batch's checksum (a truncated BLAKE3).
+const BATCH_CHECKSUM: usize = 16;
+/// The journal is folded into a new base once it is larger than this, or
+/// than half the base if that is larger.
+const JOURNAL_MIN_LIMIT: u64 = 64 * 1024;
 const SHARDS: usize = 32;
 /// Fixed part of an encoded entry after the path: size, mtime, ctime, ino,
 /// dev (8 bytes each), mode (4), flags (1), hash (32).
@@ -64,6 +84,16 @@ pub struct StatIndex {
     shards: Vec<Mutex<Shard>>,
     dirty: AtomicBool,
     files_read: AtomicU64,
+    /// The entries changed since the last load or save (`None`: removed),
+    /// in order: what the next save appends.
+    changes: Mutex<Vec<(String, Option<IndexEntry>)>>,
+    /// The next save rewrites the whole file (none yet, damaged, or its
+    /// journal too long).
+    rewrite: AtomicBool,
+    /// Bytes of the base and of the journal in the file as loaded or last
+    /// saved.
+    base_len: AtomicU64,
+    journal_len: AtomicU64,
 }
 
 impl StatIndex {
@@ -75,6 +105,10 @@ impl StatIndex {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             dirty: AtomicBool::new(false),
             files_read: AtomicU64::new(0),
+            changes: Mutex::new(Vec::new()),
+            rewrite: AtomicBool::new(true),
+            base_len: AtomicU64::new(0),
+            journal_len: AtomicU64::new(0),
         };
         let (bytes, written_ns) = match fs_err::File::open(path) {
             Ok(mut file) => {
@@ -86,15 +120,42 @@ impl StatIndex {
             Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(index),
             Err(error) => return Err(error.into()),
         };
+        if bytes.starts_with(MAGIC_V1) {
+            tracing::debug!("file-hash index `{}` is of an older format", path.display());
+            index.dirty.store(true, Ordering::Relaxed);
+            return Ok(index);
+        }
         match decode(&bytes) {
-            Some(entries) => {
-                for (rel, mut entry) in entries {
-                    // Git's racy rule: a file stamped in the same tick as the
-                    // index write (or later) may have changed after hashing.
-                    if entry.stat.mtime_ns >= written_ns {
-                        entry.trusted = false;
+            Some(decoded) => {
+                for (rel, entry) in decoded.entries {
+                    match entry {
+                        Some(mut entry) => {
+                            // Git's racy rule: a file stamped in the same
+                            // tick as the index write (or later) may have
+                            // changed after hashing.
+                            if entry.stat.mtime_ns >= written_ns {
+                                entry.trusted = false;
+                            }
+                            index.shard(&rel).insert(rel, entry);
+                        }
+                        None => {
+                            index.shard(&rel).remove(&rel);
+                        }
                     }
-                    index.shard(&rel).insert(rel, entry);
+                }
+                index.base_len.store(decoded.base_len, Ordering::Relaxed);
+                index
+                    .journal_len
+                    .store(decoded.journal_len, Ordering::Relaxed);
+                if decoded.torn {
+                    // Appending after damage would hide every later batch.
+                    tracing::debug!(
+                        "file-hash index `{}` ends in a damaged batch; it will be rewritten",
+                        path.display()
+                    );
+                    index.dirty.store(true, Ordering::Relaxed);
+                } else {
+                    index.rewrite.store(false, Ordering::Relaxed);
                 }
             }
             None => {
@@ -148,7 +209,7 @@ impl StatIndex {
                 crate::memo::absent(&path);
                 if error.kind() == io::ErrorKind::NotFound && self.shard(rel).remove(rel).is_some()
                 {
-                    self.dirty.store(true, Ordering::Relaxed);
+                    self.changed(rel, None);
                 }
                 return Err(error.into());
             }
@@ -191,7 +252,7 @@ impl StatIndex {
         };
         if cached != Some(entry) {
             self.shard(rel).insert(rel.to_owned(), entry);
-            self.dirty.store(true, Ordering::Relaxed);
+            self.changed(rel, Some(entry));
         }
         // With the stat from before the read: a file that changed while it
         // was read no longer matches it.
@@ -199,24 +260,65 @@ impl StatIndex {
         Ok(Some(file_hash(&entry)))
     }
 
-    /// Writes the index atomically (temp file + rename). Does nothing when
-    /// no entry changed since it was loaded or last saved.
+    /// Notes a change for the next save (after the shard holds it).
+    fn changed(&self, rel: &str, entry: Option<IndexEntry>) {
+        lock(&self.changes).push((rel.to_owned(), entry));
+        self.dirty.store(true, Ordering::Relaxed);
+    }
+
+    /// Saves what changed since the index was loaded or last saved: one
+    /// batch appended to the journal, or the whole file rewritten
+    /// atomically (temp file + rename) when there is none yet, it is
+    /// damaged, or the journal has grown too long. Does nothing when no
+    /// entry changed.
     pub fn save(&self) -> Result<(), CacheError> {
         // Cleared before encoding, so a hash recorded concurrently sets it
         // again and is written by the next save.
         if !self.dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
-        let result = self.write();
+        let changes = std::mem::take(&mut *lock(&self.changes));
+        if changes.is_empty() && !self.rewrite.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let batch = encode_batch(&changes);
+        let limit = (self.base_len.load(Ordering::Relaxed) / 2).max(JOURNAL_MIN_LIMIT);
+        let journal_len = self.journal_len.load(Ordering::Relaxed);
+        let result =
+            if self.rewrite.load(Ordering::Relaxed) || journal_len + batch.len() as u64 > limit {
+                self.write()
+            } else {
+                self.append(&batch)
+            };
         if result.is_err() {
+            // Whatever reached the file, the next save writes it all.
+            self.rewrite.store(true, Ordering::Relaxed);
             self.dirty.store(true, Ordering::Relaxed);
         }
         result
     }
 
+    /// Appends one batch to the file, which must exist (a rewrite may have
+    /// replaced it since: the batch then goes to the new file, which is
+    /// as good).
+    fn append(&self, batch: &[u8]) -> Result<(), CacheError> {
+        use std::io::Write as _;
+        let mut file = match fs_err::OpenOptions::new().append(true).open(&self.path) {
+            Ok(file) => file,
+            // Removed since (`ccflow cache clear`): a new one.
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return self.write(),
+            Err(error) => return Err(error.into()),
+        };
+        file.write_all(batch)?;
+        self.journal_len
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
     fn write(&self) -> Result<(), CacheError> {
         let mut bytes = Vec::with_capacity(16 + self.len() * (FIXED_LEN + 40) + 32);
         bytes.extend_from_slice(MAGIC);
+        bytes.extend_from_slice(&0u64.to_le_bytes());
         let count_at = bytes.len();
         bytes.extend_from_slice(&0u32.to_le_bytes());
         let mut count = 0u32;
@@ -233,6 +335,8 @@ impl StatIndex {
             }
         }
         bytes[count_at..count_at + 4].copy_from_slice(&count.to_le_bytes());
+        let body_len = (bytes.len() - count_at) as u64;
+        bytes[MAGIC.len()..count_at].copy_from_slice(&body_len.to_le_bytes());
         let checksum = blake3::hash(&bytes);
         bytes.extend_from_slice(checksum.as_bytes());
 
@@ -242,6 +346,9 @@ impl StatIndex {
         };
         fs_err::create_dir_all(&dir)?;
         fsutil::write_atomic(&dir, &self.path, &bytes)?;
+        self.rewrite.store(false, Ordering::Relaxed);
+        self.base_len.store(bytes.len() as u64, Ordering::Relaxed);
+        self.journal_len.store(0, Ordering::Relaxed);
         Ok(())
     }
 
@@ -302,43 +409,115 @@ fn encode_entry(bytes: &mut Vec<u8>, entry: &IndexEntry) {
     bytes.extend_from_slice(&entry.hash);
 }
 
-/// Decodes an index file; `None` when it is not a complete, intact index.
-fn decode(bytes: &[u8]) -> Option<Vec<(String, IndexEntry)>> {
-    let body_len = bytes.len().checked_sub(32)?;
-    let (body, checksum) = bytes.split_at(body_len);
-    if blake3::hash(body).as_bytes() != checksum {
-        return None;
+/// One batch of the journal: its length, the changes, and a checksum of
+/// both (see [`decode_batch`]).
+fn encode_batch(changes: &[(String, Option<IndexEntry>)]) -> Vec<u8> {
+    let mut bytes = vec![0; 8];
+    let mut count = 0u32;
+    for (rel, entry) in changes {
+        let Ok(path_len) = u32::try_from(rel.len()) else {
+            continue;
+        };
+        bytes.push(u8::from(entry.is_some()));
+        bytes.extend_from_slice(&path_len.to_le_bytes());
+        bytes.extend_from_slice(rel.as_bytes());
+        if let Some(entry) = entry {
+            encode_entry(&mut bytes, entry);
+        }
+        count += 1;
     }
-    let mut reader = Reader { bytes: body };
+    let body_len = u32::try_from(bytes.len() - 4).unwrap_or(u32::MAX);
+    bytes[..4].copy_from_slice(&body_len.to_le_bytes());
+    bytes[4..8].copy_from_slice(&count.to_le_bytes());
+    let checksum = blake3::hash(&bytes);
+    bytes.extend_from_slice(&checksum.as_bytes()[..BATCH_CHECKSUM]);
+    bytes
+}
+
+/// An index file read: every entry of the base, then every change of the
+/// journal in order (`None`: removed).
+struct Decoded {
+    entries: Vec<(String, Option<IndexEntry>)>,
+    base_len: u64,
+    journal_len: u64,
+    /// The journal ends in bytes that are not a whole, intact batch.
+    torn: bool,
+}
+
+/// Decodes an index file; `None` when its base is not complete and intact
+/// (a damaged journal batch only ends the journal).
+fn decode(bytes: &[u8]) -> Option<Decoded> {
+    let mut reader = Reader { bytes };
     if reader.take(MAGIC.len())? != MAGIC {
         return None;
     }
-    let count = reader.u32()?;
-    // Never trust a count for an allocation beyond what the bytes can hold.
-    let mut entries = Vec::with_capacity(usize::try_from(count).ok()?.min(body.len() / FIXED_LEN));
-    for _ in 0..count {
-        let path_len = usize::try_from(reader.u32()?).ok()?;
-        let rel = std::str::from_utf8(reader.take(path_len)?).ok()?.to_owned();
-        let stat = Stat {
-            size: reader.u64()?,
-            mtime_ns: reader.i64()?,
-            ctime_ns: reader.i64()?,
-            ino: reader.u64()?,
-            dev: reader.u64()?,
-            mode: reader.u32()?,
-        };
-        let trusted = reader.take(1)?[0] == 1;
-        let hash: [u8; 32] = reader.take(32)?.try_into().ok()?;
-        entries.push((
-            rel,
-            IndexEntry {
-                stat,
-                hash,
-                trusted,
-            },
-        ));
+    let body_len = usize::try_from(reader.u64()?).ok()?;
+    let base_len = (MAGIC.len() + 8).checked_add(body_len)?;
+    let (base, checksum) = bytes
+        .get(..base_len)
+        .zip(bytes.get(base_len..base_len.checked_add(32)?))?;
+    if blake3::hash(base).as_bytes() != checksum {
+        return None;
     }
-    reader.bytes.is_empty().then_some(entries)
+    let mut body = Reader {
+        bytes: &base[MAGIC.len() + 8..],
+    };
+    let count = body.u32()?;
+    // Never trust a count for an allocation beyond what the bytes can hold.
+    let mut entries = Vec::with_capacity(usize::try_from(count).ok()?.min(body_len / FIXED_LEN));
+    for _ in 0..count {
+        let rel = body.path()?;
+        entries.push((rel, Some(body.entry()?)));
+    }
+    if !body.bytes.is_empty() {
+        return None;
+    }
+    let mut journal = Reader {
+        bytes: &bytes[base_len + 32..],
+    };
+    let journal_len = journal.bytes.len() as u64;
+    let mut torn = false;
+    while !journal.bytes.is_empty() {
+        if decode_batch(&mut journal, &mut entries).is_none() {
+            torn = true;
+            break;
+        }
+    }
+    Some(Decoded {
+        entries,
+        base_len: (base_len + 32) as u64,
+        journal_len,
+        torn,
+    })
+}
+
+/// Reads one batch into `entries`; `None`, adding nothing, when it is not
+/// whole and intact.
+fn decode_batch(
+    journal: &mut Reader<'_>,
+    entries: &mut Vec<(String, Option<IndexEntry>)>,
+) -> Option<()> {
+    let start = journal.bytes;
+    let body_len = usize::try_from(journal.u32()?).ok()?;
+    let body = journal.take(body_len)?;
+    let checksum = journal.take(BATCH_CHECKSUM)?;
+    if blake3::hash(&start[..4 + body_len]).as_bytes()[..BATCH_CHECKSUM] != *checksum {
+        return None;
+    }
+    let mut body = Reader { bytes: body };
+    let count = body.u32()?;
+    let mut changes = Vec::new();
+    for _ in 0..count {
+        let present = body.take(1)?[0] == 1;
+        let rel = body.path()?;
+        let entry = if present { Some(body.entry()?) } else { None };
+        changes.push((rel, entry));
+    }
+    if !body.bytes.is_empty() {
+        return None;
+    }
+    entries.extend(changes);
+    Some(())
 }
 
 /// A cursor over little-endian fields; every read is bounds-checked.
@@ -366,6 +545,29 @@ impl<'a> Reader<'a> {
 
     fn i64(&mut self) -> Option<i64> {
         Some(i64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+
+    fn path(&mut self) -> Option<String> {
+        let path_len = usize::try_from(self.u32()?).ok()?;
+        Some(std::str::from_utf8(self.take(path_len)?).ok()?.to_owned())
+    }
+
+    fn entry(&mut self) -> Option<IndexEntry> {
+        let stat = Stat {
+            size: self.u64()?,
+            mtime_ns: self.i64()?,
+            ctime_ns: self.i64()?,
+            ino: self.u64()?,
+            dev: self.u64()?,
+            mode: self.u32()?,
+        };
+        let trusted = self.take(1)?[0] == 1;
+        let hash: [u8; 32] = self.take(32)?.try_into().ok()?;
+        Some(IndexEntry {
+            stat,
+            hash,
+            trusted,
+        })
     }
 }
 

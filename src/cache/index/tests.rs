@@ -255,3 +255,187 @@ fn measure_unchanged_tree() {
         save
     );
 }
+
+/// What a reload of `index_path` holds: `rel` -> content hash.
+fn hashes_in(index_path: &Path) -> std::collections::BTreeMap<String, String> {
+    let bytes = std::fs::read(index_path).expect("read index");
+    decode(&bytes)
+        .expect("an intact base")
+        .entries
+        .into_iter()
+        .fold(
+            std::collections::BTreeMap::new(),
+            |mut map, (rel, entry)| {
+                match entry {
+                    Some(entry) => map.insert(
+                        rel,
+                        blake3::Hash::from_bytes(entry.hash).to_hex().to_string(),
+                    ),
+                    None => map.remove(&rel),
+                };
+                map
+            },
+        )
+}
+
+#[test]
+fn a_save_of_a_few_changes_appends_them_and_a_reload_applies_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let index_path = dir.path().join("index");
+    for n in 0..100 {
+        write_old(dir.path(), &format!("f{n}.txt"), &format!("content {n}"));
+    }
+    let index = StatIndex::open(&index_path).expect("open");
+    for n in 0..100 {
+        index
+            .hash_file(dir.path(), &format!("f{n}.txt"))
+            .expect("hash");
+    }
+    index.save().expect("save");
+    let base = std::fs::read(&index_path).expect("read");
+
+    // One file edited, one removed, one added: three entries appended,
+    // the base left as it was.
+    let index = StatIndex::open(&index_path).expect("reopen");
+    write_old(dir.path(), "f3.txt", "edited");
+    std::fs::remove_file(dir.path().join("f4.txt")).expect("rm");
+    write_old(dir.path(), "new.txt", "new");
+    for rel in ["f3.txt", "new.txt", "f5.txt"] {
+        index.hash_file(dir.path(), rel).expect("hash");
+    }
+    index.hash_file(dir.path(), "f4.txt").expect_err("removed");
+    index.save().expect("save");
+    let after = std::fs::read(&index_path).expect("read");
+    assert!(after.starts_with(&base), "the base was rewritten");
+    let appended = after.len() - base.len();
+    assert!(
+        appended < 400,
+        "{appended} bytes appended for three changes"
+    );
+
+    let hashes = hashes_in(&index_path);
+    assert_eq!(hashes.len(), 100);
+    assert_eq!(
+        hashes["f3.txt"],
+        blake3::hash(b"edited").to_hex().to_string()
+    );
+    assert_eq!(hashes["new.txt"], blake3::hash(b"new").to_hex().to_string());
+    assert!(!hashes.contains_key("f4.txt"));
+    // And the reloaded index answers from its stats alone.
+    let reloaded = StatIndex::open(&index_path).expect("reopen");
+    for rel in ["f3.txt", "new.txt", "f50.txt"] {
+        reloaded.hash_file(dir.path(), rel).expect("hash");
+    }
+    assert_eq!(reloaded.files_read(), 0);
+}
+
+#[test]
+fn a_torn_batch_ends_the_journal_and_the_next_save_rewrites_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let index_path = dir.path().join("index");
+    for rel in ["a.txt", "b.txt", "c.txt"] {
+        write_old(dir.path(), rel, rel);
+    }
+    let index = StatIndex::open(&index_path).expect("open");
+    index.hash_file(dir.path(), "a.txt").expect("hash");
+    index.save().expect("save");
+    let index = StatIndex::open(&index_path).expect("reopen");
+    index.hash_file(dir.path(), "b.txt").expect("hash");
+    index.save().expect("save");
+    let whole = std::fs::read(&index_path).expect("read");
+    let index = StatIndex::open(&index_path).expect("reopen");
+    index.hash_file(dir.path(), "c.txt").expect("hash");
+    index.save().expect("save");
+    let with_c = std::fs::read(&index_path).expect("read");
+
+    // Killed while appending `c.txt`'s batch: the journal ends before it.
+    for cut in [1, 20, with_c.len() - whole.len() - 1] {
+        std::fs::write(&index_path, &with_c[..whole.len() + cut]).expect("write");
+        let loaded = StatIndex::open(&index_path).expect("open torn");
+        assert_eq!(loaded.len(), 2, "cut {cut}: a.txt and b.txt");
+        // One flipped bit in a batch: the same.
+        let mut flipped = with_c.clone();
+        flipped[whole.len() + cut] ^= 0x10;
+        std::fs::write(&index_path, &flipped).expect("write");
+        assert_eq!(
+            StatIndex::open(&index_path).expect("open").len(),
+            2,
+            "cut {cut}"
+        );
+    }
+    // The next save does not append after the damage (a later batch would
+    // never be read): it rewrites the file, which then reads whole.
+    std::fs::write(&index_path, &with_c[..whole.len() + 20]).expect("write");
+    let loaded = StatIndex::open(&index_path).expect("open torn");
+    loaded.hash_file(dir.path(), "c.txt").expect("hash");
+    loaded.save().expect("save");
+    let bytes = std::fs::read(&index_path).expect("read");
+    let decoded = decode(&bytes).expect("intact");
+    assert!(!decoded.torn);
+    assert_eq!(decoded.journal_len, 0, "rewritten as a base");
+    assert_eq!(hashes_in(&index_path).len(), 3);
+}
+
+#[test]
+fn a_long_journal_is_folded_into_a_new_base() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let index_path = dir.path().join("index");
+    write_old(dir.path(), "a.txt", "a");
+    let index = StatIndex::open(&index_path).expect("open");
+    index.hash_file(dir.path(), "a.txt").expect("hash");
+    index.save().expect("save");
+    // Changes worth more than the journal's limit in one save: a new base.
+    let many = usize::try_from(JOURNAL_MIN_LIMIT).unwrap() / FIXED_LEN + 10;
+    for n in 0..many {
+        write_old(dir.path(), &format!("f{n}"), &n.to_string());
+    }
+    let index = StatIndex::open(&index_path).expect("reopen");
+    for n in 0..many {
+        index.hash_file(dir.path(), &format!("f{n}")).expect("hash");
+    }
+    index.save().expect("save");
+    let decoded = decode(&std::fs::read(&index_path).expect("read")).expect("intact");
+    assert_eq!(decoded.journal_len, 0);
+    assert_eq!(decoded.entries.len(), many + 1);
+}
+
+#[test]
+fn two_indexes_on_one_file_both_keep_what_they_saved() {
+    // Two ccflow processes sharing a state directory.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let index_path = dir.path().join("index");
+    for rel in ["a.txt", "b.txt", "c.txt"] {
+        write_old(dir.path(), rel, rel);
+    }
+    let first = StatIndex::open(&index_path).expect("open");
+    first.hash_file(dir.path(), "a.txt").expect("hash");
+    first.save().expect("save");
+    let one = StatIndex::open(&index_path).expect("open");
+    let two = StatIndex::open(&index_path).expect("open");
+    one.hash_file(dir.path(), "b.txt").expect("hash");
+    two.hash_file(dir.path(), "c.txt").expect("hash");
+    one.save().expect("save");
+    two.save().expect("save");
+    let hashes = hashes_in(&index_path);
+    assert_eq!(
+        hashes.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["a.txt", "b.txt", "c.txt"]
+    );
+}
+
+#[test]
+fn an_index_of_the_format_before_the_journal_is_read_as_none() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let index_path = dir.path().join("index");
+    let mut old = MAGIC_V1.to_vec();
+    old.extend_from_slice(&0u32.to_le_bytes());
+    let checksum = blake3::hash(&old);
+    old.extend_from_slice(checksum.as_bytes());
+    std::fs::write(&index_path, &old).expect("write");
+    write_old(dir.path(), "a.txt", "a");
+    let index = StatIndex::open(&index_path).expect("open");
+    assert!(index.is_empty());
+    index.hash_file(dir.path(), "a.txt").expect("hash");
+    index.save().expect("save");
+    assert_eq!(hashes_in(&index_path).len(), 1);
+}
