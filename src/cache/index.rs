@@ -288,7 +288,9 @@ impl StatIndex {
             if self.rewrite.load(Ordering::Relaxed) || journal_len + batch.len() as u64 > limit {
                 self.write()
             } else {
-                self.append(&batch)
+                // A file that takes no appends (read-only, say) can still
+                // be replaced, as every save did before the journal.
+                self.append(&batch).or_else(|_| self.write())
             };
         if result.is_err() {
             // Whatever reached the file, the next save writes it all.
