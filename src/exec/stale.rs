@@ -312,6 +312,23 @@ mod tests {
         };
         let mut orphan = spawn("dead-run");
         let mut kept = spawn("live-run");
+        // A spawn returns once the child has begun its exec, but the kernel
+        // sets up the new environment a moment later: until then its
+        // `/proc/PID/environ` reads empty (seen under the full test suite's
+        // load). Orphans of a dead run have long finished their exec.
+        for child in [&orphan, &kept] {
+            let environ = format!("/proc/{}/environ", child.id());
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !std::fs::read(&environ)
+                .is_ok_and(|env| env.windows(14).any(|w| w == b"CCFLOW_RUN_ID="))
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{environ} never showed the run id"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
         let killed = kill_orphans_of_dead_runs(state.path(), "current");
         assert!(killed >= 1);
         let status = orphan.wait().unwrap();
