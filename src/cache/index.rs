@@ -288,8 +288,8 @@ impl StatIndex {
             if self.rewrite.load(Ordering::Relaxed) || journal_len + batch.len() as u64 > limit {
                 self.write()
             } else {
-                // A file that takes no appends (read-only, say) can still
-                // be replaced, as every save did before the journal.
+                // A file that takes no appends (gone, or read-only) can
+                // still be replaced, as every save did before the journal.
                 self.append(&batch).or_else(|_| self.write())
             };
         if result.is_err() {
@@ -302,15 +302,10 @@ impl StatIndex {
 
     /// Appends one batch to the file, which must exist (a rewrite may have
     /// replaced it since: the batch then goes to the new file, which is
-    /// as good).
+    /// as good; [`StatIndex::save`] writes a new one when it is gone).
     fn append(&self, batch: &[u8]) -> Result<(), CacheError> {
         use std::io::Write as _;
-        let mut file = match fs_err::OpenOptions::new().append(true).open(&self.path) {
-            Ok(file) => file,
-            // Removed since (`ccflow cache clear`): a new one.
-            Err(error) if error.kind() == io::ErrorKind::NotFound => return self.write(),
-            Err(error) => return Err(error.into()),
-        };
+        let mut file = fs_err::OpenOptions::new().append(true).open(&self.path)?;
         file.write_all(batch)?;
         self.journal_len
             .fetch_add(batch.len() as u64, Ordering::Relaxed);

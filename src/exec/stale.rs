@@ -316,11 +316,12 @@ mod tests {
         // sets up the new environment a moment later: until then its
         // `/proc/PID/environ` reads empty (seen under the full test suite's
         // load). Orphans of a dead run have long finished their exec.
+        let needle = b"CCFLOW_RUN_ID=";
         for child in [&orphan, &kept] {
             let environ = format!("/proc/{}/environ", child.id());
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
             while !std::fs::read(&environ)
-                .is_ok_and(|env| env.windows(14).any(|w| w == b"CCFLOW_RUN_ID="))
+                .is_ok_and(|env| env.windows(needle.len()).any(|w| w == needle))
             {
                 assert!(
                     std::time::Instant::now() < deadline,

@@ -278,6 +278,16 @@ fn hashes_in(index_path: &Path) -> std::collections::BTreeMap<String, String> {
         )
 }
 
+/// One run's worth of hashing: opens the index at `index_path`, hashes
+/// `rels` under `root`, saves.
+fn hash_and_save(index_path: &Path, root: &Path, rels: &[&str]) {
+    let index = StatIndex::open(index_path).expect("open");
+    for rel in rels {
+        index.hash_file(root, rel).expect("hash");
+    }
+    index.save().expect("save");
+}
+
 #[test]
 fn a_save_of_a_few_changes_appends_them_and_a_reload_applies_them() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -336,16 +346,10 @@ fn a_torn_batch_ends_the_journal_and_the_next_save_rewrites_the_file() {
     for rel in ["a.txt", "b.txt", "c.txt"] {
         write_old(dir.path(), rel, rel);
     }
-    let index = StatIndex::open(&index_path).expect("open");
-    index.hash_file(dir.path(), "a.txt").expect("hash");
-    index.save().expect("save");
-    let index = StatIndex::open(&index_path).expect("reopen");
-    index.hash_file(dir.path(), "b.txt").expect("hash");
-    index.save().expect("save");
+    hash_and_save(&index_path, dir.path(), &["a.txt"]);
+    hash_and_save(&index_path, dir.path(), &["b.txt"]);
     let whole = std::fs::read(&index_path).expect("read");
-    let index = StatIndex::open(&index_path).expect("reopen");
-    index.hash_file(dir.path(), "c.txt").expect("hash");
-    index.save().expect("save");
+    hash_and_save(&index_path, dir.path(), &["c.txt"]);
     let with_c = std::fs::read(&index_path).expect("read");
 
     // Killed while appending `c.txt`'s batch: the journal ends before it.
@@ -381,19 +385,15 @@ fn a_long_journal_is_folded_into_a_new_base() {
     let dir = tempfile::tempdir().expect("tempdir");
     let index_path = dir.path().join("index");
     write_old(dir.path(), "a.txt", "a");
-    let index = StatIndex::open(&index_path).expect("open");
-    index.hash_file(dir.path(), "a.txt").expect("hash");
-    index.save().expect("save");
+    hash_and_save(&index_path, dir.path(), &["a.txt"]);
     // Changes worth more than the journal's limit in one save: a new base.
     let many = usize::try_from(JOURNAL_MIN_LIMIT).unwrap() / FIXED_LEN + 10;
     for n in 0..many {
         write_old(dir.path(), &format!("f{n}"), &n.to_string());
     }
-    let index = StatIndex::open(&index_path).expect("reopen");
-    for n in 0..many {
-        index.hash_file(dir.path(), &format!("f{n}")).expect("hash");
-    }
-    index.save().expect("save");
+    let names: Vec<String> = (0..many).map(|n| format!("f{n}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    hash_and_save(&index_path, dir.path(), &names);
     let decoded = decode(&std::fs::read(&index_path).expect("read")).expect("intact");
     assert_eq!(decoded.journal_len, 0);
     assert_eq!(decoded.entries.len(), many + 1);
@@ -407,9 +407,7 @@ fn two_indexes_on_one_file_both_keep_what_they_saved() {
     for rel in ["a.txt", "b.txt", "c.txt"] {
         write_old(dir.path(), rel, rel);
     }
-    let first = StatIndex::open(&index_path).expect("open");
-    first.hash_file(dir.path(), "a.txt").expect("hash");
-    first.save().expect("save");
+    hash_and_save(&index_path, dir.path(), &["a.txt"]);
     let one = StatIndex::open(&index_path).expect("open");
     let two = StatIndex::open(&index_path).expect("open");
     one.hash_file(dir.path(), "b.txt").expect("hash");
