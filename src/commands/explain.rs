@@ -136,6 +136,21 @@ pub fn run(args: &ExplainArgs, ctx: &Ctx) -> CommandResult {
         );
         return Ok(ExitStatus::Success);
     }
+    // An older entry (an input edited back), or for a task whose outputs
+    // are its inputs, the entry that restores the deleted ones.
+    let key_hash = key.hash();
+    if let Ok(Some(entry)) =
+        crate::exec::instance::lookup_instance(&store, &key, &key_hash, &rendered)
+    {
+        crate::outln!(
+            "`{}` is cached: an earlier run left a result for its current inputs ({}); \
+             a run restores its {} output(s) from it",
+            instance.id,
+            &key_hash.to_string()[..12],
+            entry.outputs.len()
+        );
+        return Ok(ExitStatus::Success);
+    }
     let base = if previous.post_state.is_empty() {
         &previous.key
     } else {

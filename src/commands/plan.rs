@@ -148,7 +148,7 @@ fn annotate(plan: &Plan, ctx: &Ctx) -> format::Annotations {
                 };
                 key.extra.insert("claude_version".into(), version);
             }
-            match store.lookup(&key.hash()) {
+            match crate::exec::instance::lookup_instance(&store, &key, &key.hash(), &rendered) {
                 Ok(Some(entry)) => ("cached".to_owned(), Some(entry.outputs_digest())),
                 _ => ("run".to_owned(), None),
             }

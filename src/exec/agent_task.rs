@@ -543,7 +543,7 @@ pub async fn execute_agent(
         let paths: Vec<String> = patch.paths().iter().map(|p| (*p).to_owned()).collect();
         let transcript2 = transcript.clone();
         // The input globs as the next run will expand them (new files included).
-        let patterns = super::instance::input_patterns(task, &rendered).to_vec();
+        let patterns = super::instance::input_patterns(&rendered).to_vec();
         let saved = tokio::task::spawn_blocking(move || {
             save_agent(
                 &shared2,

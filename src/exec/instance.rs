@@ -319,7 +319,7 @@ pub fn instance_key_within(
     } = *context;
     // Timings only for `CCFLOW_LOG=trace`: this runs once per instance.
     let clock = tracing::enabled!(tracing::Level::TRACE).then(Instant::now);
-    let input_files = paths::expand_seen(root, input_patterns(task, rendered), true)
+    let input_files = paths::expand_seen(root, input_patterns(rendered), true)
         .map_err(|e| format!("cannot expand inputs: {e}"))?;
     let expanded = clock.map(|c| c.elapsed());
     let mut hashes = Vec::with_capacity(input_files.len());
@@ -410,15 +410,54 @@ pub fn instance_key_within(
     Ok(Some((key, inputs)))
 }
 
-/// The globs that make an instance's inputs. Agents read what they edit:
-/// without `inputs`, their outputs are their inputs.
+/// The globs that make an instance's inputs. Without `inputs`, a task's
+/// outputs are its inputs: agents read what they edit, and so does a shell
+/// task like `sed -i {{ item }}`. Keyed without the file, such a task was a
+/// cache hit after a hand edit, and the restore wrote the cached result over
+/// the edit; now the edit changes the key and the task runs on it. A task
+/// that only creates its outputs is still found after its first run, under
+/// the post-state key its entry is saved with.
 #[must_use]
-pub fn input_patterns<'a>(task: &Task, rendered: &'a RenderedInstance) -> &'a [String] {
-    if task.is_agent() && rendered.inputs.is_empty() {
+pub fn input_patterns(rendered: &RenderedInstance) -> &[String] {
+    if rendered.inputs.is_empty() {
         &rendered.outputs
     } else {
         &rendered.inputs
     }
+}
+
+/// The entry an instance's key finds. A task whose outputs are its inputs
+/// (no `inputs:`) and some of whose outputs were deleted is keyed by those
+/// left: when each of them is as the entry of a run that found none left it
+/// (a task that creates its outputs), that entry restores the deleted ones,
+/// as it does when all are deleted. A file that differs (edited by hand, or
+/// by the task itself in place) never matches, so nothing is overwritten.
+///
+/// # Errors
+/// A store that cannot be read.
+pub fn lookup_instance(
+    store: &Store,
+    key: &CacheKey,
+    key_hash: &KeyHash,
+    rendered: &RenderedInstance,
+) -> Result<Option<crate::cache::Entry>, crate::cache::CacheError> {
+    let found = store.lookup(key_hash)?;
+    if found.is_some() || !rendered.inputs.is_empty() || key.inputs.is_empty() {
+        return Ok(found);
+    }
+    let mut none_left = key.clone();
+    none_left.inputs.clear();
+    let Some(entry) = store.lookup(&none_left.hash())? else {
+        return Ok(None);
+    };
+    // Outputs are sorted by path.
+    let intact = key.inputs.iter().all(|(path, hash)| {
+        entry
+            .outputs
+            .binary_search_by(|output| output.path.as_str().cmp(path))
+            .is_ok_and(|i| entry.outputs[i].hash == *hash)
+    });
+    Ok(intact.then_some(entry))
 }
 
 /// The process environment: the caller's basics, declared env, secrets.
@@ -563,7 +602,7 @@ pub async fn execute(shared: Arc<RunShared>, mut job: Job) -> JobResult {
 
     if may_hit {
         if let Some(store) = &shared.store {
-            match store.lookup(&key_hash) {
+            match lookup_instance(store, &key, &key_hash, &rendered) {
                 Ok(Some(entry)) if entry.exit_code == 0 => {
                     // Outputs already in place cost a stat each, here;
                     // writing files goes to the blocking pool, so that
@@ -952,15 +991,34 @@ fn save(
         return Ok(pairs);
     };
     // In-place: outputs that are also inputs changed under the task.
-    let in_place: BTreeMap<String, String> = hashes
+    let mut in_place: BTreeMap<String, String> = hashes
         .iter()
         .filter(|(path, _)| inputs.contains_key(*path))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    // Without `inputs`, the outputs are the inputs (see [`input_patterns`]):
+    // the next run's inputs are the outputs as its expansion will see them,
+    // files this run created included.
+    let outputs_are_inputs = rendered.inputs.is_empty() && !rendered.outputs.is_empty();
+    if outputs_are_inputs {
+        in_place.clear();
+        for (path, _) in paths::expand_seen(&shared.root, &rendered.outputs, true)? {
+            let hash = match hashes.get(&path) {
+                Some(hash) => hash.clone(),
+                None => hash_files(shared, std::slice::from_ref(&path))?
+                    .remove(&path)
+                    .unwrap_or_default(),
+            };
+            in_place.insert(path, hash);
+        }
+    }
     let mut keys = vec![key_hash];
     let mut post_state = BTreeMap::new();
     if !in_place.is_empty() {
         let mut post = key.clone();
+        if outputs_are_inputs {
+            post.inputs.clear();
+        }
         for (path, hash) in &in_place {
             post.inputs.insert(path.clone(), hash.clone());
         }

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-fn has_glob(pattern: &str) -> bool {
+pub(crate) fn has_glob(pattern: &str) -> bool {
     pattern.contains(['*', '?', '[', '{'])
 }
 

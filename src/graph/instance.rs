@@ -52,7 +52,7 @@ impl fmt::Display for InstanceId {
 }
 
 /// What the templates of one instance rendered to.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RenderedInstance {
     /// The shell command (for `run:` tasks).
     #[serde(skip_serializing_if = "Option::is_none")]

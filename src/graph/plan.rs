@@ -121,8 +121,108 @@ impl Plan {
         if !errors.is_empty() {
             return Err(errors);
         }
+        let errors = plan.shared_outputs();
+        if !errors.is_empty() {
+            return Err(errors);
+        }
         plan.compute_depths();
         Ok(plan)
+    }
+
+    /// Two instances that write the same file and may run at the same time
+    /// (neither needs the other) race: one `sed -i` loses the other's edit,
+    /// and the cache keeps whichever finished last. As Bazel and ninja do,
+    /// the plan rejects them. Literal paths only (a glob's matches are only
+    /// known once the tasks have run); identical instances of one task run
+    /// once, so they do not count; unrendered (deferred) instances were
+    /// checked by the run that left the memo deferring them.
+    fn shared_outputs(&self) -> Vec<Diagnostic> {
+        const SHOWN: usize = 20;
+        let mut writers: HashMap<String, NodeIndex, foldhash::fast::FixedState> =
+            HashMap::default();
+        let mut conflicts: Vec<(String, NodeIndex, NodeIndex)> = Vec::new();
+        for node in self.ordered_nodes() {
+            let Some(rendered) = &self.graph[node].rendered else {
+                continue;
+            };
+            if !rendered.enabled {
+                continue;
+            }
+            for output in &rendered.outputs {
+                if crate::exec::paths::has_glob(output) {
+                    continue;
+                }
+                let path = normalize(output);
+                match writers.get(&path) {
+                    None => {
+                        writers.insert(path, node);
+                    }
+                    Some(&other) if other == node => {}
+                    Some(&other) => {
+                        let (a, b) = (&self.graph[other], &self.graph[node]);
+                        let identical = a.task == b.task && a.rendered == b.rendered;
+                        let ordered =
+                            petgraph::algo::has_path_connecting(&self.graph, other, node, None)
+                                || petgraph::algo::has_path_connecting(
+                                    &self.graph,
+                                    node,
+                                    other,
+                                    None,
+                                );
+                        if !identical && !ordered {
+                            conflicts.push((path, other, node));
+                        }
+                    }
+                }
+            }
+        }
+        let total = conflicts.len();
+        let workflow = &self.workflow;
+        let mut errors: Vec<Diagnostic> = conflicts
+            .into_iter()
+            .take(SHOWN)
+            .map(|(path, first, second)| {
+                let (a, b) = (&self.graph[first], &self.graph[second]);
+                let (task_a, task_b) = (&workflow.tasks[a.task].name, &workflow.tasks[b.task].name);
+                let hint = if a.task == b.task {
+                    format!(
+                        "two items of `{task_b}` render the same output; name it after the \
+                         whole item (`{{{{ item }}}}`, or `{{{{ item.dir }}}}/...`), not just its stem"
+                    )
+                } else {
+                    format!(
+                        "make one wait for the other (`needs: [{task_a}]` in `{task_b}`), \
+                         or give them different outputs"
+                    )
+                };
+                let pointer = format!(
+                    "/tasks/{}/outputs",
+                    crate::workflow::yaml::pointer_segment(task_b)
+                );
+                Diagnostic::error(
+                    "shared-output",
+                    format!(
+                        "output `{path}` is written by both `{}` and `{}`, which may run at the same time",
+                        a.id.0, b.id.0
+                    ),
+                )
+                .at(&workflow.file, workflow.spans.key_or_value(&pointer))
+                .with_hint(hint)
+            })
+            .collect();
+        if total > SHOWN {
+            errors.push(
+                Diagnostic::error(
+                    "shared-output",
+                    format!(
+                        "{} more outputs are written by two instances",
+                        total - SHOWN
+                    ),
+                )
+                .in_file(&workflow.file),
+            );
+        }
+        errors
     }
 
     fn needs_context(&self, task_index: usize) -> BTreeMap<String, NeedContext> {
@@ -588,6 +688,14 @@ impl Plan {
 }
 
 /// Every template source of a task.
+/// A repository-relative path in one spelling: `./out//a.txt` is `out/a.txt`.
+fn normalize(path: &str) -> String {
+    path.split('/')
+        .filter(|part| !part.is_empty() && *part != ".")
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 fn task_sources(task: &crate::workflow::Task) -> Vec<&str> {
     let mut sources: Vec<&str> = Vec::new();
     sources.extend(task.condition.as_deref());

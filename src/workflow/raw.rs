@@ -107,7 +107,7 @@ pub struct RawTask {
     /// A template that renders to `true` or `false`; `false` skips the instance.
     #[serde(default, rename = "if")]
     pub condition: Option<Condition>,
-    /// Files the task reads (globs, templated): part of the cache key.
+    /// Files the task reads (globs, templated; default: its outputs): part of the cache key.
     #[serde(default)]
     pub inputs: Option<StringOrList>,
     /// Files the task writes (globs, templated): cached and restored.

@@ -125,3 +125,66 @@ tasks:
     );
     assert_gone(&pids_in(&test, &["pids/shell"]));
 }
+
+/// Two instances writing one file at the same time race (one `sed -i`
+/// loses the other's edit), so the workflow is rejected before anything
+/// runs, at the line of the second writer's `outputs`.
+#[test]
+fn two_instances_writing_one_file_at_once_are_rejected_before_running() {
+    let yaml = r#"version: 1
+name: shared
+tasks:
+  upper:
+    outputs: [notes.txt]
+    run: echo x >> .count/upper && tr a-z A-Z < notes.txt > t && mv t notes.txt
+  number:
+    outputs: ["./notes.txt"]
+    run: echo x >> .count/number && nl notes.txt > t && mv t notes.txt
+  summary:
+    for_each: { files: "src/**/*.rs" }
+    outputs: ["docs/{{ item.stem }}.md"]
+    run: echo x >> .count/summary && mkdir -p docs && echo {{ item }} > docs/{{ item.stem }}.md
+"#;
+    let test = Test::new()
+        .workflow("shared", yaml)
+        .file("notes.txt", "hello\n")
+        .file("src/a/mod.rs", "")
+        .file("src/b/mod.rs", "")
+        .file("src/lib.rs", "");
+    for command in ["run", "validate", "plan"] {
+        let out = test.run_args(&[command, "shared"]);
+        out.expect_code(2);
+        assert!(
+            out.stderr.contains(
+                "output `notes.txt` is written by both `upper` and `number`, \
+                 which may run at the same time"
+            ),
+            "{command}: {}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains("shared.yaml:8:5") && out.stderr.contains("needs: [upper]"),
+            "{command}: {}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains(
+                "output `docs/mod.md` is written by both `summary[src/a/mod.rs]` \
+                 and `summary[src/b/mod.rs]`"
+            ) && out.stderr.contains("not just its stem"),
+            "{command}: {}",
+            out.stderr
+        );
+    }
+    assert_eq!(test.total_count(), 0, "nothing ran");
+    assert_eq!(test.read("notes.txt"), "hello\n");
+    // Ordered by `needs`, the same writers are a pipeline, and items with
+    // distinct outputs are fine.
+    let fixed = yaml
+        .replace("  number:\n", "  number:\n    needs: [upper]\n")
+        .replace("{{ item.stem }}", "{{ item.path | replace('/', '-') }}");
+    test.write(".claudecluster/shared.yaml", &fixed);
+    test.run_args(&["run", "shared"]).ok();
+    assert_eq!(test.read("notes.txt"), "     1\tHELLO\n");
+    assert_eq!(test.count("summary"), 3);
+}

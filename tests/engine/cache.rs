@@ -76,11 +76,76 @@ fn deleted_output_is_restored_from_the_cache_without_running() {
     );
     assert_eq!(test.read("mid.txt"), "HELLO\n");
     assert_eq!(test.read("final.txt"), "HELLO\nHELLO\n");
-    // A changed (not deleted) output is restored too.
+    // A changed (not deleted) output of a task with declared inputs that
+    // do not name it (a generated file) is restored too.
+    test.write("mid.txt", "garbage\n");
+    test.run().ok();
+    assert_eq!(test.read("mid.txt"), "HELLO\n");
+    assert_eq!((test.count("gen"), test.count("use")), (1, 1));
+    // `use` declares no inputs, so its output is its input: an edit there
+    // runs it again rather than restoring over the edit.
     test.write("final.txt", "garbage\n");
     test.run().ok();
     assert_eq!(test.read("final.txt"), "HELLO\nHELLO\n");
-    assert_eq!(test.count("use"), 1);
+    assert_eq!((test.count("gen"), test.count("use")), (1, 2));
+}
+
+/// A shell task without `inputs:` that edits the file it names (`sed -i`)
+/// once lost a hand edit: keyed without the file, the next run was a hit
+/// and the restore wrote the cached result over the edit.
+#[test]
+fn hand_edit_of_an_in_place_output_without_declared_inputs_is_never_overwritten() {
+    let yaml = r#"version: 1
+name: inplace
+tasks:
+  fmt:
+    for_each: { files: "src/*.txt" }
+    outputs: ["{{ item }}"]
+    run: echo x >> .count/{{ item.stem }} && sed -i 's/hello/bye/' {{ item }}
+  gen:
+    outputs: [made.txt]
+    run: echo x >> .count/gen && echo made > made.txt
+"#;
+    let test = Test::new()
+        .workflow("inplace", yaml)
+        .file("src/a.txt", "hello a\n")
+        .file("src/b.txt", "hello b\n")
+        .args(["run", "inplace"]);
+    test.run().ok();
+    assert_eq!(
+        (test.count("a"), test.count("b"), test.count("gen")),
+        (1, 1, 1)
+    );
+    assert_eq!(test.read("src/a.txt"), "bye a\n");
+    test.run().ok();
+    assert_eq!(test.total_count(), 3, "the applied results are up to date");
+    assert_eq!(test.last_run()["counts"]["cached"], 3);
+    // The user's edit stays and the task runs on it.
+    test.write("src/a.txt", "hello again, and keep this line\n");
+    test.run().ok();
+    assert_eq!(test.read("src/a.txt"), "bye again, and keep this line\n");
+    assert_eq!((test.count("a"), test.count("b")), (2, 1));
+    test.run().ok();
+    assert_eq!(test.total_count(), 4);
+    // An edit that needs no change is kept as it is, and is up to date after.
+    test.write("src/b.txt", "already done\n");
+    test.run().ok();
+    assert_eq!(test.read("src/b.txt"), "already done\n");
+    assert_eq!(test.count("b"), 2);
+    // A created output, deleted, is still restored without running.
+    std::fs::remove_file(test.path("made.txt")).expect("rm");
+    test.run().ok();
+    assert_eq!(test.read("made.txt"), "made\n");
+    assert_eq!(test.count("gen"), 1);
+    test.run().ok();
+    assert_eq!(test.total_count(), 5, "nothing ran");
+    let out = test.run_args(&["explain", "inplace", "fmt[src/a.txt]"]);
+    out.ok();
+    assert!(out.stdout.contains("up to date"), "{}", out.stdout);
+    test.write("src/a.txt", "edited\n");
+    let out = test.run_args(&["explain", "inplace", "fmt[src/a.txt]"]);
+    out.ok();
+    assert!(out.stdout.contains("`src/a.txt`"), "{}", out.stdout);
 }
 
 #[test]
@@ -487,8 +552,20 @@ tasks:
     test.run().ok();
     assert_eq!(test.count("gen"), 2);
     assert_eq!(test.read("b.txt"), "b\n");
-    // And from then on both are restored.
+    // And from then on both are restored: the task declares no inputs, so
+    // its outputs are its inputs, and `a.txt` left as the entry has it
+    // finds the entry that restores `b.txt`.
     std::fs::remove_file(test.path("b.txt")).expect("rm");
+    let explained = test.run_args(&["explain", "outs", "gen"]);
+    explained.ok();
+    assert!(
+        explained.stdout.contains("`gen` is cached") && explained.stdout.contains("2 output(s)"),
+        "{}",
+        explained.stdout
+    );
+    let planned = test.run_args(&["plan", "outs", "--format", "json"]);
+    planned.ok();
+    assert!(planned.stdout.contains("\"cached\""), "{}", planned.stdout);
     test.run().ok();
     assert_eq!(test.count("gen"), 2);
     assert_eq!(test.read("b.txt"), "b\n");
