@@ -525,6 +525,11 @@ impl Plan {
         }
         fanout::unique_labels(&mut items);
         let new_nodes = self.materialize(pending, items, &base, &[])?;
+        // The new instances may write what others write (two lines with
+        // one stem): caught here, before any of them starts.
+        if let Some(conflict) = self.shared_outputs().into_iter().next() {
+            return Err(conflict);
+        }
         Ok(new_nodes)
     }
 

@@ -114,3 +114,37 @@ tasks:
     test.run().ok();
     assert_eq!(test.read("b.txt"), "version 2.0\n");
 }
+
+/// Instances a dynamic fan-out adds are checked for shared outputs as the
+/// plan's were: two lines with one stem would race on one file.
+#[test]
+fn dynamic_instances_writing_one_file_fail_before_running() {
+    let yaml = r#"version: 1
+name: dyn
+tasks:
+  list:
+    outputs: [list.txt]
+    run: printf 'src/a/mod.rs\nsrc/b/mod.rs\n' > list.txt
+  doc:
+    needs: [list]
+    for_each: { lines_of: list.txt }
+    outputs: ["docs/{{ item | replace('/', '_') }}.md"]
+    run: echo x >> .count/doc && mkdir -p docs && echo {{ item }} > docs/{{ item | replace('/', '_') }}.md
+"#;
+    let test = Test::new().workflow("dyn", yaml).args(["run", "dyn"]);
+    test.run().ok();
+    assert_eq!(test.count("doc"), 2);
+    let colliding = yaml.replace("item | replace('/', '_')", "item | basename");
+    assert_ne!(colliding, yaml);
+    test.write(".claudecluster/dyn.yaml", &colliding);
+    let out = test.run();
+    out.expect_code(1);
+    assert!(
+        out.stderr
+            .contains("output `docs/mod.rs.md` is written by both `doc[src/a/mod.rs]` and `doc[src/b/mod.rs]`"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(test.count("doc"), 2, "neither colliding instance ran");
+    assert!(!test.path("docs/mod.rs.md").exists());
+}
