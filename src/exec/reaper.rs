@@ -7,7 +7,9 @@
 //! process ends, [`cleanup`] looks at ccflow's own children — cheap, one
 //! small `/proc/self/task/PID/children` read — and kills those that belong to
 //! the task: members of its process group, or processes whose environment
-//! carries the task's `CCFLOW_INSTANCE_TOKEN`. Only those specific pids are
+//! carries the task's `CCFLOW_INSTANCE_TOKEN` (a child whose environment
+//! reads empty, as one does in the middle of an exec, is looked at again for
+//! a few milliseconds). Only those specific pids are
 //! reaped with `waitpid(pid)`: `waitpid(-1)` would steal exit statuses tokio
 //! (and other modules) wait for.
 //!
@@ -29,6 +31,12 @@ pub const TOKEN_VAR: &str = "CCFLOW_INSTANCE_TOKEN";
 /// How long [`cleanup`] keeps killing before giving up on processes that do
 /// not die (uninterruptible sleep on a dead NFS mount, for instance).
 const CLEANUP_DEADLINE: Duration = Duration::from_secs(5);
+
+/// How long [`cleanup`] looks again at a child whose environment reads
+/// empty: a process in the middle of an exec shows none until the kernel
+/// has set up the new one (microseconds), and one that escaped the group
+/// would otherwise survive if the last scan caught it then.
+const EMPTY_ENVIRON_WINDOW: Duration = Duration::from_millis(10);
 
 static SUBREAPER: OnceLock<bool> = OnceLock::new();
 
@@ -94,13 +102,15 @@ pub fn signal_group(pgid: u32, signal: i32) -> bool {
 /// empty, reuse would need the pid counter to wrap in between.
 pub async fn cleanup(pgid: u32, token: &str) -> usize {
     let needle = format!("{TOKEN_VAR}={token}");
-    let deadline = Instant::now() + CLEANUP_DEADLINE;
+    let started = Instant::now();
+    let deadline = started + CLEANUP_DEADLINE;
     let mut seen: HashSet<u32> = HashSet::new();
     let mut unreaped: HashSet<u32> = HashSet::new();
     loop {
         // Leftover group members die; their children re-parent to us.
         let group_alive = signal_group(pgid, libc::SIGKILL);
         let mut found_new = false;
+        let mut unsure = false;
         for pid in own_children() {
             if unreaped.contains(&pid) || is_live_child(pid) {
                 continue;
@@ -108,8 +118,16 @@ pub async fn cleanup(pgid: u32, token: &str) -> usize {
             let Some(stat) = ProcStat::read(pid) else {
                 continue;
             };
-            let ours =
-                stat.pgrp == pgid || (!stat.zombie && environ_contains(pid, needle.as_bytes()));
+            let ours = stat.pgrp == pgid
+                || (!stat.zombie
+                    && match environ_has(pid, needle.as_bytes()) {
+                        Environ::Has => true,
+                        Environ::Lacks => false,
+                        Environ::Empty => {
+                            unsure = true;
+                            false
+                        }
+                    });
             if !ours {
                 continue;
             }
@@ -120,7 +138,8 @@ pub async fn cleanup(pgid: u32, token: &str) -> usize {
             unreaped.insert(pid);
         }
         unreaped.retain(|&pid| !try_reap(pid));
-        if !group_alive && unreaped.is_empty() && !found_new {
+        let look_again = unsure && started.elapsed() < EMPTY_ENVIRON_WINDOW;
+        if !group_alive && unreaped.is_empty() && !found_new && !look_again {
             return seen.len();
         }
         if Instant::now() >= deadline {
@@ -175,7 +194,8 @@ pub async fn kill_pipe_holders(inode: u64) -> usize {
         .copied()
         .filter(|&pid| own_children().contains(&pid))
         .collect();
-    let deadline = Instant::now() + CLEANUP_DEADLINE;
+    let started = Instant::now();
+    let deadline = started + CLEANUP_DEADLINE;
     while !unreaped.is_empty() && Instant::now() < deadline {
         unreaped.retain(|&pid| !try_reap(pid));
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -263,8 +283,77 @@ impl ProcStat {
     }
 }
 
-/// Whether `/proc/PID/environ` holds exactly the entry `needle`.
-fn environ_contains(pid: u32, needle: &[u8]) -> bool {
-    std::fs::read(format!("/proc/{pid}/environ"))
-        .is_ok_and(|environ| environ.split(|&b| b == 0).any(|entry| entry == needle))
+/// What `/proc/PID/environ` says of the entry `needle`.
+#[derive(Debug, PartialEq, Eq)]
+enum Environ {
+    /// It holds exactly that entry.
+    Has,
+    /// It holds others.
+    Lacks,
+    /// It reads empty or not at all: mid-exec, wiped (`env -i`), or gone.
+    Empty,
+}
+
+fn environ_has(pid: u32, needle: &[u8]) -> Environ {
+    match std::fs::read(format!("/proc/{pid}/environ")) {
+        Ok(environ) if environ.split(|&b| b == 0).any(|entry| entry == needle) => Environ::Has,
+        Ok(environ) if !environ.is_empty() => Environ::Lacks,
+        _ => Environ::Empty,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A child started with exactly `env`, killed and reaped on drop.
+    struct Child(std::process::Child);
+
+    impl Child {
+        fn spawn(env: &[(&str, &str)]) -> Child {
+            let mut command = std::process::Command::new("/bin/sleep");
+            command.arg("30").env_clear();
+            for (name, value) in env {
+                command.env(name, value);
+            }
+            Child(command.spawn().expect("spawn sleep"))
+        }
+
+        /// What its environ says once it is past its exec (an environ
+        /// reads empty until the kernel has set up the new one).
+        fn settled(&self, needle: &[u8], expected: &Environ) -> Environ {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let now = environ_has(self.0.id(), needle);
+                if now == *expected || Instant::now() > deadline {
+                    return now;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+
+    impl Drop for Child {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    fn an_environ_has_the_token_lacks_it_or_reads_empty() {
+        let needle = format!("{TOKEN_VAR}=t-1");
+        let with = Child::spawn(&[(TOKEN_VAR, "t-1"), ("LANG", "C")]);
+        let other = Child::spawn(&[(TOKEN_VAR, "t-2")]);
+        let empty = Child::spawn(&[]);
+        assert_eq!(with.settled(needle.as_bytes(), &Environ::Has), Environ::Has);
+        assert_eq!(
+            other.settled(needle.as_bytes(), &Environ::Lacks),
+            Environ::Lacks
+        );
+        // Empty whether or not its exec is over: cleanup looks at such a
+        // process again for a moment instead of passing it by.
+        assert_eq!(environ_has(empty.0.id(), needle.as_bytes()), Environ::Empty);
+        assert_eq!(environ_has(u32::MAX, needle.as_bytes()), Environ::Empty);
+    }
 }
