@@ -151,7 +151,7 @@ fn template_failure(
     );
     if let Some(item) = item {
         let label = match item {
-            ItemValue::Path(p) => p.path.clone(),
+            ItemValue::Path(p) => p.path().to_owned(),
             other => other.to_json().to_string(),
         };
         message.push_str(&format!(" (item `{label}`)"));
