@@ -194,8 +194,7 @@ pub async fn kill_pipe_holders(inode: u64) -> usize {
         .copied()
         .filter(|&pid| own_children().contains(&pid))
         .collect();
-    let started = Instant::now();
-    let deadline = started + CLEANUP_DEADLINE;
+    let deadline = Instant::now() + CLEANUP_DEADLINE;
     while !unreaped.is_empty() && Instant::now() < deadline {
         unreaped.retain(|&pid| !try_reap(pid));
         tokio::time::sleep(Duration::from_millis(1)).await;
