@@ -133,7 +133,8 @@ impl Plan {
     /// Two instances that write the same file and may run at the same time
     /// (neither needs the other) race: one `sed -i` loses the other's edit,
     /// and the cache keeps whichever finished last. As Bazel and ninja do,
-    /// the plan rejects them. Literal paths only (a glob's matches are only
+    /// the plan rejects them (shell tasks: agents work in worktrees of their
+    /// own, see below). Literal paths only (a glob's matches are only
     /// known once the tasks have run); identical instances of one task run
     /// once, so they do not count; unrendered (deferred) instances were
     /// checked by the run that left the memo deferring them.
@@ -146,7 +147,9 @@ impl Plan {
             let Some(rendered) = &self.graph[node].rendered else {
                 continue;
             };
-            if !rendered.enabled {
+            // Agents edit a worktree of their own; their diffs land one
+            // after another, by a three-way apply that keeps a conflict.
+            if !rendered.enabled || self.workflow.tasks[self.graph[node].task].is_agent() {
                 continue;
             }
             for output in &rendered.outputs {
