@@ -65,6 +65,7 @@
 //! Manifests saved by this process but not yet published are served to its
 //! own lookups from memory, so identical instances in one run still hit.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -298,7 +299,7 @@ impl Store {
         let (root_canonical, _) = self.shared.canonical_root(root)?;
         let mut outputs: BTreeMap<String, OutputFile> = BTreeMap::new();
         for rel in &new.outputs {
-            let path = normalize_rel(rel)?;
+            let path = normalize_rel(rel)?.into_owned();
             if outputs.contains_key(&path) {
                 continue;
             }
@@ -361,7 +362,7 @@ impl Store {
         entry.outputs.iter().all(|output| {
             normalize_rel(&output.path).is_ok_and(|rel| {
                 matches!(
-                    identical_file(&root.join(&rel), root, &rel, output, index),
+                    identical_file(&root.join(&*rel), root, &rel, output, index),
                     Ok(Some(mode)) if mode == output.mode & 0o7777
                 )
             })
@@ -400,7 +401,7 @@ impl Store {
         let mut staged = StagedFiles::default();
         let mut chmods = Vec::new();
         for output in &entry.outputs {
-            let rel = normalize_rel(&output.path)?;
+            let rel = normalize_rel(&output.path)?.into_owned();
             let target = root.join(&rel);
             let mode = output.mode & 0o7777;
             if let Some(existing_mode) = identical_file(&target, root, &rel, output, index)? {
@@ -1646,8 +1647,15 @@ fn identical_file(
 }
 
 /// Checks that an output path is relative and stays below the root
-/// lexically, and normalises it (`/`-separated, no `.` components).
-fn normalize_rel(rel: &str) -> Result<String, CacheError> {
+/// lexically, and normalises it (`/`-separated, no `.` components);
+/// borrowed when it already is.
+pub(crate) fn normalize_rel(rel: &str) -> Result<Cow<'_, str>, CacheError> {
+    if rel
+        .split('/')
+        .all(|part| !part.is_empty() && part != "." && part != "..")
+    {
+        return Ok(Cow::Borrowed(rel));
+    }
     let mut parts = Vec::new();
     for component in Path::new(rel).components() {
         match component {
@@ -1672,7 +1680,7 @@ fn normalize_rel(rel: &str) -> Result<String, CacheError> {
             path: PathBuf::from(rel),
         });
     }
-    Ok(parts.join("/"))
+    Ok(Cow::Owned(parts.join("/")))
 }
 
 /// Regular files directly in `dir` (temp files of the store excluded unless

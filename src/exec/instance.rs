@@ -412,11 +412,9 @@ pub fn instance_key_within(
 
 /// The globs that make an instance's inputs. Without `inputs`, a task's
 /// outputs are its inputs: agents read what they edit, and so does a shell
-/// task like `sed -i {{ item }}`. Keyed without the file, such a task was a
-/// cache hit after a hand edit, and the restore wrote the cached result over
-/// the edit; now the edit changes the key and the task runs on it. A task
-/// that only creates its outputs is still found after its first run, under
-/// the post-state key its entry is saved with.
+/// task like `sed -i {{ item }}`, so a hand edit changes the key (the task
+/// runs on it) instead of being restored over. A task that only creates its
+/// outputs is found from its second run on under its post-state key.
 #[must_use]
 pub fn input_patterns(rendered: &RenderedInstance) -> &[String] {
     if rendered.inputs.is_empty() {
@@ -991,36 +989,35 @@ fn save(
         return Ok(pairs);
     };
     // In-place: outputs that are also inputs changed under the task.
-    let mut in_place: BTreeMap<String, String> = hashes
-        .iter()
-        .filter(|(path, _)| inputs.contains_key(*path))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
     // Without `inputs`, the outputs are the inputs (see [`input_patterns`]):
-    // the next run's inputs are the outputs as its expansion will see them,
-    // files this run created included.
-    let outputs_are_inputs = rendered.inputs.is_empty() && !rendered.outputs.is_empty();
-    if outputs_are_inputs {
-        in_place.clear();
-        for (path, _) in paths::expand_seen(&shared.root, &rendered.outputs, true)? {
-            let hash = match hashes.get(&path) {
-                Some(hash) => hash.clone(),
-                None => hash_files(shared, std::slice::from_ref(&path))?
-                    .remove(&path)
-                    .unwrap_or_default(),
-            };
-            in_place.insert(path, hash);
-        }
-    }
+    // the next run's inputs are the outputs as its expansion will see them
+    // (files this run created included), all among those just hashed.
+    let outputs_are_inputs = rendered.inputs.is_empty();
+    let in_place: BTreeMap<String, String> = if outputs_are_inputs {
+        paths::expand_seen(&shared.root, &rendered.outputs, true)?
+            .into_iter()
+            .filter_map(|(path, _)| {
+                let hash = hashes.get(&path)?.clone();
+                Some((path, hash))
+            })
+            .collect()
+    } else {
+        hashes
+            .iter()
+            .filter(|(path, _)| inputs.contains_key(*path))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
     let mut keys = vec![key_hash];
     let mut post_state = BTreeMap::new();
     if !in_place.is_empty() {
         let mut post = key.clone();
         if outputs_are_inputs {
-            post.inputs.clear();
-        }
-        for (path, hash) in &in_place {
-            post.inputs.insert(path.clone(), hash.clone());
+            post.inputs.clone_from(&in_place);
+        } else {
+            for (path, hash) in &in_place {
+                post.inputs.insert(path.clone(), hash.clone());
+            }
         }
         let post_hash = post.hash();
         if post_hash != keys[0] {

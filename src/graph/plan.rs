@@ -156,7 +156,11 @@ impl Plan {
                 if crate::exec::paths::has_glob(output) {
                     continue;
                 }
-                let path = normalize(output);
+                // Spelled as the cache spells it; one that leaves the
+                // root was rejected when the instance was rendered.
+                let Ok(path) = crate::cache::store::normalize_rel(output) else {
+                    continue;
+                };
                 match writers.get(&path) {
                     None => {
                         writers.insert(path, node);
@@ -697,21 +701,6 @@ impl Plan {
 }
 
 /// Every template source of a task.
-/// A repository-relative path in one spelling: `./out//a.txt` is `out/a.txt`
-/// (borrowed when it already is: a plan of 10,000 outputs copies none).
-fn normalize(path: &str) -> Cow<'_, str> {
-    let plain = path.split('/').all(|part| !part.is_empty() && part != ".");
-    if plain {
-        return Cow::Borrowed(path);
-    }
-    Cow::Owned(
-        path.split('/')
-            .filter(|part| !part.is_empty() && *part != ".")
-            .collect::<Vec<_>>()
-            .join("/"),
-    )
-}
-
 fn task_sources(task: &crate::workflow::Task) -> Vec<&str> {
     let mut sources: Vec<&str> = Vec::new();
     sources.extend(task.condition.as_deref());
