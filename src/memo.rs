@@ -603,6 +603,11 @@ pub struct Settled {
     /// Whether a rerun with unchanged files reproduces this key: a shell
     /// task with the cache on and no run-dependent template.
     pub reproducible: bool,
+    /// The digest of `outputs` (see `crate::cache::key::outputs_digest`)
+    /// when the run took it (an instance with dependents): a run settling
+    /// this instance hands it on instead of taking it again, ~1 µs for
+    /// each of 1,000 instances on the critical path of a reduce's rerun.
+    pub digest: Option<String>,
 }
 
 /// A memo that holds entirely.
@@ -903,7 +908,7 @@ fn read_settled(path: &Path, checksum: &[u8; 32]) -> Option<Vec<Settled>> {
 }
 
 /// File magic and format version of the side file of instance results.
-const SETTLED_MAGIC: &[u8; 12] = b"CCFSETL\0\x00\x01\r\n";
+const SETTLED_MAGIC: &[u8; 12] = b"CCFSETL\0\x00\x02\r\n";
 
 /// The side file's bytes: every instance's result, length-prefixed fields.
 /// Binary rather than JSON: a run after a one-file edit reads it whole,
@@ -942,6 +947,10 @@ fn encode_settled(settled: &[Settled]) -> Vec<u8> {
             out.extend_from_slice(&n.to_le_bytes());
         }
         out.push(u8::from(instance.reproducible));
+        put_bytes(
+            &mut out,
+            instance.digest.as_deref().unwrap_or_default().as_bytes(),
+        );
     }
     out
 }
@@ -978,6 +987,7 @@ fn decode_settled(bytes: &[u8]) -> Option<Vec<Settled>> {
             cost_usd: f64::from_bits(reader.u64()?),
         };
         let reproducible = reader.take(1)?[0] != 0;
+        let digest = Some(string(&mut reader)?).filter(|d| !d.is_empty());
         settled.push(Settled {
             id,
             key,
@@ -985,6 +995,7 @@ fn decode_settled(bytes: &[u8]) -> Option<Vec<Settled>> {
             outputs,
             usage,
             reproducible,
+            digest,
         });
     }
     reader.bytes.is_empty().then_some(settled)
@@ -1488,6 +1499,7 @@ mod tests {
                     cost_usd: 0.125,
                 },
                 reproducible: true,
+                digest: Some("ef".repeat(32)),
             },
             Settled {
                 id: "all".into(),
@@ -1496,6 +1508,7 @@ mod tests {
                 outputs: Vec::new(),
                 usage: Usage::default(),
                 reproducible: false,
+                digest: None,
             },
         ];
         let bytes = encode_settled(&settled);

@@ -139,9 +139,10 @@ struct State {
     indegree: NodeMap<usize>,
     results: NodeMap<JobResult>,
     /// The outputs' digest of each finished instance that has dependents
-    /// (see [`JobResult::outputs_digest`]), taken as it finishes: a reduce
-    /// over 1,000 instances no longer digests them all as it starts (~1 ms
-    /// on the critical path of a rerun after a one-file edit).
+    /// (see [`JobResult::outputs_digest`]), taken as it finishes or handed
+    /// on by the memo with a settled instance: a reduce over 1,000
+    /// instances no longer digests them all as it starts (~1 ms on the
+    /// critical path of a rerun after a one-file edit).
     digests: NodeMap<String>,
     status: NodeMap<InstanceStatus>,
     ready: BinaryHeap<Ready>,
@@ -1080,12 +1081,13 @@ impl State {
         if let RunEvent::TaskFinished { record, .. } = event {
             self.prepared.insert(node, (record, None));
         }
-        if self
-            .plan
-            .graph
-            .edges_directed(node, Direction::Outgoing)
-            .next()
-            .is_some()
+        if !self.digests.contains_key(&node)
+            && self
+                .plan
+                .graph
+                .edges_directed(node, Direction::Outgoing)
+                .next()
+                .is_some()
         {
             self.digests.insert(node, result.outputs_digest());
         }
@@ -1111,6 +1113,9 @@ impl State {
         result.outputs = memo.outputs;
         result.inputs = memo.inputs;
         result.usage = memo.usage;
+        if let Some(digest) = memo.digest {
+            self.digests.insert(node, digest);
+        }
         self.settled_nodes.insert(node);
         Some(result)
     }
@@ -1160,6 +1165,7 @@ impl State {
                 outputs: std::mem::take(&mut result.outputs),
                 usage: result.usage,
                 reproducible,
+                digest: self.digests.remove(&node),
             });
             from_memo.push(self.settled_nodes.contains(&node));
         }
