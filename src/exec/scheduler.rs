@@ -1081,19 +1081,22 @@ impl State {
         if let RunEvent::TaskFinished { record, .. } = event {
             self.prepared.insert(node, (record, None));
         }
-        if !self.digests.contains_key(&node)
-            && self
-                .plan
-                .graph
-                .edges_directed(node, Direction::Outgoing)
-                .next()
-                .is_some()
-        {
-            self.digests.insert(node, result.outputs_digest());
+        // Only what its dependents will read: they start only if released.
+        let released = !failed || tolerated;
+        let has_dependents = self
+            .plan
+            .graph
+            .edges_directed(node, Direction::Outgoing)
+            .next()
+            .is_some();
+        if released && has_dependents {
+            self.digests
+                .entry(node)
+                .or_insert_with(|| result.outputs_digest());
         }
         self.results.insert(node, result);
         self.finished.push(node);
-        self.release_successors(node, !failed || tolerated);
+        self.release_successors(node, released);
     }
 
     /// The result of `node` as the up-to-date memo settles it: a shell
