@@ -927,6 +927,9 @@ impl State {
         };
         let workflow = Arc::clone(&self.plan.workflow);
         let task = &workflow.tasks[instance.task];
+        if task.is_agent() {
+            crate::memo::stop_vouching();
+        }
         // Re-render with the real state of the dependencies when the task's
         // templates look at them; render now what the plan deferred (see
         // `Plan::build_deferring`).
@@ -1065,6 +1068,9 @@ impl State {
         }
         let failed = status.is_failure();
         let tolerated = failed && task.continue_on_error;
+        if failed {
+            crate::memo::stop_vouching();
+        }
         if failed && !tolerated {
             self.failed = true;
             if !self.options.keep_going {

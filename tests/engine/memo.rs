@@ -139,6 +139,37 @@ fn after_an_edit_only_the_affected_instances_are_looked_at_again() {
     );
 }
 
+/// After an edit, the reduce's inputs the check has just stat'ed are not
+/// stat'ed again (`crate::memo::vouched`), except the output the run has
+/// rewritten: the memo the change run leaves holds the rewritten output's
+/// new stat (the next run is answered from it), and the key it saved is the
+/// one a full run computes from fresh stats (the full run finds the reduce
+/// cached).
+#[test]
+fn the_reduce_keyed_after_an_edit_is_cached_for_a_full_run() {
+    let test = setup();
+    run_then_prove_no_op(&test);
+    test.write("in/b.txt", "bravo\n");
+    assert_full_run(&test.run());
+    assert_eq!((test.count("each"), test.count("all")), (4, 2));
+    let explained = test.run_args(&["explain", "memo", "all"]);
+    explained.ok();
+    assert!(
+        explained.stdout.contains("`all` is up to date"),
+        "{}",
+        explained.stdout
+    );
+    // The memo holds what the files are now, the rewritten output too.
+    std::thread::sleep(Duration::from_millis(250));
+    assert_answered_by_memo(&test);
+    std::fs::remove_dir_all(test.path(".ccflow/memo")).expect("remove the memo");
+    let out = test.run();
+    assert_full_run(&out);
+    assert!(out.stderr.contains("0 ran, 4 cached"), "{}", out.stderr);
+    assert_eq!((test.count("each"), test.count("all")), (4, 2));
+    assert_eq!(test.read("all.txt"), "ALPHA\nBRAVO\nGAMMA\n");
+}
+
 #[test]
 fn a_touched_input_goes_through_the_full_run_and_reruns_nothing() {
     let test = setup();
