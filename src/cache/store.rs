@@ -29,8 +29,9 @@
 //!
 //! 1. `save` writes each blob to a temp file and renames it into `blobs/`
 //!    (a blob is immutable once named: its name is its content hash);
-//! 2. `save` then hands the encoded manifests to a background flusher thread
-//!    and returns: the caller pays for writing blobs, not for any fsync;
+//! 2. `save` then hands the manifests to a background flusher thread and
+//!    returns: the caller pays for writing blobs, not for any fsync, nor for
+//!    encoding the manifests (see [`LazyManifest`]);
 //! 3. the flusher takes everything queued so far as one batch, makes its
 //!    blobs durable (an `fdatasync` of each and an `fsync` of `blobs/` for
 //!    up to [`SYNC_EACH_BLOB_UP_TO`] blobs, else one `syncfs`), and only
@@ -162,7 +163,7 @@ struct FlushState {
     queue: Vec<Pending>,
     /// Manifests queued but not published yet, served to this process's
     /// lookups: key -> (sequence number, manifest bytes).
-    unpublished: HashMap<KeyHash, (u64, Arc<Vec<u8>>)>,
+    unpublished: HashMap<KeyHash, (u64, Arc<LazyManifest>)>,
     /// Instance pointers not published yet: instance id -> (sequence, key).
     unpublished_instances: HashMap<String, (u64, KeyHash)>,
     enqueued: u64,
@@ -176,7 +177,7 @@ struct FlushState {
 /// One `save` waiting for its blobs to be durable.
 struct Pending {
     sequence: u64,
-    manifests: Vec<(KeyHash, Arc<Vec<u8>>)>,
+    manifests: Vec<(KeyHash, Arc<LazyManifest>)>,
     instance_id: String,
     latest: KeyHash,
     /// The blobs the entry names (which must be durable before its
@@ -281,7 +282,12 @@ impl Store {
     /// points the instance at it. The manifests become visible once the
     /// blobs are durable (see the module doc); lookups from this process see
     /// them at once.
-    pub fn save(&self, keys: &[KeyHash], new: NewEntry, root: &Path) -> Result<Entry, CacheError> {
+    pub fn save(
+        &self,
+        keys: &[KeyHash],
+        new: NewEntry,
+        root: &Path,
+    ) -> Result<Arc<Entry>, CacheError> {
         let own_hash = new.key.hash();
         self.save_hashed(keys, own_hash, new, root)
     }
@@ -295,7 +301,7 @@ impl Store {
         own_hash: KeyHash,
         new: NewEntry,
         root: &Path,
-    ) -> Result<Entry, CacheError> {
+    ) -> Result<Arc<Entry>, CacheError> {
         let (root_canonical, _) = self.shared.canonical_root(root)?;
         let mut outputs: BTreeMap<String, OutputFile> = BTreeMap::new();
         for rel in &new.outputs {
@@ -328,7 +334,7 @@ impl Store {
         } else {
             keys[0]
         };
-        let mut entry = Entry {
+        let entry = Entry {
             key: new.key,
             key_hash: latest,
             instance_id: new.instance_id,
@@ -340,15 +346,26 @@ impl Store {
             metadata: new.metadata,
             created_unix_ms: fsutil::now_unix_ms(),
         };
-        let mut manifests = Vec::with_capacity(keys.len());
-        for key in &keys {
-            entry.key_hash = *key;
-            manifests.push((*key, Arc::new(encode_manifest(&entry)?)));
-        }
-        entry.key_hash = latest;
         let blobs = entry
             .blobs()
             .filter_map(|(hash, _)| self.shared.blob_path(hash))
+            .collect();
+        let entry = Arc::new(entry);
+        let manifests = keys
+            .iter()
+            .map(|key| {
+                // Another key (an in-place task's post-state): a copy that
+                // names it.
+                let named = if *key == latest {
+                    Arc::clone(&entry)
+                } else {
+                    Arc::new(Entry {
+                        key_hash: *key,
+                        ..(*entry).clone()
+                    })
+                };
+                (*key, Arc::new(LazyManifest::new(named)))
+            })
             .collect();
         self.shared
             .enqueue(manifests, entry.instance_id.clone(), latest, blobs);
@@ -795,9 +812,11 @@ impl Shared {
         let unpublished = lock(&self.state)
             .unpublished
             .get(key)
-            .map(|(_, bytes)| Arc::clone(bytes));
-        if let Some(bytes) = unpublished {
-            return Ok(Some((bytes, Source::Memory)));
+            .map(|(_, manifest)| Arc::clone(manifest));
+        if let Some(manifest) = unpublished {
+            // Encoded here if the flusher has not yet; one that cannot be
+            // is never published either: a miss.
+            return Ok(manifest.bytes().map(|bytes| (bytes, Source::Memory)));
         }
         if let Some(located) = self.find_packed(key) {
             // Unreadable: merged or collected meanwhile by another process.
@@ -1058,7 +1077,7 @@ impl Shared {
 
     fn enqueue(
         &self,
-        manifests: Vec<(KeyHash, Arc<Vec<u8>>)>,
+        manifests: Vec<(KeyHash, Arc<LazyManifest>)>,
         instance_id: String,
         latest: KeyHash,
         blobs: Vec<PathBuf>,
@@ -1105,14 +1124,18 @@ impl Shared {
             // Their names, renamed into the directory.
             fs_err::File::open(self.dir.join("blobs"))?.sync_all()?;
         }
-        let records: Vec<(&KeyHash, &[u8])> = batch
+        let encoded: Vec<(&KeyHash, Arc<Vec<u8>>)> = batch
             .iter()
             .flat_map(|pending| {
                 pending
                     .manifests
                     .iter()
-                    .map(|(key, bytes)| (key, bytes.as_slice()))
+                    .filter_map(|(key, manifest)| Some((key, manifest.bytes()?)))
             })
+            .collect();
+        let records: Vec<(&KeyHash, &[u8])> = encoded
+            .iter()
+            .map(|(key, bytes)| (*key, bytes.as_slice()))
             .collect();
         if !records.is_empty() {
             let sequence = self
@@ -1402,6 +1425,43 @@ fn parent_inside_root(root: &Path, root_canonical: &Path, rel: &str) -> Result<b
 
 /// A manifest's bytes and where they came from.
 type StoredManifest = (Arc<Vec<u8>>, Source);
+
+/// A saved entry's manifest under one key, encoded when first needed: by
+/// the flusher as it publishes the entry, or by a lookup from this process
+/// before that. A reduce over 1,000 inputs has a ~190 KB manifest (the
+/// components of its key), ~0.5 ms to encode, which no longer stands
+/// between its command's exit and what the run does next.
+struct LazyManifest {
+    /// The entry, naming the manifest's key.
+    entry: Arc<Entry>,
+    bytes: std::sync::OnceLock<Option<Arc<Vec<u8>>>>,
+}
+
+impl LazyManifest {
+    fn new(entry: Arc<Entry>) -> LazyManifest {
+        LazyManifest {
+            entry,
+            bytes: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The manifest's bytes; `None` (warned about once) if the entry cannot
+    /// be encoded, which no entry ccflow builds fails.
+    fn bytes(&self) -> Option<Arc<Vec<u8>>> {
+        self.bytes
+            .get_or_init(|| match encode_manifest(&self.entry) {
+                Ok(bytes) => Some(Arc::new(bytes)),
+                Err(error) => {
+                    tracing::warn!(
+                        "cannot save the cache entry of `{}`: {error}",
+                        self.entry.instance_id
+                    );
+                    None
+                }
+            })
+            .clone()
+    }
+}
 
 /// Where a looked-up manifest came from.
 enum Source {

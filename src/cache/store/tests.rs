@@ -104,7 +104,7 @@ fn save_lookup_restore_round_trip_keeps_content_and_modes() {
     // A fresh store (as another process would open it).
     let store = Store::open(&dir.path().join("cache")).expect("reopen");
     let entry = store.lookup(&key_hash).expect("lookup").expect("hit");
-    assert_eq!(entry, saved);
+    assert_eq!(entry, *saved);
     assert_eq!(entry.metadata["tokens"], 1234);
     let log = store
         .read_blob(entry.log.as_deref().expect("log"))
@@ -417,7 +417,7 @@ fn outputs_outside_the_root_are_rejected() {
     assert_eq!(entry.outputs[0].hash, fsutil::hash_bytes(b"yours"));
 
     // Restore refuses forged paths and symlinked directories leading out.
-    let mut forged = entry.clone();
+    let mut forged = (*entry).clone();
     forged.outputs[0].path = "../evil.txt".to_owned();
     assert!(matches!(
         store.restore(&forged, &work),
