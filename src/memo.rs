@@ -216,7 +216,6 @@ pub fn forget_seed() {
     if let Some(rec) = recorder().as_mut() {
         rec.seen.retain(|_, observation| !observation.prior);
         rec.replaced.clear();
-        rec.vouch_until = None;
     }
     stop_vouching();
 }
@@ -252,7 +251,7 @@ pub fn stop_vouching() {
 /// by the reduce's key, as a write while the reduce runs always does.
 #[must_use]
 pub fn vouched(paths: &[PathBuf]) -> Vec<Option<FileStat>> {
-    if !active() || !vouching() {
+    if !vouching() {
         return vec![None; paths.len()];
     }
     match recorder().as_ref() {

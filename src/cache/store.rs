@@ -1133,17 +1133,13 @@ impl Shared {
                     .filter_map(|(key, manifest)| Some((key, manifest.bytes()?)))
             })
             .collect();
-        let records: Vec<(&KeyHash, &[u8])> = encoded
-            .iter()
-            .map(|(key, bytes)| (*key, bytes.as_slice()))
-            .collect();
-        if !records.is_empty() {
+        if !encoded.is_empty() {
             let sequence = self
                 .packs_published
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let name = pack::new_name(sequence);
             let path = self.packs_dir().join(&name);
-            let bytes = pack::encode(records);
+            let bytes = pack::encode(encoded.iter().map(|(key, bytes)| (*key, bytes.as_slice())));
             fsutil::write_atomic(&self.temp_dir(), &path, &bytes)?;
             lock(&self.packs).insert(name, path, &bytes);
         }

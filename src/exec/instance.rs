@@ -289,15 +289,14 @@ fn hash_inputs(
     // Stats the up-to-date check has just taken stand in for new ones
     // (see `crate::memo::vouched`); the rest are taken below.
     let mut files = files;
-    let unseen: Vec<usize> = (0..files.len()).filter(|i| files[*i].1.is_none()).collect();
-    let mut left = unseen.len();
-    if crate::memo::vouching() && !unseen.is_empty() {
+    if crate::memo::vouching() {
+        let unseen: Vec<usize> = (0..files.len()).filter(|i| files[*i].1.is_none()).collect();
         let paths: Vec<PathBuf> = unseen.iter().map(|i| root.join(&files[*i].0)).collect();
         for (i, vouched) in unseen.into_iter().zip(crate::memo::vouched(&paths)) {
-            left -= usize::from(vouched.is_some());
             files[i].1 = vouched;
         }
     }
+    let left = files.iter().filter(|(_, seen)| seen.is_none()).count();
     if left < PARALLEL_INPUTS {
         return hash_all(files);
     }
